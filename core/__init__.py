@@ -1,0 +1,41 @@
+"""reason-runtime: test-time compute for language models, as a runtime.
+
+Public API::
+
+    from reason import Runtime, Task, Config, hookimpl
+
+``import reason`` is deliberately light: no torch, vllm or docker is imported until a
+component that needs it is used.
+"""
+
+from .components import Backend, Dataset, ReflectionTrigger, SearchPolicy, Splitter, Verifier
+from .config import Config
+from .context import SearchContext
+from .errors import BackendError, ComponentNotFound, ReasonError, UsageError, VerifierError
+from .registry import get_registry, hookimpl
+from .result import SearchOutcome, Solution
+from .runtime import Runtime
+from .tree import Node, Tree
+from .types import (
+    Candidate,
+    Completion,
+    GenerateRequest,
+    SamplingParams,
+    Score,
+    ScoreRequest,
+    Step,
+    Task,
+    Usage,
+    aggregate,
+)
+from . import events
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend", "BackendError", "Candidate", "Completion", "ComponentNotFound", "Config", "Dataset",
+    "GenerateRequest", "Node", "ReasonError", "ReflectionTrigger", "Runtime", "SamplingParams", "Score",
+    "ScoreRequest", "SearchContext", "SearchOutcome", "SearchPolicy", "Solution", "Splitter", "Step", "Task",
+    "Tree", "Usage", "UsageError", "Verifier", "VerifierError", "aggregate", "events", "get_registry",
+    "hookimpl", "__version__",
+]

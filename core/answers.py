@@ -1,0 +1,136 @@
+"""Final answers: extract them from a solution, compare them, vote on them.
+
+Equivalence is math-verify's (a maintained LaTeX/sympy checker), so ``\\frac{1}{2}``,
+``0.5`` and ``1/2`` are one answer when voting. math-verify pulls in sympy, so it is
+imported on first use, not with ``import reason``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+
+_NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?%?|-?\$?\.\d+%?"
+_ANSWER_IS = re.compile(
+    r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*(?P<ans>\\boxed\{.*\}|\$[^$]+\$|[^\n]+)",
+    re.IGNORECASE,
+)
+_LAST_NUMBER = re.compile(_NUMBER)
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    brace = text.find("{", start)
+    if brace < 0:
+        return None
+    depth = 0
+    for i in range(brace, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[brace + 1 : i].strip()
+    return None
+
+
+def _clean(answer: str) -> str:
+    answer = answer.strip().strip("$").strip()
+    answer = re.sub(r"^\\text\{(.*)\}$", r"\1", answer)
+    return answer.rstrip(".").strip()
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer in ``text``: the last ``\\boxed{}``, else what follows
+    "the answer is", else the last number. ``None`` when there is none."""
+    boxed = _last_boxed(text)
+    if boxed:
+        return _clean(boxed)
+    matches = list(_ANSWER_IS.finditer(text))
+    if matches:
+        tail = matches[-1].group("ans")
+        inner = _last_boxed(tail)
+        if inner:
+            return _clean(inner)
+        number = _LAST_NUMBER.search(tail)
+        if number:
+            return _normalize_number(number.group(0))
+        cleaned = _clean(tail)
+        if cleaned:
+            return cleaned
+    numbers = _LAST_NUMBER.findall(text)
+    if numbers:
+        return _normalize_number(numbers[-1])
+    return None
+
+
+def _normalize_number(raw: str) -> str:
+    value = raw.replace(",", "").replace("$", "").strip()
+    if value.endswith("."):
+        value = value[:-1]
+    return value
+
+
+def _as_float(answer: str) -> float | None:
+    try:
+        return float(_normalize_number(answer).rstrip("%"))
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def is_equivalent(a: str, b: str) -> bool:
+    """Whether two answers mean the same thing (numerically or symbolically)."""
+    if a is None or b is None:
+        return False
+    a, b = _clean(str(a)), _clean(str(b))
+    if a == b:
+        return True
+    fa, fb = _as_float(a), _as_float(b)
+    if fa is not None and fb is not None:
+        return abs(fa - fb) <= 1e-6 * max(1.0, abs(fb))
+    try:
+        from math_verify import parse, verify
+
+        gold = parse(f"${b}$")
+        pred = parse(f"${a}$")
+        return bool(gold and pred and verify(gold, pred))
+    except Exception:  # math-verify can fail on odd LaTeX; fall back to "not equal"
+        return False
+
+
+def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> tuple[str | None, float]:
+    """Group equivalent answers and return the one with the largest total weight
+    (weights default to 1: majority vote). Ties go to the answer seen first.
+    ``None`` answers do not vote."""
+    if weights is None:
+        weights = [1.0] * len(answers)
+    groups: list[list] = []  # [representative, total]
+    for answer, weight in zip(answers, weights):
+        if answer is None:
+            continue
+        for group in groups:
+            if is_equivalent(answer, group[0]):
+                group[1] += weight
+                break
+        else:
+            groups.append([answer, float(weight)])
+    if not groups:
+        return None, 0.0
+    best = max(groups, key=lambda g: g[1])  # max keeps the first of equal totals
+    return best[0], best[1]
+
+
+_CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def extract_code(text: str) -> str:
+    """The program in a completion: the longest fenced code block, else the whole text."""
+    blocks = [block for block in _CODE_BLOCK.findall(text) if block.strip()]
+    if blocks:
+        return max(blocks, key=len)
+    return text

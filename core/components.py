@@ -1,0 +1,128 @@
+"""The interfaces a plugin implements: backends, splitters, verifiers, search policies,
+reflection triggers and datasets.
+
+A plugin registers a *factory* under a name (see :mod:`reason.hookspecs`). The runtime
+builds a component by calling ``factory(config, arg)``: ``config`` is the run's
+:class:`~reason.config.Config` and ``arg`` is the text after a colon in the name the user
+gave (``ministep:32`` -> ``arg="32"``), or ``None``. A class whose ``__init__`` takes
+``(config, arg=None)`` is a factory.
+
+Backends, splitters, verifiers and reflection triggers are plain synchronous objects:
+the scheduler calls them with whole batches, in a worker thread. Only search policies
+are async, because they are written as sequential code that awaits the scheduler.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .types import Completion, GenerateRequest, SamplingParams, Score, ScoreRequest, Step, Task
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .context import SearchContext
+    from .result import SearchOutcome
+
+
+class Component:
+    """Base of every component: keeps the config and the colon argument."""
+
+    def __init__(self, config: Config, arg: str | None = None) -> None:
+        self.config = config
+        self.arg = arg
+
+    def close(self) -> None:
+        """Release resources (models, containers, connections). Called once at shutdown."""
+
+
+class Backend(Component, ABC):
+    """A policy model that continues text.
+
+    ``generate`` receives every request pending in one scheduler tick and must return, for
+    each request, exactly ``request.n`` completions. It should batch internally: that one
+    call is where a backend earns its speed.
+    """
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
+        """Sample ``request.n`` completions for each request, in request order."""
+
+    @abstractmethod
+    def format_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        """Render chat messages (``{"role", "content"}``) into the raw prompt text that
+        ``generate`` continues, ending where the assistant's reply starts."""
+
+    @property
+    def model_name(self) -> str:
+        return str(self.config.model or "")
+
+
+class Splitter(Component, ABC):
+    """Decides what one *step* is."""
+
+    @abstractmethod
+    def step_params(self, params: SamplingParams) -> SamplingParams:
+        """Return sampling params that make the backend stop after one step
+        (stop strings and/or a token limit)."""
+
+    @abstractmethod
+    def split(self, text: str) -> list[str]:
+        """Cut a whole solution into steps whose concatenation is ``text``."""
+
+
+class Verifier(Component, ABC):
+    """Scores paths, step by step. Called with every path pending in one tick."""
+
+    @abstractmethod
+    def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
+        """Return one :class:`Score` per request with one score per step, each in [0, 1]."""
+
+
+class ReflectionTrigger(Component, ABC):
+    """Decides when to make the model reconsider, and with what text.
+
+    Both methods return the text to inject (it becomes a visible reflection node in the
+    tree and the model continues after it), or ``None`` to leave the path alone.
+    ``reflections`` is how many times this path was already reflected on, so triggers can
+    cap themselves.
+    """
+
+    def adjust_params(self, params: SamplingParams) -> SamplingParams:
+        """Change sampling before a step is generated (e.g. add a stop string). Default: none."""
+        return params
+
+    def on_step(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
+        """Called after each new step (with its verifier score when there is one)."""
+        return None
+
+    def on_finish(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
+        """Called when a path ends (EOS or answer). Injected text re-opens the path."""
+        return None
+
+
+class SearchPolicy(Component, ABC):
+    """A test-time search algorithm, written as plain sequential async code.
+
+    ``run`` awaits ``ctx.expand``/``ctx.complete``/``ctx.score``; the scheduler batches
+    those calls across every running search, so policies never batch by hand.
+    """
+
+    @abstractmethod
+    async def run(self, ctx: SearchContext) -> SearchOutcome:
+        """Search for an answer to ``ctx.task`` and return the candidates and the choice."""
+
+
+class Dataset(Component, ABC):
+    """A benchmark: yields tasks with references, and grades answers."""
+
+    @abstractmethod
+    def load(self) -> Iterable[Task]:
+        """Yield the tasks, in a stable order (``--offset``/``--limit`` index into it)."""
+
+    def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:
+        """Whether ``answer`` is right for ``task``. Default: math equivalence."""
+        from reason.plugins.grading import is_equivalent
+
+        return answer is not None and task.reference is not None and is_equivalent(answer, task.reference)

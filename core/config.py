@@ -1,0 +1,135 @@
+"""Run configuration: one attrs class, loadable from a TOML recipe, overridable by flags.
+
+Components read what they need from it; plugin-specific settings go in ``options``
+(``[options]`` in a recipe, ``-o key=value`` on the command line) so a third-party
+plugin never needs a change here.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+from attrs import define, field
+
+from .errors import UsageError
+from .types import AGGREGATIONS, SamplingParams
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+    if value < 1:
+        raise UsageError(f"--{attribute.name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if value < 0:
+        raise UsageError(f"--{attribute.name.replace('_', '-')} must be >= 0, got {value}")
+
+
+def _probability(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not 0 < value <= 1:
+        raise UsageError(f"--{attribute.name.replace('_', '-')} must be in (0, 1], got {value}")
+
+
+def _aggregation(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if value not in AGGREGATIONS:
+        raise UsageError(f"--{attribute.name.replace('_', '-')} must be one of {', '.join(AGGREGATIONS)}, got {value!r}")
+
+
+@define
+class Config:
+    """Everything a solve needs to know. Defaults are the embedded, CPU-friendly setup."""
+
+    # components, by registered name ("name" or "name:arg")
+    search: str = "best-of-n"
+    backend: str = "transformers"
+    splitter: str = "step"
+    verifier: str | None = "confidence"
+    reflect: tuple[str, ...] = field(default=(), converter=tuple)
+
+    # model
+    model: str | None = None
+    """Model for the backend: HF directory, hub id, GGUF file, or server model name.
+    ``None`` = the embedded SmolLM2-135M-Instruct."""
+    device: str | None = None
+    dtype: str | None = None
+
+    # sampling
+    n: int = field(default=4, validator=_positive)
+    temperature: float = field(default=0.8, validator=_non_negative)
+    top_p: float = field(default=1.0, validator=_probability)
+    max_tokens: int = field(default=512, validator=_positive)
+    """Token budget of one whole solution."""
+    step_tokens: int = field(default=256, validator=_positive)
+    """Token cap of one step (for the ``step``/``line`` splitters)."""
+    seed: int | None = None
+    logprobs: int = field(default=5, validator=_non_negative)
+
+    # search
+    beam_width: int = field(default=4, validator=_positive)
+    """M: expansions per kept path (beam) or samples per subtree step (DVTS)."""
+    max_steps: int = field(default=40, validator=_positive)
+    aggregation: str = field(default="last", validator=_aggregation)
+    """How step scores reduce to a path score: last | min | prod | mean."""
+    weighted: bool = False
+    """best-of-n: weighted (sum scores per answer) instead of naive (highest score)."""
+    system_prompt: str | None = None
+
+    options: dict[str, Any] = field(factory=dict)
+    """Plugin-specific settings, e.g. ``{"prm_model": "/models/prm"}``."""
+
+    def sampling(self, **overrides: Any) -> SamplingParams:
+        """The base sampling params for a whole solution."""
+        values = dict(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+            logprobs=self.logprobs,
+        )
+        values.update(overrides)
+        return SamplingParams(**values)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return self.options.get(key, default)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied (validated); ``options`` are merged, not replaced."""
+        if "options" in changes:
+            changes["options"] = {**self.options, **changes["options"]}
+        return attrs.evolve(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in attrs.fields(cls)}
+
+    @classmethod
+    def from_recipe(cls, path: str | Path, **overrides: Any) -> Config:
+        """Load a TOML recipe; ``overrides`` (flags the user gave) win over the file."""
+        return cls().replace(**{**load_recipe(path), **overrides})
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a recipe into Config field values, with a clear error for anything wrong."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"recipe {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"recipe {path} is not valid TOML: {exc}") from None
+    known = Config.field_names()
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UsageError(
+            f"recipe {path}: unknown key(s) {', '.join(unknown)}; known keys are {', '.join(sorted(known))}"
+            " (put plugin settings under [options])"
+        )
+    if "reflect" in data and isinstance(data["reflect"], str):
+        data["reflect"] = (data["reflect"],)
+    return data

@@ -1,0 +1,280 @@
+"""What a search policy sees: the task, the tree, and awaitable model and verifier calls.
+
+A policy never talks to the backend directly. It awaits :meth:`SearchContext.expand`,
+:meth:`SearchContext.complete` and :meth:`SearchContext.score`; the scheduler batches
+these across every running search. The context also keeps the tree, the usage, and
+applies reflection triggers, so policies stay short.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import answers
+from .components import ReflectionTrigger, Splitter, Verifier
+from .config import Config
+from .events import AnswerFound, Event, NodesPruned, ReflectionInjected, StepsGenerated, StepsScored
+from .tree import Node, Tree
+from .types import Candidate, GenerateRequest, SamplingParams, Score, ScoreRequest, Step, Task, Usage, aggregate
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+T = TypeVar("T")
+
+
+class SearchContext:
+    def __init__(
+        self,
+        *,
+        task: Task,
+        config: Config,
+        prompt: str,
+        scheduler: Scheduler,
+        splitter: Splitter,
+        verifier: Verifier | None,
+        reflections: Sequence[tuple[str, ReflectionTrigger]] = (),
+        emit: Any,
+    ) -> None:
+        self.task = task
+        self.config = config
+        self.prompt = prompt
+        self.splitter = splitter
+        self.verifier = verifier
+        self.reflections = list(reflections)
+        self.tree = Tree(prompt=prompt)
+        self.usage = Usage()
+        self._scheduler = scheduler
+        self._emit = emit
+        self._start = time.perf_counter()
+
+    # -- bookkeeping ----------------------------------------------------------------
+
+    @property
+    def root(self) -> Node:
+        return self.tree.root
+
+    def emit(self, event: Event) -> None:
+        self._emit(event)
+
+    def add_usage(self, usage: Usage) -> None:
+        self.usage = self.usage + usage
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+    async def gather(self, *aws: Awaitable[T]) -> list[T]:
+        """Run sub-searches side by side so their requests share ticks (use this instead
+        of ``asyncio.gather`` inside a policy)."""
+        return await self._scheduler.gather(*aws)
+
+    # -- generation -----------------------------------------------------------------
+
+    def step_params(self, node: Node, **overrides: Any) -> SamplingParams | None:
+        """Sampling params for the next step after ``node``; ``None`` when the path's token
+        budget (``config.max_tokens``) is spent."""
+        remaining = self.config.max_tokens - node.num_tokens
+        if remaining <= 0:
+            return None
+        params = self.splitter.step_params(self.config.sampling(**overrides))
+        for _, trigger in self.reflections:
+            params = trigger.adjust_params(params)
+        if params.max_tokens > remaining:
+            params = _evolve(params, max_tokens=remaining)
+        return params
+
+    async def expand(self, node: Node, n: int = 1, **overrides: Any) -> list[Node]:
+        """Sample ``n`` next steps after ``node`` (one step as the splitter defines it).
+
+        Returns the new child nodes (``[]`` when the path's budget is spent, which also
+        marks ``node`` terminal). A child is terminal when the model ended the text or
+        the budget ran out; reflection triggers may append a reflection node, which is
+        returned in place of the step it follows.
+        """
+        params = self.step_params(node, **overrides)
+        if params is None:
+            node.terminal = True
+            return []
+        return await self._generate(node, n, params)
+
+    async def complete(self, node: Node, n: int = 1, **overrides: Any) -> list[Node]:
+        """Sample ``n`` whole continuations of ``node`` to the end (within the budget)."""
+        remaining = self.config.max_tokens - node.num_tokens
+        if remaining <= 0:
+            node.terminal = True
+            return []
+        params = self.config.sampling(max_tokens=remaining, **overrides)
+        for _, trigger in self.reflections:
+            params = trigger.adjust_params(params)
+        children = await self._generate(node, n, params, whole=True)
+        # A reflection trigger may have re-opened a finished path: let the model go on
+        # after the injected text (each trigger caps how often it fires).
+        reopened = [i for i, child in enumerate(children) if child.kind == "reflection" and not child.terminal]
+        if reopened:
+            continued = await self.gather(*(self.complete(children[i], 1, **overrides) for i in reopened))
+            for i, leaves in zip(reopened, continued):
+                if leaves:
+                    children[i] = leaves[0]
+        return children
+
+    async def generate(self, node: Node, n: int, params: SamplingParams) -> list[Node]:
+        """Low level: sample ``n`` continuations of ``node`` with exactly ``params``."""
+        return await self._generate(node, n, params)
+
+    async def _generate(self, node: Node, n: int, params: SamplingParams, whole: bool = False) -> list[Node]:
+        request = GenerateRequest(prompt=self.prompt + node.text(), params=params, n=n)
+        start = time.perf_counter()
+        completions = await self._scheduler.generate(self, request)
+        children = []
+        for completion in completions:
+            child = self.tree.add(node, Step.from_completion(completion))
+            spent = child.num_tokens >= self.config.max_tokens
+            child.terminal = completion.finished or spent or (whole and completion.finish_reason != "stop")
+            if whole:
+                child.meta["whole"] = True
+            children.append(child)
+        self.emit(
+            StepsGenerated(
+                task_id=self.task.id,
+                node_ids=tuple(c.id for c in children),
+                parent_id=node.id,
+                prompt_tokens=completions[0].prompt_tokens if completions else 0,
+                completion_tokens=sum(c.num_tokens for c in completions),
+                seconds=time.perf_counter() - start,
+            )
+        )
+        return [self._reflect(child, None) for child in children]
+
+    # -- verification ---------------------------------------------------------------
+
+    def score_request(self, node: Node) -> ScoreRequest:
+        """The verifier's view of the path to ``node``: whole-solution nodes are cut into
+        steps by the splitter so step-level verifiers see steps."""
+        steps: list[Step] = []
+        for step_node in node.path():
+            step = step_node.step
+            assert step is not None
+            if step_node.meta.get("whole") and not step.injected:
+                steps.extend(split_step(step, self.splitter.split(step.text)))
+            else:
+                steps.append(step)
+        return ScoreRequest(task=self.task, prompt=self.prompt, steps=tuple(steps))
+
+    async def score(self, nodes: Sequence[Node], verifier: Verifier | None = None) -> list[float]:
+        """Score the paths ending at ``nodes`` with the run's verifier (or ``verifier``).
+
+        Stores each step score on the node (``node.scores[name]``, the full
+        :class:`Score` in ``node.meta["score"]``) and returns each path's score reduced by
+        ``config.aggregation``. Without a verifier every path scores 0.
+        """
+        verifier = verifier or self.verifier
+        if verifier is None or not nodes:
+            return [0.0] * len(nodes)
+        name = getattr(verifier, "spec", type(verifier).__name__)
+        start = time.perf_counter()
+        results: list[Score] = await self._scheduler.score(self, verifier, [self.score_request(n) for n in nodes])
+        values = []
+        for node, result in zip(nodes, results):
+            node.scores[name] = result.last
+            node.meta["score"] = result
+            values.append(aggregate(result.step_scores, self.config.aggregation))
+        self.emit(
+            StepsScored(
+                task_id=self.task.id,
+                verifier=name,
+                node_ids=tuple(n.id for n in nodes),
+                scores=tuple(values),
+                seconds=time.perf_counter() - start,
+            )
+        )
+        return values
+
+    # -- reflection -----------------------------------------------------------------
+
+    def _reflect(self, node: Node, score: Score | None) -> Node:
+        """Give each trigger a chance to inject text after ``node``; return the new leaf."""
+        for name, trigger in self.reflections:
+            steps = node.steps()
+            if node.terminal:
+                text = trigger.on_finish(self.task, steps, score, node.reflections)
+            else:
+                text = trigger.on_step(self.task, steps, score, node.reflections)
+            if text:
+                return self.inject(node, text, trigger=name)
+        return node
+
+    def reflect_after_score(self, node: Node) -> Node:
+        """Run the triggers on ``node`` with its stored verifier score (call after
+        :meth:`score` where a policy wants verifier-driven reflection)."""
+        return self._reflect(node, node.meta.get("score"))
+
+    def inject(self, node: Node, text: str, trigger: str = "manual") -> Node:
+        """Append runtime text after ``node`` as a reflection node; the path re-opens."""
+        node.terminal = False
+        child = self.tree.add(node, Step(text=text, injected=True), kind="reflection", trigger=trigger)
+        self.emit(ReflectionInjected(task_id=self.task.id, trigger=trigger, node_id=child.id, parent_id=node.id, text=text))
+        return child
+
+    # -- answers --------------------------------------------------------------------
+
+    def answer(self, node: Node) -> str | None:
+        """Extract (and remember) the final answer of the path to ``node``."""
+        text = node.text()
+        node.answer = answers.extract_code(text) if self.task.kind == "code" else answers.extract_answer(text)
+        return node.answer
+
+    def candidate(self, node: Node, score: float | None = None) -> Candidate:
+        """Record ``node`` as a finished candidate (emits :class:`AnswerFound`)."""
+        answer = node.answer if node.answer is not None else self.answer(node)
+        result = node.meta.get("score")
+        candidate = Candidate(
+            node_id=node.id,
+            text=node.text(),
+            answer=answer,
+            score=score,
+            step_scores=result.step_scores if result is not None else (),
+        )
+        self.emit(AnswerFound(task_id=self.task.id, node_id=node.id, answer=answer, score=score))
+        return candidate
+
+    def prune(self, nodes: Sequence[Node], reason: str = "") -> None:
+        for node in nodes:
+            node.pruned = True
+        if nodes:
+            self.emit(NodesPruned(task_id=self.task.id, node_ids=tuple(n.id for n in nodes), reason=reason))
+
+
+def _evolve(params: SamplingParams, **changes: Any) -> SamplingParams:
+    import attrs
+
+    return attrs.evolve(params, **changes)
+
+
+def split_step(step: Step, pieces: Sequence[str]) -> list[Step]:
+    """Cut one generated step into ``pieces`` (whose concatenation is its text), giving
+    each piece its share of the tokens, proportional to its length in characters (token
+    boundaries are not known here; this is only used for scoring whole solutions)."""
+    if len(pieces) <= 1:
+        return [step]
+    total = max(1, sum(len(p) for p in pieces))
+    n_tokens = len(step.token_ids)
+    out: list[Step] = []
+    start = 0
+    seen = 0
+    for i, piece in enumerate(pieces):
+        seen += len(piece)
+        end = n_tokens if i == len(pieces) - 1 else max(start, round(n_tokens * seen / total))
+        out.append(
+            Step(
+                text=piece,
+                token_ids=step.token_ids[start:end],
+                logprobs=step.logprobs[start:end],
+                top_logprobs=step.top_logprobs[start:end],
+                finish_reason=step.finish_reason if i == len(pieces) - 1 else "stop",
+            )
+        )
+        start = end
+    return out

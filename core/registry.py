@@ -1,0 +1,210 @@
+"""The plugin manager: built-ins first, then the ``reason`` entry points, one at a time.
+
+A plugin that fails to import (or whose registration hook raises) is skipped with one
+warning naming it and the error, and listed as broken by ``reason plugins``.
+``REASON_LOAD_PLUGINS=a,b`` loads only those entry-point plugins (``''`` = none), so a
+broken plugin can always be uninstalled with the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+from attrs import define, field
+
+from . import hookspecs
+from .errors import ComponentNotFound, UsageError
+
+hookimpl = pluggy.HookimplMarker("reason")
+
+ENTRY_POINT_GROUP = "reason"
+
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "reason.plugins.backends",
+    "reason.plugins.splitters",
+    "reason.plugins.verifiers",
+    "reason.plugins.search",
+    "reason.plugins.reflection",
+    "reason.plugins.datasets",
+    "reason.plugins.commands",
+)
+"""Modules of the built-in plugins. Each is registered exactly like a third-party plugin."""
+
+KINDS: dict[str, str] = {
+    "backend": "reason_register_backends",
+    "splitter": "reason_register_splitters",
+    "verifier": "reason_register_verifiers",
+    "search": "reason_register_searches",
+    "reflection": "reason_register_reflections",
+    "dataset": "reason_register_datasets",
+}
+"""Component kind -> the registration hook that fills it."""
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin could not be loaded and was skipped."""
+
+
+@define
+class PluginInfo:
+    name: str
+    version: str | None = None
+    builtin: bool = False
+    hooks: list[str] = field(factory=list)
+    registers: dict[str, list[str]] = field(factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "builtin": self.builtin,
+            "hooks": self.hooks,
+            "registers": self.registers,
+            "error": self.error,
+        }
+
+
+@define
+class Registration:
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+
+
+@define
+class PluginRegistry:
+    """The loaded plugins and every component they registered, by kind and name."""
+
+    pm: pluggy.PluginManager
+    plugins: dict[str, PluginInfo] = field(factory=dict)
+    components: dict[str, dict[str, Registration]] = field(factory=lambda: {kind: {} for kind in KINDS})
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components[kind])
+
+    def lookup(self, kind: str, spec: str) -> tuple[Registration, str | None]:
+        """Find the factory for ``name`` or ``name:arg``; a clear error lists what exists."""
+        name, _, arg = spec.partition(":")
+        registered = self.components[kind]
+        if name not in registered:
+            available = ", ".join(self.names(kind)) or "none"
+            raise ComponentNotFound(f"unknown {kind} {name!r}; available: {available}")
+        return registered[name], (arg or None)
+
+    def create(self, kind: str, spec: str, config: Any) -> Any:
+        registration, arg = self.lookup(kind, spec)
+        try:
+            return registration.factory(config, arg)
+        except UsageError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"{kind} {spec!r} (from plugin {registration.plugin}): {exc}") from exc
+
+    def broken(self) -> list[PluginInfo]:
+        return [info for info in self.plugins.values() if info.error]
+
+
+def _hook_names(plugin: Any) -> list[str]:
+    return sorted(name for name in dir(plugin) if name.startswith("reason_") and callable(getattr(plugin, name)))
+
+
+def _collect(registry: PluginRegistry, name: str, plugin: Any) -> None:
+    """Call one plugin's registration hooks, recording what it registers."""
+    info = registry.plugins[name]
+    staged: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
+    for kind, hook in KINDS.items():
+        impl = getattr(plugin, hook, None)
+        if impl is None:
+            continue
+
+        def register(component: str, factory: Callable[..., Any], _kind: str = kind) -> None:
+            existing = registry.components[_kind].get(component) or staged[_kind].get(component)
+            if existing is not None:
+                raise UsageError(f"{_kind} {component!r} is registered twice: by {existing.plugin} and by {name}")
+            staged[_kind][component] = Registration(component, factory, name)
+
+        impl(register=register)
+    for kind, regs in staged.items():
+        registry.components[kind].update(regs)
+        if regs:
+            info.registers[kind] = sorted(regs)
+
+
+def _load(registry: PluginRegistry, name: str, load: Callable[[], Any], version: str | None, builtin: bool) -> None:
+    info = PluginInfo(name=name, version=version, builtin=builtin)
+    registry.plugins[name] = info
+    try:
+        plugin = load()
+        info.hooks = _hook_names(plugin)
+        _collect(registry, name, plugin)
+        registry.pm.register(plugin, name=name)
+    except Exception as exc:  # a broken plugin must never take the CLI down with it
+        info.error = f"{type(exc).__name__}: {exc}"
+        info.registers = {}
+        warnings.warn(f"reason: skipped plugin {name!r}: {info.error}", PluginLoadWarning, stacklevel=2)
+
+
+def _allowed_entry_points() -> set[str] | None:
+    raw = os.environ.get("REASON_LOAD_PLUGINS")
+    if raw is None:
+        return None
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def load_plugins() -> PluginRegistry:
+    """Build a fresh registry: built-ins, then entry points (filtered by REASON_LOAD_PLUGINS)."""
+    pm = pluggy.PluginManager("reason")
+    pm.add_hookspecs(hookspecs)
+    registry = PluginRegistry(pm=pm)
+    from . import __version__
+
+    for module in BUILTIN_PLUGINS:
+        _load(registry, module, lambda m=module: importlib.import_module(m), __version__, builtin=True)
+    allowed = _allowed_entry_points()
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        version = ep.dist.version if ep.dist is not None else None
+        _load(registry, ep.name, ep.load, version, builtin=False)
+    return registry
+
+
+_registry: PluginRegistry | None = None
+_lock = threading.Lock()
+
+
+def get_registry() -> PluginRegistry:
+    """The process-wide registry, loaded on first use."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            _registry = load_plugins()
+        return _registry
+
+
+def reset_registry() -> None:
+    """Forget the loaded plugins (tests; after installing a plugin at run time)."""
+    global _registry
+    with _lock:
+        _registry = None
+
+
+def lazy(target: str) -> Callable[..., Any]:
+    """A factory that imports ``"module:attr"`` only when a component is built, so
+    registering a torch- or docker-backed component costs nothing at start-up."""
+    module_name, _, attr = target.partition(":")
+
+    def factory(config: Any, arg: str | None = None) -> Any:
+        return getattr(importlib.import_module(module_name), attr)(config, arg)
+
+    factory.__qualname__ = factory.__name__ = f"lazy({target})"
+    factory.target = target  # type: ignore[attr-defined]
+    return factory

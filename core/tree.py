@@ -1,0 +1,136 @@
+"""The search tree: every step any strategy generated, scored, reflected on or pruned.
+
+Nodes hold the step (text, tokens, logprobs), verifier scores, and the visit/value
+statistics MCTS needs. The root is the prompt. A path is the list of steps from the root
+to a node; its text is what the model wrote so far.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from attrs import define, field
+
+from .types import Step
+
+
+@define(eq=False)
+class Node:
+    id: int
+    step: Step | None
+    """``None`` only for the root (the prompt)."""
+    parent: Node | None = field(default=None, repr=False)
+    children: list[Node] = field(factory=list, repr=False)
+    kind: str = "step"
+    """``root``, ``step`` or ``reflection``."""
+    scores: dict[str, float] = field(factory=dict)
+    """Verifier name -> this step's score."""
+    visits: int = 0
+    value_sum: float = 0.0
+    terminal: bool = False
+    """The path ends here (EOS, answer, or budget)."""
+    pruned: bool = False
+    answer: str | None = None
+    meta: dict[str, Any] = field(factory=dict)
+    """Anything else a strategy wants recorded in the tree (e.g. subtree index)."""
+
+    @property
+    def depth(self) -> int:
+        depth, node = 0, self
+        while node.parent is not None:
+            depth, node = depth + 1, node.parent
+        return depth
+
+    @property
+    def value(self) -> float:
+        """Mean backed-up value (MCTS Q)."""
+        return self.value_sum / self.visits if self.visits else 0.0
+
+    def path(self) -> list[Node]:
+        """Nodes from the first step to this one (the root excluded)."""
+        nodes: list[Node] = []
+        node: Node | None = self
+        while node is not None and node.step is not None:
+            nodes.append(node)
+            node = node.parent
+        return nodes[::-1]
+
+    def steps(self) -> tuple[Step, ...]:
+        return tuple(node.step for node in self.path() if node.step is not None)
+
+    def text(self) -> str:
+        """What the model wrote (and was made to write) along the path to this node."""
+        return "".join(step.text for step in self.steps())
+
+    @property
+    def reflections(self) -> int:
+        return sum(1 for node in self.path() if node.kind == "reflection")
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(step.token_ids) for step in self.steps())
+
+    def to_dict(self) -> dict[str, Any]:
+        step = self.step
+        return {
+            "id": self.id,
+            "parent": self.parent.id if self.parent else None,
+            "kind": self.kind,
+            "depth": self.depth,
+            "text": step.text if step else "",
+            "tokens": len(step.token_ids) if step else 0,
+            "token_ids": list(step.token_ids) if step else [],
+            "logprobs": [round(lp, 5) for lp in step.logprobs] if step else [],
+            "top_logprobs": [[round(lp, 5) for lp in top] for top in step.top_logprobs] if step else [],
+            "finish_reason": step.finish_reason if step else None,
+            "scores": dict(self.scores),
+            "visits": self.visits,
+            "value": self.value,
+            "terminal": self.terminal,
+            "pruned": self.pruned,
+            "answer": self.answer,
+            "meta": dict(self.meta),
+            "children": [child.id for child in self.children],
+        }
+
+
+@define(eq=False)
+class Tree:
+    prompt: str
+    nodes: list[Node] = field(factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.nodes:
+            self.nodes.append(Node(id=0, step=None, kind="root"))
+
+    @property
+    def root(self) -> Node:
+        return self.nodes[0]
+
+    def add(self, parent: Node, step: Step, kind: str = "step", **meta: Any) -> Node:
+        node = Node(id=len(self.nodes), step=step, parent=parent, kind=kind, meta=dict(meta))
+        parent.children.append(node)
+        self.nodes.append(node)
+        return node
+
+    def __getitem__(self, node_id: int) -> Node:
+        return self.nodes[node_id]
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def max_depth(self) -> int:
+        return max(node.depth for node in self.nodes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "num_nodes": len(self.nodes),
+            "max_depth": self.max_depth,
+            "nodes": [node.to_dict() for node in self.nodes],
+        }

@@ -1,0 +1,238 @@
+"""The data that flows between the runtime and its components.
+
+Everything here is a frozen attrs class: requests go to backends and verifiers,
+results come back, and none of them is mutated on the way. Components of every kind
+(built-in or third-party) speak only these types.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from attrs import field, frozen, validators
+
+FinishReason = Literal["stop", "length", "eos"]
+"""Why a completion ended: a stop string matched (``stop``, the string is included in the
+text), ``max_tokens`` was reached (``length``), or the model emitted end-of-sequence (``eos``:
+the path is finished)."""
+
+
+def _non_negative(instance: Any, attribute: Any, value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+@frozen
+class SamplingParams:
+    """How to sample one completion. Mirrors the knobs every backend understands."""
+
+    temperature: float = field(default=0.8, validator=_non_negative)
+    top_p: float = field(default=1.0)
+    max_tokens: int = field(default=512)
+    stop: tuple[str, ...] = field(default=(), converter=tuple)
+    seed: int | None = None
+    logprobs: int = 5
+    """How many top alternatives to report per generated token (0 = none)."""
+
+    @top_p.validator
+    def _check_top_p(self, attribute: Any, value: float) -> None:
+        if not 0 < value <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {value}")
+
+    @max_tokens.validator
+    def _check_max_tokens(self, attribute: Any, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {value}")
+
+
+@frozen
+class GenerateRequest:
+    """Continue ``prompt`` (raw text, chat template already applied) ``n`` times."""
+
+    prompt: str
+    params: SamplingParams = field(factory=SamplingParams)
+    n: int = field(default=1, validator=validators.ge(1))
+
+
+@frozen
+class Completion:
+    """One sampled continuation.
+
+    ``logprobs[i]`` is the log-probability of generated token ``i``;
+    ``top_logprobs[i]`` holds the log-probabilities of the top-k alternatives at that
+    position, highest first (the sampled token need not be among them).
+    """
+
+    text: str
+    token_ids: tuple[int, ...] = field(converter=tuple)
+    logprobs: tuple[float, ...] = field(converter=tuple)
+    top_logprobs: tuple[tuple[float, ...], ...] = field(converter=lambda xs: tuple(tuple(x) for x in xs))
+    finish_reason: FinishReason
+    prompt_tokens: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def finished(self) -> bool:
+        """True when the model itself ended the text (EOS), so the path cannot continue."""
+        return self.finish_reason == "eos"
+
+
+@frozen
+class Step:
+    """One step of a reasoning path, as generated (or injected, for reflections)."""
+
+    text: str
+    token_ids: tuple[int, ...] = field(default=(), converter=tuple)
+    logprobs: tuple[float, ...] = field(default=(), converter=tuple)
+    top_logprobs: tuple[tuple[float, ...], ...] = field(
+        default=(), converter=lambda xs: tuple(tuple(x) for x in xs)
+    )
+    finish_reason: FinishReason | None = None
+    injected: bool = False
+    """True for text the runtime inserted (a reflection), not sampled from the model."""
+
+    @classmethod
+    def from_completion(cls, completion: Completion) -> Step:
+        return cls(
+            text=completion.text,
+            token_ids=completion.token_ids,
+            logprobs=completion.logprobs,
+            top_logprobs=completion.top_logprobs,
+            finish_reason=completion.finish_reason,
+        )
+
+
+@frozen
+class Task:
+    """A problem to solve.
+
+    ``kind`` selects prompting and grading: ``math`` (an answer to extract and compare) or
+    ``code`` (a program to run; ``metadata`` carries e.g. HumanEval's prompt, test and
+    entry_point). ``reference`` is the known answer when there is one (evaluation).
+    """
+
+    question: str = field()
+    id: str = "task"
+    kind: str = "math"
+    reference: str | None = None
+    metadata: dict[str, Any] = field(factory=dict)
+
+    @question.validator
+    def _check_question(self, attribute: Any, value: str) -> None:
+        if not value or not value.strip():
+            raise ValueError("the question is empty: pass the question text, --file PATH, or pipe it on stdin")
+
+
+@frozen
+class ScoreRequest:
+    """Score every step of one path.
+
+    ``prompt`` is the formatted prompt the path continues; ``steps`` are the steps so far
+    (generated and injected), in order.
+    """
+
+    task: Task
+    prompt: str
+    steps: tuple[Step, ...] = field(converter=tuple)
+
+    @property
+    def text(self) -> str:
+        """The path's text: every step concatenated."""
+        return "".join(step.text for step in self.steps)
+
+
+@frozen
+class Score:
+    """A verifier's verdict on one path: one score per step in [0, 1] (higher is better).
+
+    ``feedback`` is text the model can act on (a failing test's error), used by the
+    ``on-verifier-fail`` reflection trigger. ``passed`` is set by verifiers with an exact
+    verdict (the code sandbox); ``None`` where there is none.
+    """
+
+    step_scores: tuple[float, ...] = field(converter=tuple)
+    feedback: str | None = None
+    passed: bool | None = None
+
+    @property
+    def last(self) -> float:
+        return self.step_scores[-1] if self.step_scores else 0.0
+
+
+Aggregation = Literal["last", "min", "prod", "mean"]
+AGGREGATIONS: tuple[str, ...] = ("last", "min", "prod", "mean")
+
+
+def aggregate(step_scores: tuple[float, ...] | list[float], how: str = "last") -> float:
+    """Reduce per-step scores to one solution score (PRM literature: last, min, prod, mean)."""
+    if not step_scores:
+        return 0.0
+    if how == "last":
+        return float(step_scores[-1])
+    if how == "min":
+        return float(min(step_scores))
+    if how == "prod":
+        return float(math.prod(step_scores))
+    if how == "mean":
+        return float(sum(step_scores) / len(step_scores))
+    raise ValueError(f"unknown aggregation {how!r}: choose one of {', '.join(AGGREGATIONS)}")
+
+
+@frozen
+class Usage:
+    """What a solve cost. Every strategy reports the same fields, so strategies compare at
+    equal budget."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model_calls: int = 0
+    """Backend calls this solve took part in (one batched call may serve many solves)."""
+    sequences: int = 0
+    """Completions sampled (a request with n=4 counts 4)."""
+    verifier_calls: int = 0
+    seconds: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            model_calls=self.model_calls + other.model_calls,
+            sequences=self.sequences + other.sequences,
+            verifier_calls=self.verifier_calls + other.verifier_calls,
+            seconds=self.seconds + other.seconds,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "model_calls": self.model_calls,
+            "sequences": self.sequences,
+            "verifier_calls": self.verifier_calls,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@frozen
+class Candidate:
+    """One finished path a search considered as an answer."""
+
+    node_id: int
+    text: str
+    answer: str | None
+    score: float | None
+    step_scores: tuple[float, ...] = field(default=(), converter=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "answer": self.answer,
+            "score": self.score,
+            "step_scores": list(self.step_scores),
+            "text": self.text,
+        }

@@ -1,0 +1,10 @@
+"""Built-in policy backends. Each is imported only when used, so torch, vllm and the
+HTTP client stay out of ``import reason``."""
+
+from reason import hookimpl
+from reason.registry import lazy
+
+
+@hookimpl
+def reason_register_backends(register):
+    register("transformers", lazy("reason.plugins.backends.transformers:TransformersBackend"))

@@ -1,0 +1,28 @@
+"""Best-of-N: sample N solutions, score each with the verifier, pick one.
+
+- naive (default): the solution with the highest score.
+- weighted (``--weighted``): sum the scores of the solutions that reach each answer and
+  pick the answer with the highest total (then its best-scored solution).
+
+Step scores reduce to one solution score by ``config.aggregation`` (last | min | prod |
+mean), as in the PRM literature.
+"""
+
+from reason import SearchContext, SearchOutcome, SearchPolicy
+from reason.answers import is_equivalent, vote
+
+
+class BestOfN(SearchPolicy):
+    async def run(self, ctx: SearchContext) -> SearchOutcome:
+        leaves = await ctx.complete(ctx.root, ctx.config.n)
+        scores = await ctx.score(leaves)
+        candidates = [ctx.candidate(leaf, score) for leaf, score in zip(leaves, scores)]
+        if not candidates:
+            return SearchOutcome(candidates=[], chosen=None)
+        if ctx.config.weighted:
+            winner, total = vote([c.answer for c in candidates], [c.score or 0.0 for c in candidates])
+            pool = [c for c in candidates if winner is not None and c.answer is not None and is_equivalent(c.answer, winner)]
+            chosen = max(pool or candidates, key=lambda c: c.score or 0.0)
+            return SearchOutcome(candidates=candidates, chosen=chosen, meta={"mode": "weighted", "answer_weight": total})
+        chosen = max(candidates, key=lambda c: c.score or 0.0)
+        return SearchOutcome(candidates=candidates, chosen=chosen, meta={"mode": "naive"})

@@ -1,0 +1,83 @@
+"""A scripted backend for unit tests of algorithm logic: no model, fully deterministic.
+
+The script maps (request, sample index) to the text the "model" would write in full;
+the backend then applies the request's stop strings and token limit exactly like a real
+backend, one token per whitespace-separated word. Every call is recorded so tests can
+count batched calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+
+from reason import Backend, Completion, Config, GenerateRequest
+
+Script = Callable[[GenerateRequest, int], str]
+
+_TOKEN = re.compile(r"\S+\s*|\s+")
+
+
+def _logprob(text: str, i: int) -> float:
+    digest = hashlib.sha256(f"{text}|{i}".encode()).digest()
+    return -((digest[0] / 255.0) * 2.0 + 0.01)
+
+
+class ScriptedBackend(Backend):
+    def __init__(self, script: Script | None = None, config: Config | None = None, logprob: Callable[[str, int], float] | None = None):
+        super().__init__(config or Config(), None)
+        self.script = script or (lambda request, i: "Step one.\n\nThe answer is \\boxed{4}.")
+        self.logprob = logprob or _logprob
+        self.calls: list[list[GenerateRequest]] = []
+
+    def format_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        return "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
+        self.calls.append(list(requests))
+        return [[self._one(request, i) for i in range(request.n)] for request in requests]
+
+    def _one(self, request: GenerateRequest, index: int) -> Completion:
+        full = self.script(request, index)
+        tokens = _TOKEN.findall(full)
+        out: list[str] = []
+        finish = "eos"
+        for token in tokens:
+            if len(out) >= request.params.max_tokens:
+                finish = "length"
+                break
+            out.append(token)
+            text = "".join(out)
+            hit = [s for s in request.params.stop if s in text]
+            if hit:
+                cut = min(text.index(s) + len(s) for s in hit)
+                # keep the stop string, drop what follows it in this token
+                out[-1] = out[-1][: len(out[-1]) - (len(text) - cut)]
+                finish = "stop"
+                break
+        text = "".join(out)
+        logprobs = [self.logprob(text, i) for i in range(len(out))]
+        k = request.params.logprobs
+        top = [sorted([lp, *(lp - 0.5 * (j + 1) for j in range(k - 1))], reverse=True) if k else [] for lp in logprobs]
+        return Completion(
+            text=text,
+            token_ids=[abs(hash(t)) % 50000 for t in out],
+            logprobs=logprobs,
+            top_logprobs=top,
+            finish_reason=finish,
+            prompt_tokens=len(_TOKEN.findall(request.prompt)),
+        )
+
+
+def steps_script(steps: Sequence[str]) -> Script:
+    """A script that writes ``steps`` in order, continuing from however many the prompt
+    already holds (so step-wise searches walk through them)."""
+
+    def script(request: GenerateRequest, index: int) -> str:
+        done = sum(1 for s in steps if s in request.prompt)
+        return "".join(steps[done:])
+
+    return script
+
+
