@@ -92,7 +92,10 @@ def is_equivalent(a: str, b: str) -> bool:
         return True
     fa, fb = _as_float(a), _as_float(b)
     if fa is not None and fb is not None:
-        return abs(fa - fb) <= 1e-6 * max(1.0, abs(fb))
+        # "10%" is both 10 (how GSM8K states percentages) and 0.1 (what it means)
+        xs = (fa, fa / 100) if a.endswith("%") else (fa,)
+        ys = (fb, fb / 100) if b.endswith("%") else (fb,)
+        return any(abs(x - y) <= 1e-6 * max(1.0, abs(y)) for x in xs for y in ys)
     try:
         from math_verify import parse, verify
 

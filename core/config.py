@@ -46,7 +46,8 @@ class Config:
     search: str = "best-of-n"
     backend: str = "transformers"
     splitter: str = "step"
-    verifier: str | None = "confidence"
+    verifier: str | None = field(default="confidence", converter=lambda v: None if v in (None, "", "none") else v)
+    """``None`` (or "none") = no verifier."""
     reflect: tuple[str, ...] = field(default=(), converter=tuple)
 
     # model

@@ -20,20 +20,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
-import structlog
-
 from .components import Backend, ReflectionTrigger, SearchPolicy, Splitter, Verifier
 from .config import Config
 from .context import SearchContext
 from .errors import UsageError
+from .log import get_logger
 from .events import Event, SearchFailed, SearchFinished, SearchStarted
 from .registry import PluginRegistry, get_registry
 from .prompts import messages_for
 from .result import Solution
 from .scheduler import Scheduler
 from .types import Task, Usage
-
-log = structlog.get_logger("reason")
 
 DEFAULT_CONCURRENCY = 16
 """How many tasks ``solve_many`` runs at once: enough to fill batches, few enough to keep
@@ -64,14 +61,14 @@ class Runtime:
     # -- components -------------------------------------------------------------------
 
     def validate(self, config: Config | None = None) -> None:
-        """Check every component name exists (cheap: builds nothing), so a typo fails fast."""
+        """Fail fast on a bad name or argument: builds the cheap components (search,
+        splitter, reflection triggers) and looks up the rest (which may load models)."""
         config = config or self.config
-        self.registry.lookup("search", config.search)
-        self.registry.lookup("splitter", config.splitter)
+        self.registry.create("search", config.search, config)
+        self.splitter(config)
+        self.reflections(config)
         if config.verifier:
             self.registry.lookup("verifier", config.verifier)
-        for spec in config.reflect:
-            self.registry.lookup("reflection", spec)
         if self._backend is None:
             self.registry.lookup("backend", config.backend)
 
@@ -111,7 +108,7 @@ class Runtime:
             try:
                 component.close()
             except Exception as exc:  # closing must not mask the real outcome
-                log.warning("close failed", component=type(component).__name__, error=str(exc))
+                get_logger().warning("close failed", component=type(component).__name__, error=str(exc))
 
     def __enter__(self) -> Runtime:
         return self
@@ -121,11 +118,17 @@ class Runtime:
 
     # -- events -----------------------------------------------------------------------
 
+    def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``listener`` with every event of this runtime's runs (in the event loop).
+        Returns a function that unsubscribes it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
     def emit(self, event: Event) -> None:
         try:
             self.registry.pm.hook.reason_on_event(event=event)
         except Exception as exc:  # an observer must never break a run
-            log.warning("event hook failed", event=event.kind, error=str(exc))
+            get_logger().warning("event hook failed", event=event.kind, error=str(exc))
         for listener in list(self._listeners):
             listener(event)
 
@@ -234,7 +237,7 @@ class Runtime:
         """Solve ``task`` and yield its events as they happen. The last event is
         :class:`SearchFinished`; the solution is then in ``runtime.last_solution``."""
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        self._listeners.append(queue.put_nowait)
+        unsubscribe = self.subscribe(queue.put_nowait)
         solved: list[Solution] = []
 
         async def run() -> None:
@@ -250,7 +253,7 @@ class Runtime:
             await runner  # re-raise a failure
             self.last_solution = solved[0]
         finally:
-            self._listeners.remove(queue.put_nowait)
+            unsubscribe()
             if not runner.done():
                 runner.cancel()
 

@@ -59,7 +59,8 @@ class ScriptedBackend(Backend):
         text = "".join(out)
         logprobs = [self.logprob(text, i) for i in range(len(out))]
         k = request.params.logprobs
-        top = [sorted([lp, *(lp - 0.5 * (j + 1) for j in range(k - 1))], reverse=True) if k else [] for lp in logprobs]
+        # fixed competitors, so a higher chosen logprob means a higher confidence
+        top = [sorted([lp, *(-1.0 - j for j in range(k - 1))], reverse=True) if k else [] for lp in logprobs]
         return Completion(
             text=text,
             token_ids=[abs(hash(t)) % 50000 for t in out],

@@ -1,0 +1,50 @@
+"""Logging, kept off the start-up path.
+
+structlog (and, through it, rich) costs ~0.2 s to import, which ``reason --help`` must
+not pay. The library logs through :func:`get_logger`, which imports structlog on first
+use. The library never configures logging; the CLI calls :func:`configure`, which takes
+effect when the first logger is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+_pending: tuple[str, bool | None] | None = None
+
+
+def configure(level: str = "warning", json_logs: bool | None = None) -> None:
+    """(CLI only) structlog to stderr: console format on a TTY, JSON lines otherwise."""
+    global _pending
+    _pending = (level, json_logs)
+    if "structlog" in sys.modules:
+        _apply()
+
+
+def _apply() -> None:
+    global _pending
+    if _pending is None:
+        return
+    level, json_logs = _pending
+    _pending = None
+    import structlog
+
+    if json_logs is None:
+        json_logs = not sys.stderr.isatty()
+    renderer = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str = "reason") -> Any:
+    """A structlog logger (structlog imported, and the CLI's settings applied, on first use)."""
+    import structlog
+
+    _apply()
+    return structlog.get_logger(name)

@@ -1,0 +1,75 @@
+"""greedy, self-consistency and best-of-n logic, on the scripted backend."""
+
+import math
+
+from scripted import ScriptedBackend
+
+from reason import Config, Runtime
+
+
+def answers_script(answers):
+    return lambda request, i: f"Thinking.\n\nThe answer is \\boxed{{{answers[i % len(answers)]}}}."
+
+
+def test_self_consistency_votes_equivalent_answers_together():
+    backend = ScriptedBackend(answers_script(["0.5", "7", "\\frac{1}{2}", "7", "1/2"]))
+    solution = Runtime(Config(search="self-consistency", n=5, verifier=None), backend=backend).solve("q")
+    assert solution.answer in ("0.5", "\\frac{1}{2}", "1/2")
+    assert solution.score == 3 / 5
+    assert [c.score for c in solution.candidates] == [0.6, 0.0, 0.6, 0.0, 0.6]
+
+
+def test_best_of_n_naive_takes_the_highest_score():
+    # confidence is higher where the logprobs are higher: make sample 2 the most confident
+    backend = ScriptedBackend(answers_script(["1", "2", "3", "4"]), logprob=lambda text, i: -0.05 if "3" in text else -2.0)
+    solution = Runtime(Config(search="best-of-n", n=4, verifier="confidence"), backend=backend).solve("q")
+    assert solution.answer == "3"
+    assert solution.score == max(c.score for c in solution.candidates)
+
+
+def test_best_of_n_weighted_sums_scores_per_answer():
+    # "5" twice at medium confidence beats "9" once at high confidence
+    def logprob(text, i):
+        return -0.05 if "9" in text else -0.4
+
+    backend = ScriptedBackend(answers_script(["5", "9", "5"]), logprob=logprob)
+    naive = Runtime(Config(search="best-of-n", n=3), backend=backend).solve("q")
+    weighted = Runtime(Config(search="best-of-n", n=3, weighted=True), backend=backend).solve("q")
+    assert naive.answer == "9"
+    assert weighted.answer == "5"
+    assert weighted.meta["mode"] == "weighted"
+
+
+def test_best_of_n_step_scores_follow_the_splitter():
+    backend = ScriptedBackend(lambda r, i: "A.\n\nB.\n\nC. The answer is \\boxed{2}.")
+    solution = Runtime(Config(search="best-of-n", n=1, aggregation="min"), backend=backend).solve("q")
+    (candidate,) = solution.candidates
+    assert len(candidate.step_scores) == 3
+    assert math.isclose(candidate.score, min(candidate.step_scores))
+
+
+def test_greedy_is_temperature_zero_and_one_sample():
+    backend = ScriptedBackend()
+    solution = Runtime(Config(search="greedy", temperature=0.9), backend=backend).solve("q")
+    (call,) = backend.calls
+    assert call[0].params.temperature == 0.0 and call[0].n == 1
+    assert solution.answer == "4" and len(solution.candidates) == 1
+
+
+def test_usage_is_counted_per_search():
+    backend = ScriptedBackend()
+    solution = Runtime(Config(search="best-of-n", n=3), backend=backend).solve("q")
+    tokens = sum(node.num_tokens for node in solution.tree if node.step)
+    assert solution.usage.completion_tokens == tokens > 0
+    assert solution.usage.sequences == 3 and solution.usage.model_calls == 1 and solution.usage.verifier_calls == 1
+    assert solution.usage.seconds > 0
+
+
+def test_solution_json_has_the_documented_fields():
+    solution = Runtime(Config(search="best-of-n", n=2), backend=ScriptedBackend()).solve("q")
+    data = solution.to_dict(tree=True)
+    for key in ("answer", "text", "score", "usage", "seconds", "candidates", "tree"):
+        assert key in data
+    assert set(data["usage"]) >= {"prompt_tokens", "completion_tokens", "model_calls"}
+    assert all({"answer", "score"} <= set(c) for c in data["candidates"])
+    assert data["tree"]["nodes"][0]["kind"] == "root"
