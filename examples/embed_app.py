@@ -1,0 +1,53 @@
+"""Embedding reason-runtime in an application.
+
+Solves a few MultiArith problems in one batched run (requests of all problems share
+model calls), streams the events of one more, and prints accuracy and cost.
+
+    python examples/embed_app.py [--limit 5] [--n 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from reason import Config, Runtime, Task
+from reason.answers import is_equivalent
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "multiarith" / "test.jsonl"
+
+
+def load(limit: int) -> list[Task]:
+    rows = [json.loads(line) for line in DATA.read_text().splitlines()[:limit]]
+    return [Task(question=r["input"], id=f"multiarith/{i}", reference=str(r["target"])) for i, r in enumerate(rows)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--limit", type=int, default=5)
+    parser.add_argument("--n", type=int, default=4)
+    args = parser.parse_args()
+
+    tasks = load(args.limit + 1)
+    config = Config(search="best-of-n", n=args.n, verifier="confidence", weighted=True, max_tokens=256, seed=0)
+    with Runtime(config) as runtime:
+        # 1. many problems at once: one backend call serves every problem's samples
+        solutions = runtime.solve_many(tasks[:-1], on_solution=lambda s: print(f"  {s.task.id}: {s.answer}"))
+        correct = sum(is_equivalent(s.answer, s.task.reference) for s in solutions if s.answer)
+        tokens = sum(s.usage.completion_tokens for s in solutions)
+        print(f"accuracy {correct}/{len(solutions)}, {tokens} tokens generated")
+
+        # 2. one problem, watching it think
+        async def watch() -> None:
+            async for event in runtime.stream(tasks[-1]):
+                if event.kind in ("BackendCalled", "AnswerFound", "SearchFinished"):
+                    print(f"  event {event.kind}: {json.dumps(event.to_dict(), default=str)[:120]}")
+
+        asyncio.run(watch())
+        print("streamed answer:", runtime.last_solution.answer, "reference:", tasks[-1].reference)
+
+
+if __name__ == "__main__":
+    main()
