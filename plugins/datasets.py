@@ -1,8 +1,300 @@
-"""Built-in evaluation datasets."""
+"""Built-in evaluation datasets: GSM8K, MATH-500, MultiArith, HumanEval, and any JSONL.
 
-from reason import hookimpl
+Each dataset reads its file from the data directory, yields :class:`reason.Task` objects
+with stable ids (``gsm8k/0``, ``HumanEval/0``) and references, and grades answers the way
+its benchmark states them (see :mod:`reason.plugins.grading`).
+
+The data directory is, in order: the ``data_dir`` option (``-o data_dir=DIR`` or
+``reason eval --data-dir DIR``), ``$REASON_DATA_DIR``, then the first existing
+``../shared/data`` relative to the current directory or to the repository that holds
+the package (for a source checkout; an installed package has only the first two).
+
+Any JSONL file is a dataset too: ``reason eval --dataset problems.jsonl
+--question-field q --answer-field a`` (options ``question_field``, ``answer_field``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from reason import Config, Dataset, Task, hookimpl
+from reason.errors import UsageError
+
+from . import grading
+
+DATA_DIR_ENV = "REASON_DATA_DIR"
+DATA_DIR_OPTION = "data_dir"
+
+
+def _repository_root() -> Path | None:
+    """The checkout holding the package, when it runs from source (``core/`` of the repo)."""
+    import reason
+
+    package = Path(reason.__file__).resolve().parent
+    if package.name == "core" and (package.parent / "pyproject.toml").exists():
+        return package.parent
+    return None
+
+
+def data_dir_candidates(config: Config | None = None) -> list[tuple[Path, str]]:
+    """Where the data may be, in priority order, each with where that path came from."""
+    explicit = (config.option(DATA_DIR_OPTION) if config is not None else None)
+    if explicit:
+        return [(Path(str(explicit)).expanduser(), f"option {DATA_DIR_OPTION}")]
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return [(Path(env).expanduser(), f"${DATA_DIR_ENV}")]
+    found = [(Path.cwd() / ".." / "shared" / "data", "../shared/data from the current directory")]
+    root = _repository_root()
+    if root is not None:
+        found.append((root.parent / "shared" / "data", "../shared/data from the repository"))
+    return found
+
+
+def resolve_data_file(relative: str, dataset: str, config: Config | None = None) -> Path:
+    """The dataset file ``relative`` under the data directory, or a :class:`UsageError`
+    naming every path tried and how to point at the data."""
+    tried = []
+    for directory, origin in data_dir_candidates(config):
+        path = (directory / relative).resolve() if directory.exists() else directory / relative
+        if path.is_file():
+            return path
+        tried.append(f"{path} ({origin})")
+    raise UsageError(
+        f"dataset {dataset!r}: data file not found; tried {'; '.join(tried)}. "
+        f"Point at the folder that holds {relative} with --data-dir DIR (-o {DATA_DIR_OPTION}=DIR) "
+        f"or ${DATA_DIR_ENV}=DIR."
+    )
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSONL file (``.gz`` too); a bad line is an error naming its number."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path}:{number} is not valid JSON: {exc.msg}") from None
+            if not isinstance(record, dict):
+                raise UsageError(f"{path}:{number} is not a JSON object")
+            yield record
+
+
+class FileDataset(Dataset):
+    """A dataset stored as one JSONL file under the data directory."""
+
+    name = "dataset"
+    relative_path = ""
+
+    @property
+    def path(self) -> Path:
+        return resolve_data_file(self.relative_path, self.name, self.config)
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        return read_jsonl(self.path)
+
+    def load(self) -> Iterable[Task]:
+        for index, record in enumerate(self.records()):
+            yield self.task(index, record)
+
+    def task(self, index: int, record: dict[str, Any]) -> Task:
+        raise NotImplementedError
+
+
+class GSM8K(FileDataset):
+    """GSM8K test (1319 grade-school word problems); the answer follows ``#### ``."""
+
+    name = "gsm8k"
+    relative_path = "gsm8k/test.jsonl"
+
+    def task(self, index: int, record: dict[str, Any]) -> Task:
+        return Task(
+            question=record["question"],
+            id=f"gsm8k/{index}",
+            reference=grading.gsm8k_reference(record["answer"]),
+            metadata={"solution": record["answer"]},
+        )
+
+    def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:
+        return grading.numeric_equal(answer, task.reference, percent=grading.asks_for_percent(task.question))
+
+
+class MultiArith(FileDataset):
+    """MultiArith (MAWPS): one- and two-step arithmetic word problems, numeric answers."""
+
+    name = "multiarith"
+    relative_path = "multiarith/test.jsonl"
+
+    def task(self, index: int, record: dict[str, Any]) -> Task:
+        return Task(question=record["input"], id=f"multiarith/{index}", reference=_number_text(record["target"]))
+
+    def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:
+        return grading.numeric_equal(answer, task.reference, percent=grading.asks_for_percent(task.question))
+
+
+class Math500(FileDataset):
+    """MATH-500: competition problems with LaTeX answers, graded with math-verify."""
+
+    name = "math500"
+    relative_path = "math500/test.jsonl"
+
+    def task(self, index: int, record: dict[str, Any]) -> Task:
+        return Task(
+            question=record["problem"],
+            id=f"math500/{index}",
+            reference=record["answer"],
+            metadata={
+                "unique_id": record.get("unique_id"),
+                "subject": record.get("subject"),
+                "level": record.get("level"),
+                "solution": record.get("solution"),
+            },
+        )
+
+    def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:
+        return grading.math_equal(answer, task.reference)
+
+
+class HumanEval(FileDataset):
+    """HumanEval: 164 Python functions to complete, graded by running their tests in the
+    Docker sandbox (the ``sandbox`` verifier; ``-o grading_verifier=NAME`` picks another)."""
+
+    name = "humaneval"
+    relative_path = "humaneval/HumanEval.jsonl.gz"
+
+    def __init__(self, config: Config, arg: str | None = None) -> None:
+        super().__init__(config, arg)
+        self._grader: grading.CodeGrader | None = None
+
+    def task(self, index: int, record: dict[str, Any]) -> Task:
+        return Task(
+            question=record["prompt"],
+            id=record["task_id"],
+            kind="code",
+            reference=record["canonical_solution"],
+            metadata={
+                "prompt": record["prompt"],
+                "test": record["test"],
+                "entry_point": record["entry_point"],
+            },
+        )
+
+    @property
+    def grader(self) -> grading.CodeGrader:
+        if self._grader is None:
+            self._grader = grading.CodeGrader(self.config, self.config.option("grading_verifier", "sandbox"))
+        return self._grader
+
+    def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:
+        return self.grade(task, [answer])[0]
+
+    def grade(self, task: Task, answers: list[str | None]) -> list[bool]:
+        """Grade many programs for one task in one sandbox call."""
+        return self.grader.grade(task, answers)
+
+    def close(self) -> None:
+        if self._grader is not None:
+            self._grader.close()
+
+
+QUESTION_FIELDS = ("question", "problem", "input", "prompt")
+ANSWER_FIELDS = ("answer", "target", "reference", "solution", "output")
+
+
+class JsonlDataset(Dataset):
+    """Any JSONL file: ``jsonl:PATH`` (``reason eval --dataset PATH.jsonl``).
+
+    Fields come from the options ``question_field`` / ``answer_field``, else the first of
+    the usual names present. Ids are ``<file stem>/<index>``, or the ``id_field`` option's
+    value. A reference holding a worked solution is reduced to its final answer (after
+    ``#### `` or in the last ``\\boxed{}``). Grading is math-aware (see
+    :func:`reason.plugins.grading.numeric_equal`)."""
+
+    def __init__(self, config: Config, arg: str | None = None) -> None:
+        super().__init__(config, arg)
+        path = arg or config.option("dataset_path")
+        if not path:
+            raise UsageError("the jsonl dataset needs a file: --dataset PATH.jsonl (or jsonl:PATH)")
+        self.path = Path(path).expanduser()
+        self.name = self.path.name.removesuffix(".gz").removesuffix(".jsonl")
+
+    def _field(self, record: dict[str, Any], option: str, usual: tuple[str, ...], flag: str, required: bool) -> str | None:
+        chosen = self.config.option(option)
+        if chosen:
+            if chosen not in record:
+                raise UsageError(
+                    f"{self.path}: no field {chosen!r} (from {flag}); the records have: {', '.join(record)}"
+                )
+            return str(chosen)
+        for name in usual:
+            if name in record:
+                return name
+        if required:
+            raise UsageError(
+                f"{self.path}: cannot tell which field holds the {option.split('_')[0]}; "
+                f"pass {flag} NAME (fields: {', '.join(record)})"
+            )
+        return None
+
+    def load(self) -> Iterable[Task]:
+        if not self.path.is_file():
+            raise UsageError(f"dataset file {self.path} does not exist (--dataset PATH.jsonl)")
+        id_field = self.config.option("id_field")
+        question_field = answer_field = None
+        for index, record in enumerate(read_jsonl(self.path)):
+            if question_field is None:
+                question_field = self._field(record, "question_field", QUESTION_FIELDS, "--question-field", True)
+                answer_field = self._field(record, "answer_field", ANSWER_FIELDS, "--answer-field", False)
+            if question_field not in record:
+                raise UsageError(f"{self.path}: record {index} has no field {question_field!r}")
+            raw = record.get(answer_field) if answer_field else None
+            yield Task(
+                question=str(record[question_field]),
+                id=str(record[id_field]) if id_field and id_field in record else f"{self.name}/{index}",
+                reference=_final_answer(raw) if raw is not None else None,
+                metadata={k: v for k, v in record.items() if k not in (question_field, answer_field)},
+            )
+
+    def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:
+        return grading.numeric_equal(answer, task.reference, percent=grading.asks_for_percent(task.question))
+
+
+def _number_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _final_answer(value: Any) -> str:
+    """A reference as the final answer alone (worked solutions end in ``#### N`` or a box)."""
+    if not isinstance(value, str):
+        return _number_text(value)
+    if "####" in value:
+        return grading.gsm8k_reference(value)
+    from reason.answers import _last_boxed
+
+    boxed = _last_boxed(value)
+    return boxed if boxed else value.strip()
+
+
+DATASETS: dict[str, type[Dataset]] = {
+    "gsm8k": GSM8K,
+    "math500": Math500,
+    "multiarith": MultiArith,
+    "humaneval": HumanEval,
+    "jsonl": JsonlDataset,
+}
 
 
 @hookimpl
 def reason_register_datasets(register):
-    """Datasets are registered here (see issue #6)."""
+    for name, factory in DATASETS.items():
+        register(name, factory)

@@ -1,0 +1,249 @@
+"""``reason eval``: run a strategy over a benchmark and measure accuracy against compute;
+``reason eval compare``: put several runs side by side.
+
+This module is imported only when the command runs (``reason --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from reason.cli import config_from, run_options
+from reason.errors import UsageError
+
+EXAMPLES = """
+\b
+Examples:
+  reason eval --dataset multiarith --limit 50 --search best-of-n --n 8
+  reason eval --dataset math500 --search beam --n 8 --verifier prm --prm-model DIR
+  reason eval --dataset humaneval --limit 20 --search best-of-n --n 4 --verifier sandbox
+  reason eval --dataset my.jsonl --question-field q --answer-field a --n 4
+  reason eval --dataset gsm8k --out runs/g --resume        # continue an interrupted run
+  reason eval compare runs/bon runs/beam --plot compare.png
+"""
+
+
+def _dataset_spec(name: str) -> str:
+    """A registered dataset name (``gsm8k``), or ``jsonl:PATH`` for a file."""
+    lowered = name.lower()
+    if lowered.endswith((".jsonl", ".jsonl.gz", ".json")) or "/" in name or Path(name).is_file():
+        return f"jsonl:{Path(name).expanduser().resolve()}"
+    return name
+
+
+def _default_out(spec: str, config: Any) -> Path:
+    name = Path(spec.partition(":")[2]).name.split(".")[0] if spec.startswith("jsonl:") else spec.replace(":", "-")
+    return Path("runs") / f"{name}-{config.search.replace(':', '-')}-n{config.n}"
+
+
+class _Progress:
+    """A rich progress bar on stderr (ETA, running accuracy); one line per problem when
+    stderr is not a terminal (logs, CI)."""
+
+    def __init__(self, total: int, done: int, correct: int, label: str, quiet: bool) -> None:
+        from rich.console import Console
+
+        self.total, self.done, self.correct = total, done, correct
+        self.tokens = 0
+        self.console = Console(stderr=True)
+        self.quiet = quiet
+        self.progress = None
+        if quiet:
+            return
+        if self.console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("acc {task.fields[acc]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self.progress.start()
+            self.task_id = self.progress.add_task(label, total=total, completed=done, acc=self._acc())
+        else:
+            click.echo(f"reason eval: {label}: {done}/{total} done, {total - done} to go", err=True)
+        import time
+
+        self.start = time.monotonic()
+        self.started_done = done
+
+    def _acc(self) -> str:
+        return f"{100 * self.correct / self.done:.1f}%" if self.done else "-"
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        self.done += 1
+        self.correct += bool(record.get("correct"))
+        if self.quiet:
+            return
+        if self.progress is not None:
+            self.progress.update(self.task_id, completed=self.done, acc=self._acc())
+            return
+        import time
+
+        elapsed = time.monotonic() - self.start
+        finished_now = self.done - self.started_done
+        eta = elapsed / finished_now * (self.total - self.done) if finished_now else 0.0
+        click.echo(
+            f"reason eval: {self.done}/{self.total} {record['task_id']} "
+            f"{'correct' if record.get('correct') else 'wrong'}; acc {self._acc()}; "
+            f"elapsed {elapsed:.0f}s, eta {eta:.0f}s",
+            err=True,
+        )
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+@click.group("eval", invoke_without_command=True, epilog=EXAMPLES)
+@click.option("--dataset", "dataset_name", metavar="NAME|PATH.jsonl",
+              help="gsm8k, math500, multiarith, humaneval (or any registered dataset), or a JSONL file.")
+@click.option("--limit", type=int, help="Evaluate at most this many problems.")
+@click.option("--offset", type=int, default=0, show_default=True, help="Skip this many problems first.")
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory [runs/DATASET-SEARCH-nN].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out: skip finished problems, never repeat one.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the datasets [$REASON_DATA_DIR, ../shared/data].")
+@click.option("--question-field", help="JSONL datasets: the field with the question [question|problem|input|prompt].")
+@click.option("--answer-field", help="JSONL datasets: the field with the reference answer [answer|target|...].")
+@click.option("--concurrency", type=int, default=16, show_default=True, help="Problems solved at once (batched together).")
+@click.option("--save-tree", is_flag=True, help="Store each problem's search tree in results.jsonl.")
+@click.option("--no-plot", is_flag=True, help="Do not draw accuracy_vs_budget.png.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+@run_options
+@click.pass_context
+def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None, offset: int, out: str | None,
+                 resume: bool, data_dir: str | None, question_field: str | None, answer_field: str | None,
+                 concurrency: int, save_tree: bool, no_plot: bool, as_json: bool, quiet: bool, **params: Any) -> None:
+    """Evaluate a search strategy on a benchmark: accuracy against compute.
+
+    Solves every problem (batched across problems), grades every candidate, and writes
+    DIR/results.jsonl (one line per problem, crash-safe), DIR/summary.json (maj@n,
+    weighted@n, naive@n, pass@k for n = 1, 2, 4 ... N, the strategy's own accuracy,
+    tokens and seconds per problem) and DIR/accuracy_vs_budget.png. Takes every option
+    of `reason solve`.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not dataset_name:
+        raise UsageError("reason eval needs --dataset NAME|PATH.jsonl (gsm8k, math500, multiarith, humaneval)")
+    from reason import get_registry
+    from reason.plugins.evaluation import EvalRun, console, summary_table
+
+    config = config_from(params)
+    extra = {k: v for k, v in (("data_dir", data_dir), ("question_field", question_field), ("answer_field", answer_field)) if v}
+    if extra:
+        config = config.replace(options=extra)
+    if concurrency < 1:
+        raise UsageError(f"--concurrency must be at least 1, got {concurrency}")
+    spec = _dataset_spec(dataset_name)
+    dataset = get_registry().create("dataset", spec, config)
+    directory = Path(out) if out else _default_out(spec, config)
+    run = EvalRun(
+        dataset_spec=spec, dataset=dataset, config=config, out=directory, offset=offset, limit=limit,
+        resume=resume, save_tree=save_tree, concurrency=concurrency,
+    )
+    try:
+        todo = run.prepare()
+        total = len(todo) + sum(1 for r in run.records)
+        if todo:
+            _solve(run, todo, total, quiet or as_json)
+        elif not quiet:
+            click.echo(f"reason eval: every selected problem is already in {directory / 'results.jsonl'}", err=True)
+    except KeyboardInterrupt:
+        _finish(run, no_plot, partial=True)
+        click.echo(f"reason eval: interrupted; {len(run.records)} problem(s) saved in {directory}; "
+                   "continue with the same options and --resume", err=True)
+        raise
+    except Exception:
+        if run.records:
+            _finish(run, no_plot, partial=True)
+        raise
+    finally:
+        dataset.close()
+    summary = _finish(run, no_plot)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        console().print(summary_table(summary))
+        click.echo(f"results: {directory}/results.jsonl, summary.json" + ("" if no_plot else ", accuracy_vs_budget.png"))
+
+
+def _solve(run: Any, todo: list, total: int, quiet: bool) -> None:
+    from reason import Runtime
+
+    label = f"{run.dataset_spec.rsplit('/', 1)[-1]} {run.config.search} n={run.config.n}"
+    progress = _Progress(total, len(run.records), sum(1 for r in run.records if r.get("correct")), label, quiet)
+    try:
+        with Runtime(run.config) as runtime:
+            run.run(runtime, todo, on_record=progress)
+    finally:
+        progress.close()
+
+
+def _finish(run: Any, no_plot: bool, partial: bool = False) -> dict[str, Any]:
+    from reason.plugins.evaluation import PLOT
+
+    summary = run.summarize()
+    if not no_plot and summary.get("problems"):
+        try:
+            from reason.plugins.plots import plot_run
+
+            plot_run(summary, run.out / PLOT)
+        except Exception as exc:  # a plot must never lose the results
+            if not partial:
+                click.echo(f"reason eval: could not draw the plot: {exc}", err=True)
+    return summary
+
+
+@eval_command.command("compare")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default="eval_compare.png", show_default=True,
+              help="Where to write the side-by-side plot.")
+@click.option("--no-plot", is_flag=True, help="Only print the table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
+def compare(dirs: tuple[str, ...], plot_path: str, no_plot: bool, as_json: bool) -> None:
+    """Compare evaluation runs: one table and one accuracy-vs-tokens plot.
+
+    \b
+      reason eval compare runs/multiarith-best-of-n-n8 runs/multiarith-beam-n8
+    """
+    from reason.plugins.evaluation import compare_table, console, load_run
+
+    summaries = [load_run(d) for d in dirs]
+    if as_json:
+        click.echo(json.dumps(summaries, indent=2))
+    else:
+        console().print(compare_table(summaries))
+    if not no_plot:
+        from reason.plugins.plots import plot_compare
+
+        path = plot_compare(summaries, plot_path)
+        if not as_json:
+            click.echo(f"plot: {path}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(eval_command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(eval_command())

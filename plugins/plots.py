@@ -1,0 +1,110 @@
+"""Accuracy-vs-compute plots for ``reason eval`` (matplotlib, Agg backend, imported only
+when a plot is drawn).
+
+The x axis is generated tokens per problem (log scale, base 2, since budgets double);
+each metric family (maj, weighted, naive, pass) is one line through its budgets
+n = 1, 2, 4, ... N; the strategy's own choice is one marker at its full cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+STYLES = {"maj": "-", "weighted": "--", "naive": ":", "pass": "-."}
+MARKERS = {"maj": "o", "weighted": "s", "naive": "^", "pass": "D"}
+LABELS = {"maj": "maj@n", "weighted": "weighted@n", "naive": "naive@n", "pass": "pass@n"}
+
+
+def dataset_label(spec: Any) -> str:
+    from reason.plugins.evaluation import dataset_label as label
+
+    return label(spec)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _families(summary: dict[str, Any]) -> list[str]:
+    return [f for f in ("maj", "weighted", "naive", "pass") if f"{f}@1" in summary]
+
+
+def _series(summary: dict[str, Any], family: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for k in summary.get("budgets") or []:
+        if f"{family}@{k}" in summary:
+            xs.append(max(float(summary.get(f"tokens@{k}", 0.0)), 1e-9))
+            ys.append(100.0 * float(summary[f"{family}@{k}"]))
+    return xs, ys
+
+
+def _draw(ax: Any, summary: dict[str, Any], color: Any, prefix: str = "") -> None:
+    for family in _families(summary):
+        xs, ys = _series(summary, family)
+        if xs:
+            ax.plot(xs, ys, STYLES[family], marker=MARKERS[family], color=color, label=f"{prefix}{LABELS[family]}")
+    if "accuracy" in summary:
+        ax.scatter(
+            [max(float(summary.get("tokens_per_problem", 0.0)), 1e-9)],
+            [100.0 * float(summary["accuracy"])],
+            marker="*",
+            s=180,
+            color=color,
+            edgecolors="black",
+            zorder=5,
+            label=f"{prefix}{summary.get('search')} choice",
+        )
+
+
+def _finish(ax: Any, fig: Any, title: str, path: Path) -> Path:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.set_xlabel("generated tokens per problem")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_run(summary: dict[str, Any], path: str | Path) -> Path:
+    """``accuracy_vs_budget.png`` of one run."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    try:
+        _draw(ax, summary, "tab:blue")
+        title = (
+            f"{dataset_label(summary.get('dataset'))}: {summary.get('search')} n={summary.get('n')}, "
+            f"verifier={summary.get('verifier') or 'none'}, {summary.get('problems')} problems"
+        )
+        return _finish(ax, fig, title, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def plot_compare(summaries: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Several runs on one plot: one color per run, one line style per metric."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    try:
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, summary in enumerate(summaries):
+            name = Path(str(summary.get("dir", f"run{i}"))).name
+            _draw(ax, summary, colors[i % len(colors)], prefix=f"{name}: ")
+        datasets = sorted({dataset_label(s.get("dataset")) for s in summaries})
+        return _finish(ax, fig, f"accuracy vs compute on {', '.join(datasets)}", Path(path))
+    finally:
+        plt.close(fig)
