@@ -9,3 +9,6 @@ from .confidence import ConfidenceVerifier
 @hookimpl
 def reason_register_verifiers(register):
     register("confidence", ConfidenceVerifier)
+    register("prm", lazy("reason.plugins.verifiers.prm:PRMVerifier"))
+    register("self-eval", lazy("reason.plugins.verifiers.self_eval:SelfEvalVerifier"))
+    register("sandbox", lazy("reason.plugins.verifiers.sandbox:SandboxVerifier"))

@@ -1,0 +1,191 @@
+"""The sandbox callers use: run a Python program in a hardened, throw-away container.
+
+::
+
+    from reason.sandboxes import Sandbox, Limits
+
+    with Sandbox(Limits(timeout_s=5), pool_size=4) as sandbox:
+        result = sandbox.run("print(sum(range(10)))")
+        results = sandbox.run_many([code_a, code_b], max_workers=4)
+
+Every run gets a fresh container (from the warm pool when one is ready), and every
+container is removed whatever happens: in ``finally`` for the run, by the pool's
+remover, at interpreter exit for pools not closed, and by the sweep for processes that
+were killed outright.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import weakref
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import attrs
+import structlog
+
+from reason.errors import VerifierError
+
+from .container import create_started, execute, remove
+from .engine import connect
+from .image import require_image
+from .limits import Limits
+from .pool import WarmPool
+from .result import RunResult
+from .sweep import sweep
+
+log = structlog.get_logger("reason")
+
+_live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for sandbox in list(_live):
+        sandbox.close()
+
+
+class Sandbox:
+    """Runs programs under ``limits``; ``pool_size`` containers are kept started ahead of
+    need (0 = a cold container per run). Connects, checks the image and sweeps leftovers
+    of dead runs on first use; thread-safe."""
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        *,
+        pool_size: int = 0,
+        image: str | None = None,
+        client: Any = None,
+        max_workers: int = 4,
+    ) -> None:
+        self.limits = limits or Limits()
+        self.pool_size = pool_size
+        self.max_workers = max_workers
+        self._image = image
+        self._client = client
+        self._pool: WarmPool | None = None
+        self._lock = threading.Lock()
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> Sandbox:
+        """Connect, check the image, sweep orphans and fill the pool (idempotent)."""
+        with self._lock:
+            if self._closed:
+                raise VerifierError("this sandbox was closed")
+            if self._started:
+                return self
+            if self._client is None:
+                self._client = connect(pool_size=max(16, 2 * self.max_workers + self.pool_size + 4))
+            self._image = require_image(self._client, self._image)
+            sweep(self._client)
+            if self.pool_size > 0:
+                self._pool = WarmPool(self._new_container, self._remove, self.pool_size)
+            self._started = True
+            _live.add(self)
+        return self
+
+    def close(self) -> None:
+        """Remove the pool's containers. Runs in flight finish their own cleanup."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        _live.discard(self)
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def client(self) -> Any:
+        return self.start()._client
+
+    @property
+    def image(self) -> str:
+        self.start()
+        assert self._image is not None
+        return self._image
+
+    @property
+    def pool(self) -> WarmPool | None:
+        return self._pool
+
+    # -- running --------------------------------------------------------------------
+
+    def run(
+        self,
+        code: str,
+        stdin: bytes | str = b"",
+        *,
+        timeout_s: float | None = None,
+        output_bytes: int | None = None,
+    ) -> RunResult:
+        """Run ``code`` with ``python3`` and return how it went. ``timeout_s`` and
+        ``output_bytes`` override the sandbox's limits for this run (they are not baked
+        into the container, unlike memory, CPU and pids)."""
+        self.start()
+        limits = self.limits
+        if timeout_s is not None or output_bytes is not None:
+            limits = attrs.evolve(
+                limits,
+                timeout_s=timeout_s if timeout_s is not None else limits.timeout_s,
+                output_bytes=output_bytes if output_bytes is not None else limits.output_bytes,
+            )
+        data = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
+        import docker.errors
+        import requests.exceptions
+
+        pool = self._pool
+        container_id = pool.take() if pool is not None else None
+        try:
+            try:
+                return self._run_in(container_id, code, data, limits)
+            except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
+                if container_id is None:
+                    raise
+                # A pooled container can die while it waits (an engine restart): use a fresh one.
+                log.warning("sandbox pool container unusable, starting a fresh one", error=str(exc))
+                return self._run_in(None, code, data, limits)
+        except docker.errors.DockerException as exc:
+            raise VerifierError(f"the sandbox run failed in the Docker engine: {exc}") from exc
+        except requests.exceptions.RequestException as exc:
+            raise VerifierError(f"lost the connection to the Docker engine: {exc}") from exc
+
+    def run_many(self, programs: Sequence[str], max_workers: int | None = None) -> list[RunResult]:
+        """Run several programs, at most ``max_workers`` at a time; results in order."""
+        self.start()
+        workers = max(1, min(max_workers or self.max_workers, len(programs) or 1))
+        if workers == 1:
+            return [self.run(code) for code in programs]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox-run") as executor:
+            return list(executor.map(self.run, programs))
+
+    def _run_in(self, container_id: str | None, code: str, stdin: bytes, limits: Limits) -> RunResult:
+        client = self._client
+        if container_id is None:
+            container_id = create_started(client, self._image, self.limits)
+        try:
+            return execute(client, container_id, code, stdin, limits)
+        finally:
+            pool = self._pool
+            if pool is not None:
+                pool.discard(container_id)
+            else:
+                remove(client, container_id)
+
+    def _new_container(self) -> str:
+        return create_started(self._client, self._image, self.limits)
+
+    def _remove(self, container_id: str) -> None:
+        remove(self._client, container_id)
