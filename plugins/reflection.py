@@ -1,8 +1,240 @@
-"""Built-in reflection triggers."""
+"""Built-in reflection triggers: when to make the model reconsider, and with what text.
 
-from reason import hookimpl
+- ``marco``: Marco-o1's "Wait! Maybe I made some mistakes! I need to rethink from
+  scratch." at the end of a thought (a finished path, or a step that gives the answer).
+  Options: ``marco_phrase``, ``marco_max`` (1).
+- ``low-confidence:T``: after a step whose mean token confidence (Marco-o1's c_i, see
+  :mod:`reason.plugins.verifiers.confidence`) is below T (default 0.5).
+  Options: ``low_confidence_phrase``, ``low_confidence_max`` (1).
+- ``on-verifier-fail``: when the verifier rejects a path (``Score.passed is False``, or
+  its score is below ``fail_threshold`` when that is set), inject the verifier's
+  feedback (e.g. the sandbox's error) and let the model fix it. Runs where a policy
+  calls ``ctx.reflect_after_score``. Options: ``fail_threshold``, ``fail_template``
+  (with ``{feedback}``), ``fail_max`` (1).
+- ``budget-forcing`` (s1, ``budget-forcing:MIN[:MAX]``): for models that think inside
+  ``<think>...</think>``. ``</think>`` becomes a stop string; when the model tries to end
+  its thinking (or the text) before ``min_thinking_tokens`` (128), the delimiter is
+  dropped and "Wait" appended; at ``max_thinking_tokens`` (none) the answer is forced
+  with "</think>\\n\\nThe answer is". Options: ``min_thinking_tokens``,
+  ``max_thinking_tokens``, ``think_end``, ``wait_phrase``, ``answer_phrase``,
+  ``max_waits`` (4).
+
+Each trigger counts only its own reflections on a path when it caps itself, and never
+fires right after an injected text or when the path has no room left to continue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from reason import ReflectionTrigger, SamplingParams, Score, Step, Task, aggregate, hookimpl
+from reason.errors import UsageError
+from reason.plugins.search.common import has_answer
+from reason.plugins.verifiers.confidence import step_confidence
+
+MIN_ROOM = 16
+"""Tokens a path must still have in its budget for a reflection to be worth injecting."""
+
+MARCO_PHRASE = "Wait! Maybe I made some mistakes! I need to rethink from scratch."
+LOW_CONFIDENCE_PHRASE = "Wait, I am not sure about that step. Let me check it again."
+FAIL_TEMPLATE = "Wait, this is not right. {feedback}\nLet me fix it."
+FAIL_GENERIC = "Wait, a check says this is not right. Let me fix it."
+
+
+def _separator(text: str) -> str:
+    """Blank-line separation between what the model wrote and an injected thought."""
+    if not text or text.endswith("\n\n"):
+        return ""
+    return "\n" if text.endswith("\n") else "\n\n"
+
+
+class _Trigger(ReflectionTrigger):
+    """Shared bookkeeping: recognise this trigger's own injections, check the budget."""
+
+    def __init__(self, config, arg=None):
+        super().__init__(config, arg)
+        self._mine: set[str] = set()
+
+    def count(self, steps: Sequence[Step]) -> int:
+        return sum(1 for step in steps if step.injected and step.text in self._mine)
+
+    def room(self, steps: Sequence[Step]) -> bool:
+        used = sum(len(step.token_ids) for step in steps)
+        return self.config.max_tokens - used >= MIN_ROOM
+
+    def fresh(self, steps: Sequence[Step]) -> bool:
+        """There is a generated step to react to, and room to continue after it."""
+        return bool(steps) and not steps[-1].injected and self.room(steps)
+
+    def text(self, before: str, body: str, after: str = "\n\n", separator: str | None = None) -> str:
+        """The text to inject after ``before``, remembered as this trigger's own."""
+        text = (_separator(before) if separator is None else separator) + body + after
+        self._mine.add(text)
+        return text
+
+
+def _int_option(config, key: str, default: int | None, minimum: int = 0) -> int | None:
+    value = config.option(key, default)
+    if value is None:
+        return None
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"-o {key} takes a whole number, got {value!r}") from None
+    if value < minimum:
+        raise UsageError(f"-o {key} must be >= {minimum}, got {value}")
+    return value
+
+
+class MarcoReflection(_Trigger):
+    """Marco-o1: ask the model to rethink at the end of a thought."""
+
+    def __init__(self, config, arg=None):
+        super().__init__(config, arg)
+        self.phrase = str(config.option("marco_phrase", MARCO_PHRASE))
+        self.max = _int_option(config, "marco_max", 1)
+
+    def on_step(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
+        if task.kind == "math" and steps and has_answer(steps[-1].text):
+            return self.on_finish(task, steps, score, reflections)
+        return None
+
+    def on_finish(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
+        if not self.fresh(steps) or self.count(steps) >= self.max:
+            return None
+        return self.text("".join(s.text for s in steps), self.phrase)
+
+
+class LowConfidenceReflection(_Trigger):
+    """Reflect after a step the model was unsure of (mean token confidence < T)."""
+
+    def __init__(self, config, arg=None):
+        super().__init__(config, arg)
+        raw = arg if arg is not None else config.option("low_confidence_threshold", 0.5)
+        try:
+            self.threshold = float(raw)
+        except (TypeError, ValueError):
+            raise UsageError(f"low-confidence takes a threshold in [0, 1], e.g. low-confidence:0.5 (got {raw!r})") from None
+        if not 0 <= self.threshold <= 1:
+            raise UsageError(f"low-confidence: the threshold must be in [0, 1], got {self.threshold}")
+        self.phrase = str(config.option("low_confidence_phrase", LOW_CONFIDENCE_PHRASE))
+        self.max = _int_option(config, "low_confidence_max", 1)
+
+    def on_step(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
+        if not self.fresh(steps) or self.count(steps) >= self.max:
+            return None
+        confidence = step_confidence(steps[-1])
+        if confidence is None or confidence >= self.threshold:
+            return None
+        return self.text("".join(s.text for s in steps), self.phrase)
+
+    on_finish = on_step
+
+
+class VerifierFailReflection(_Trigger):
+    """Feed a verifier's rejection (and its feedback) back to the model."""
+
+    def __init__(self, config, arg=None):
+        super().__init__(config, arg)
+        threshold = config.option("fail_threshold")
+        try:
+            self.threshold = None if threshold is None else float(threshold)
+        except (TypeError, ValueError):
+            raise UsageError(f"-o fail_threshold takes a number in [0, 1], got {threshold!r}") from None
+        self.template = str(config.option("fail_template", FAIL_TEMPLATE))
+        if "{feedback}" not in self.template:
+            raise UsageError("-o fail_template must contain {feedback}")
+        self.max = _int_option(config, "fail_max", 1)
+        self.feedback_chars = _int_option(config, "fail_feedback_chars", 1500, minimum=1)
+
+    def failed(self, score: Score) -> bool:
+        if score.passed is False:
+            return True
+        if self.threshold is None or not score.step_scores:
+            return False
+        return aggregate(score.step_scores, self.config.aggregation) < self.threshold
+
+    def on_step(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
+        if score is None or not self.failed(score):
+            return None
+        if not self.fresh(steps) or self.count(steps) >= self.max:
+            return None
+        feedback = (score.feedback or "").strip()
+        if len(feedback) > self.feedback_chars:
+            feedback = feedback[: self.feedback_chars] + " ..."
+        body = self.template.format(feedback=feedback) if feedback else FAIL_GENERIC
+        return self.text("".join(s.text for s in steps), body)
+
+    on_finish = on_step
+
+
+class BudgetForcing(_Trigger):
+    """s1 budget forcing: keep the model thinking until a minimum, stop it at a maximum."""
+
+    def __init__(self, config, arg=None):
+        super().__init__(config, arg)
+        low, _, high = (arg or "").partition(":")
+        try:
+            default_min = int(low) if low else 128
+            default_max = int(high) if high else None
+        except ValueError:
+            raise UsageError(f"budget-forcing takes MIN[:MAX] thinking tokens, e.g. budget-forcing:256:1024 (got {arg!r})") from None
+        self.min_tokens = _int_option(config, "min_thinking_tokens", default_min)
+        self.max_tokens = _int_option(config, "max_thinking_tokens", default_max, minimum=1)
+        if self.max_tokens is not None and self.max_tokens < self.min_tokens:
+            raise UsageError(
+                f"budget-forcing: max_thinking_tokens ({self.max_tokens}) is below min_thinking_tokens ({self.min_tokens})"
+            )
+        self.think_end = str(config.option("think_end", "</think>"))
+        self.wait = str(config.option("wait_phrase", "Wait"))
+        self.answer = str(config.option("answer_phrase", "\n</think>\n\nThe answer is"))
+        self.max_waits = _int_option(config, "max_waits", 4)
+        self.suppress = self.think_end
+        """The context drops this from the end of the step a reflection follows."""
+
+    def adjust_params(self, params: SamplingParams) -> SamplingParams:
+        stop = params.stop if self.think_end in params.stop else (*params.stop, self.think_end)
+        max_tokens = params.max_tokens if self.max_tokens is None else min(params.max_tokens, self.max_tokens)
+        return attrs.evolve(params, stop=stop, max_tokens=max_tokens)
+
+    def thinking(self, steps: Sequence[Step]) -> int:
+        return sum(len(step.token_ids) for step in steps)
+
+    def decide(self, steps: Sequence[Step], ended: bool) -> str | None:
+        if not steps or steps[-1].injected or not self.room(steps):
+            return None
+        last = steps[-1]
+        before = "".join(step.text for step in steps[:-1])
+        if self.think_end in before:  # thinking is over
+            return None
+        stripped = last.text[: -len(self.think_end)] if last.text.endswith(self.think_end) else None
+        if stripped is None and self.think_end in last.text:
+            return None
+        if stripped is not None or (ended and last.finish_reason == "eos"):
+            # The model tried to end its thinking (or, without <think>, its text).
+            if self.thinking(steps) < self.min_tokens and self.count(steps) < self.max_waits:
+                text = before + (stripped if stripped is not None else last.text)
+                # s1 appends "Wait" right where the model stopped; a finished text
+                # (no <think>) gets a blank line first.
+                separator = "" if not text or text[-1].isspace() else "\n\n"
+                return self.text(text, self.wait, after="", separator=separator)
+            return None
+        if self.max_tokens is not None and self.thinking(steps) >= self.max_tokens:
+            return self.text("", self.answer, after="")
+        return None
+
+    def on_step(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
+        return self.decide(steps, ended=False)
+
+    def on_finish(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
+        return self.decide(steps, ended=True)
 
 
 @hookimpl
 def reason_register_reflections(register):
-    """Reflection triggers are registered here (see issue #3)."""
+    register("marco", MarcoReflection)
+    register("low-confidence", LowConfidenceReflection)
+    register("on-verifier-fail", VerifierFailReflection)
+    register("budget-forcing", BudgetForcing)

@@ -11,11 +11,14 @@ mean), as in the PRM literature.
 from reason import SearchContext, SearchOutcome, SearchPolicy
 from reason.answers import is_equivalent, vote
 
+from .common import reflect_on_scores
+
 
 class BestOfN(SearchPolicy):
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         leaves = await ctx.complete(ctx.root, ctx.config.n)
         scores = await ctx.score(leaves)
+        leaves, scores = await reflect_on_scores(ctx, leaves, scores)  # on-verifier-fail
         candidates = [ctx.candidate(leaf, score) for leaf, score in zip(leaves, scores)]
         if not candidates:
             return SearchOutcome(candidates=[], chosen=None)

@@ -1,0 +1,55 @@
+"""Diverse verifier tree search (DVTS, HF search-and-learn).
+
+The budget N is split into N/M independent subtrees. Each round every subtree samples M
+next steps from its current node, scores them, and greedily moves to the best one; the
+others are pruned. A subtree ends when its chosen step finishes the path (EOS, a boxed
+answer, the token budget) or at ``max_steps`` (the last round completes the path). Its
+M final siblings are its completions, so the search returns N completions grouped by
+subtree (``meta["subtrees"]``); the answer is chosen among them like best-of-N (naive,
+or ``weighted``). Subtrees never share nodes, which keeps the N paths diverse at large N.
+"""
+
+from __future__ import annotations
+
+from reason import Node, SearchContext, SearchOutcome, SearchPolicy
+
+from .common import choose, is_finished
+
+
+class DVTS(SearchPolicy):
+    async def run(self, ctx: SearchContext) -> SearchOutcome:
+        n, m = ctx.config.n, ctx.config.beam_width
+        subtrees = max(1, n // m)
+        finals = await ctx.gather(*(self._subtree(ctx, index, m) for index in range(subtrees)))
+        candidates = []
+        groups = []
+        for index, leaves in enumerate(finals):
+            groups.append([node.id for node, _ in leaves])
+            candidates.extend(ctx.candidate(node, score) for node, score in leaves)
+        chosen, meta = choose(ctx, candidates)
+        meta.update(subtrees=groups, rounds=max((node.meta.get("round", 0) + 1 for leaves in finals for node, _ in leaves), default=0))
+        return SearchOutcome(candidates=candidates, chosen=chosen, meta=meta)
+
+    async def _subtree(self, ctx: SearchContext, index: int, m: int) -> list[tuple[Node, float]]:
+        """Grow one subtree greedily; return its last round's siblings with their scores."""
+        node = ctx.root
+        siblings: list[tuple[Node, float]] = []
+        for round_index in range(ctx.config.max_steps):
+            last = round_index == ctx.config.max_steps - 1
+            kids = await (ctx.complete(node, m) if last else ctx.expand(node, m))
+            if not kids:  # the chosen path's token budget is spent: keep last round's siblings
+                break
+            for kid in kids:
+                kid.meta.update(subtree=index, round=round_index)
+            scores = await ctx.score(kids)
+            if ctx.reflections:
+                kids = [ctx.reflect_after_score(kid) for kid in kids]
+                for kid in kids:
+                    kid.meta.update(subtree=index, round=round_index)
+            siblings = list(zip(kids, scores))
+            best = max(range(len(kids)), key=lambda i: scores[i])
+            node = kids[best]
+            if last or is_finished(ctx, node):
+                break
+            ctx.prune([kid for i, kid in enumerate(kids) if i != best], reason="dvts")
+        return siblings

@@ -1,0 +1,145 @@
+"""Monte Carlo tree search over reasoning steps (Marco-o1).
+
+Nodes are reasoning states; an action is one step or one mini-step, whatever the
+splitter makes it (``--splitter step`` or ``ministep:32``/``ministep:64`` as in
+Marco-o1). Each iteration:
+
+1. *select*: from the root, follow the child with the highest UCT value
+   ``Q(c) + exploration * sqrt(ln N(parent) / N(c))`` (unvisited children first) down to
+   a node that has not been expanded;
+2. *expand*: the root, or a visited unfinished leaf, gets ``expansion_width`` sampled
+   children and the first of them is simulated (a fresh leaf is simulated as it is);
+3. *simulate*: roll out to a terminal state (the whole rest of the solution);
+4. *reward*: the configured verifier scores the rollout path (default ``confidence``:
+   Marco-o1's mean token confidence), reduced by ``config.aggregation``;
+5. *backpropagate*: every node from the simulated one up to the root gains one visit
+   and the reward.
+
+After ``iterations`` iterations (default N) the answer path follows the most visited
+child from the root (``final = "visits"``) or the one with the highest mean value
+(``final = "value"``) down to a leaf, and ends with that leaf's best rollout. Every
+rollout is a candidate. Finished nodes are simulated by scoring their own path.
+
+Options: ``iterations`` (N), ``expansion_width`` (2), ``exploration`` (1.414),
+``final`` (visits | value). One iteration costs at most one step request (k samples),
+one rollout and one verifier call; iterations of different problems share ticks.
+"""
+
+from __future__ import annotations
+
+import math
+
+from reason import Candidate, Node, SearchContext, SearchOutcome, SearchPolicy
+from reason.errors import UsageError
+
+from .common import is_finished, reflect_on_scores
+
+FINALS = ("visits", "value")
+
+
+def uct(parent: Node, child: Node, exploration: float) -> float:
+    """UCT value of ``child``: mean value plus the exploration bonus; unvisited = +inf."""
+    if child.visits == 0:
+        return math.inf
+    return child.value + exploration * math.sqrt(math.log(max(parent.visits, 1)) / child.visits)
+
+
+def select_child(parent: Node, children: list[Node], exploration: float) -> Node:
+    """The child UCT prefers (the first of equals)."""
+    return max(children, key=lambda child: uct(parent, child, exploration))
+
+
+def backpropagate(node: Node, value: float) -> None:
+    """Add one visit and ``value`` to ``node`` and every ancestor up to the root."""
+    current: Node | None = node
+    while current is not None:
+        current.visits += 1
+        current.value_sum += value
+        current = current.parent
+
+
+class MCTS(SearchPolicy):
+    def __init__(self, config, arg=None):
+        super().__init__(config, arg)
+        self.iterations = int(config.option("iterations", config.n))
+        self.width = int(config.option("expansion_width", 2))
+        self.exploration = float(config.option("exploration", 1.414))
+        self.final = str(config.option("final", "visits"))
+        if self.iterations < 1:
+            raise UsageError(f"mcts: -o iterations must be >= 1, got {self.iterations}")
+        if self.width < 1:
+            raise UsageError(f"mcts: -o expansion_width must be >= 1, got {self.width}")
+        if self.exploration < 0:
+            raise UsageError(f"mcts: -o exploration must be >= 0, got {self.exploration}")
+        if self.final not in FINALS:
+            raise UsageError(f"mcts: -o final must be one of {', '.join(FINALS)}, got {self.final!r}")
+
+    async def run(self, ctx: SearchContext) -> SearchOutcome:
+        self.kids: dict[int, list[Node]] = {}
+        self.rollouts: dict[int, list[tuple[Node, float]]] = {}
+        candidates: list[Candidate] = []
+        for iteration in range(self.iterations):
+            node = self._select(ctx)
+            expandable = node is ctx.root or node.visits > 0
+            if expandable and not is_finished(ctx, node) and node.depth < ctx.config.max_steps:
+                children = await ctx.expand(node, self.width)
+                if children:
+                    for child in children:
+                        child.meta["iteration"] = iteration
+                    self.kids[node.id] = children
+                    node = children[0]
+            leaf, value = await self._simulate(ctx, node)
+            node.meta.setdefault("rewards", []).append(round(value, 6))
+            self.rollouts.setdefault(node.id, []).append((leaf, value))
+            backpropagate(node, value)
+            candidates.append(ctx.candidate(leaf, value))
+        chosen = self._final(ctx, candidates)
+        meta = {
+            "iterations": self.iterations,
+            "final": self.final,
+            "root_visits": ctx.root.visits,
+            "answer_path": [n.id for n in self._answer_path(ctx)],
+        }
+        return SearchOutcome(candidates=candidates, chosen=chosen, meta=meta)
+
+    def _select(self, ctx: SearchContext) -> Node:
+        node = ctx.root
+        while self.kids.get(node.id):
+            node = select_child(node, self.kids[node.id], self.exploration)
+        return node
+
+    async def _simulate(self, ctx: SearchContext, node: Node) -> tuple[Node, float]:
+        """Roll ``node`` out to a terminal state and score the whole path."""
+        leaf = node
+        if not is_finished(ctx, node):
+            ends = await ctx.complete(node, 1)
+            if ends:
+                leaf = ends[0]
+                leaf.meta["rollout_of"] = node.id
+        (value,) = await ctx.score([leaf])
+        if ctx.reflections:
+            (leaf,), (value,) = await reflect_on_scores(ctx, [leaf], [value])
+        return leaf, value
+
+    def _answer_path(self, ctx: SearchContext) -> list[Node]:
+        path, node = [], ctx.root
+        while True:
+            visited = [child for child in self.kids.get(node.id, []) if child.visits > 0]
+            if not visited:
+                return path
+            if self.final == "visits":
+                node = max(visited, key=lambda c: (c.visits, c.value))
+            else:
+                node = max(visited, key=lambda c: (c.value, c.visits))
+            path.append(node)
+
+    def _final(self, ctx: SearchContext, candidates: list[Candidate]) -> Candidate | None:
+        if not candidates:
+            return None
+        path = self._answer_path(ctx)
+        end = path[-1] if path else ctx.root
+        rollouts = self.rollouts.get(end.id)
+        if not rollouts:
+            return max(candidates, key=lambda c: c.score or 0.0)
+        leaf, _ = max(rollouts, key=lambda pair: pair[1])
+        return next(c for c in candidates if c.node_id == leaf.id)
