@@ -1,0 +1,250 @@
+"""The transformers backend on the real embedded model (SmolLM2-135M-Instruct, CPU).
+
+Each test keeps generations short (a few to ~24 tokens) so the suite stays quick on a
+2-core machine; the model is loaded once per module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from reason import Config, GenerateRequest, SamplingParams, UsageError
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from reason.plugins.backends.transformers import TransformersBackend
+
+    b = TransformersBackend(Config())
+    b.model  # load once for the module
+    yield b
+    b.close()
+
+
+def prompt(backend, question: str) -> str:
+    return backend.format_prompt([{"role": "user", "content": question}])
+
+
+def greedy(max_tokens: int = 16, **kw) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=max_tokens, **kw)
+
+
+def one(backend, text: str, params: SamplingParams, n: int = 1):
+    return backend.generate([GenerateRequest(text, params, n=n)])[0]
+
+
+def test_registered_under_transformers():
+    from reason import get_registry
+    from reason.plugins.backends.transformers import TransformersBackend
+
+    built = get_registry().create("backend", "transformers", Config(options={"max_batch": 3}))
+    assert isinstance(built, TransformersBackend)
+    assert built.max_batch == 3 and built.model_name == "SmolLM2-135M-Instruct"
+
+
+def test_missing_model_path_is_a_usage_error():
+    from reason.plugins.backends.transformers import TransformersBackend
+
+    with pytest.raises(UsageError, match="does not exist"):
+        TransformersBackend(Config(model="/no/such/model.gguf"))
+
+
+def test_bad_option_is_a_usage_error():
+    from reason.plugins.backends.transformers import TransformersBackend
+
+    with pytest.raises(UsageError, match="max_batch"):
+        TransformersBackend(Config(options={"max_batch": 0}))
+
+
+def test_format_prompt_uses_the_chat_template(backend):
+    text = prompt(backend, "What is 2+2?")
+    assert "What is 2+2?" in text
+    assert text.endswith("<|im_start|>assistant\n")
+    # the template writes BOS itself; encoding must not add a second one
+    ids = backend.encode(text)
+    assert ids[0] == backend.tokenizer.bos_token_id and ids[1] != backend.tokenizer.bos_token_id
+
+
+def test_one_call_batches_requests_with_different_params(backend):
+    p1 = prompt(backend, "What is 2+3? Think step by step.")
+    p2 = prompt(backend, "Name a color.")
+    requests = [
+        GenerateRequest(p1, greedy(12)),
+        GenerateRequest(p2, SamplingParams(temperature=0.9, top_p=0.9, max_tokens=10, seed=3), n=3),
+        GenerateRequest(p1, greedy(5, stop=(" ",))),
+        GenerateRequest(p2, greedy(20, logprobs=2)),
+    ]
+    before = backend.stats.calls
+    out = backend.generate(requests)
+    assert backend.stats.calls == before + 1
+    assert [len(r) for r in out] == [1, 3, 1, 1]
+    assert out[0][0].num_tokens <= 12 and out[1][0].num_tokens <= 10 and out[2][0].num_tokens <= 5
+    assert all(len(t) == 2 for t in out[3][0].top_logprobs)
+    assert all(len(t) == 5 for t in out[0][0].top_logprobs)
+    # each request's prompt length is reported
+    assert out[0][0].prompt_tokens == len(backend.encode(p1))
+    assert out[1][2].prompt_tokens == len(backend.encode(p2))
+    # greedy results do not depend on what else was in the batch
+    assert out[0][0].token_ids == one(backend, p1, greedy(12))[0].token_ids
+    assert out[3][0].token_ids == one(backend, p2, greedy(20, logprobs=2))[0].token_ids
+
+
+def test_stop_string_cuts_text_right_after_it(backend):
+    p = prompt(backend, "Write three short sentences about the sea.")
+    full = one(backend, p, greedy(24))[0].text
+    for stop in (" ", "."):
+        assert stop in full, "the unstopped text should contain the stop string"
+        c = one(backend, p, greedy(24, stop=(stop,)))[0]
+        assert c.finish_reason == "stop"
+        assert c.text.endswith(stop)
+        assert stop not in c.text[: -len(stop)]
+        assert c.text == full[: full.index(stop) + len(stop)]
+    # of several stop strings, the first one to appear wins
+    c = one(backend, p, greedy(24, stop=(".", " ")))[0]
+    assert c.text == full[: full.index(" ") + 1]
+
+
+def test_max_tokens_is_exact(backend):
+    p = prompt(backend, "Write a long story about a dragon.")
+    for limit in (1, 7):
+        c = one(backend, p, greedy(limit))[0]
+        assert c.finish_reason == "length"
+        assert c.num_tokens == limit == len(c.logprobs) == len(c.top_logprobs)
+    sampled = one(backend, p, SamplingParams(temperature=1.0, max_tokens=6, seed=1), n=2)
+    assert [c.num_tokens for c in sampled] == [6, 6]
+
+
+def test_eos_ends_the_completion(backend):
+    c = one(backend, prompt(backend, "What is the capital of France? Answer in one word."), greedy(24))[0]
+    assert c.finish_reason == "eos" and c.finished
+    assert c.token_ids[-1] in backend.eos_ids
+    assert "<|im_end|>" not in c.text and "Paris" in c.text
+
+
+def test_logprobs_are_true_model_logprobs(backend):
+    import torch
+
+    p = prompt(backend, "Count to five.")
+    c = one(backend, p, SamplingParams(temperature=1.3, max_tokens=10, seed=11, logprobs=4))[0]
+    assert len(c.logprobs) == len(c.top_logprobs) == c.num_tokens == 10
+    for chosen, top in zip(c.logprobs, c.top_logprobs):
+        assert math.isfinite(chosen) and chosen <= 0
+        assert len(top) == 4 and all(math.isfinite(x) for x in top)
+        assert list(top) == sorted(top, reverse=True)
+        assert chosen <= top[0] + 1e-5
+    # they match a plain forward pass over prompt + completion, at temperature 1.3 too:
+    # logprobs are taken before temperature scaling
+    ids = backend.encode(p) + list(c.token_ids)
+    with torch.inference_mode():
+        logits = backend.model(torch.tensor([ids])).logits[0].float()
+    reference = torch.log_softmax(logits, dim=-1)
+    start = len(ids) - c.num_tokens - 1
+    for i, token in enumerate(c.token_ids):
+        row = reference[start + i]
+        assert c.logprobs[i] == pytest.approx(float(row[token]), abs=2e-4)
+        assert list(c.top_logprobs[i]) == pytest.approx(row.topk(4).values.tolist(), abs=2e-4)
+
+
+def test_no_logprobs_when_k_is_zero(backend):
+    c = one(backend, prompt(backend, "Hi"), greedy(4, logprobs=0))[0]
+    assert c.top_logprobs == ((),) * c.num_tokens
+    assert len(c.logprobs) == c.num_tokens  # the chosen token's logprob is always there
+
+
+def test_temperature_zero_is_deterministic(backend):
+    p = prompt(backend, "Tell me a fact about cats.")
+    first = one(backend, p, greedy(12), n=2)
+    again = one(backend, p, greedy(12))
+    assert first[0].token_ids == first[1].token_ids == again[0].token_ids
+    # top_p that keeps only the most likely token is greedy too
+    nucleus = one(backend, p, SamplingParams(temperature=1.0, top_p=1e-6, max_tokens=12, seed=5))
+    assert nucleus[0].token_ids == again[0].token_ids
+
+
+def test_seeds_reproducible_and_independent_of_the_batch(backend):
+    p = prompt(backend, "Invent a name for a cat.")
+    params = SamplingParams(temperature=1.0, max_tokens=12, seed=7)
+    alone = one(backend, p, params, n=3)
+    other = prompt(backend, "Describe the weather in a very long sentence please.")
+    batched = backend.generate(
+        [
+            GenerateRequest(other, SamplingParams(temperature=0.7, max_tokens=16, seed=1), n=2),
+            GenerateRequest(p, params, n=3),
+            GenerateRequest(p, greedy(8)),
+        ]
+    )[1]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in alone]
+    assert [c.text for c in batched] == [c.text for c in alone]
+    # the n samples of one request are different draws
+    assert len({c.token_ids for c in alone}) > 1
+    # another seed gives other samples
+    reseeded = one(backend, p, SamplingParams(temperature=1.0, max_tokens=12, seed=8), n=3)
+    assert [c.token_ids for c in reseeded] != [c.token_ids for c in alone]
+
+
+def test_chunked_ticks_give_the_same_results():
+    from reason.plugins.backends.transformers import TransformersBackend
+
+    small = TransformersBackend(Config(options={"max_batch": 2, "prefix_cache_tokens": 0}))
+    big = TransformersBackend(Config(options={"max_batch": 16, "prefix_cache_tokens": 0}))
+    assert small.model is big.model  # one copy of the model per process
+    requests = [
+        GenerateRequest(prompt(small, q), greedy(8), n=n)
+        for q, n in (("Say hello.", 2), ("What is 3*3?", 1), ("Name a fruit.", 2))
+    ]
+    a, b = small.generate(requests), big.generate(requests)
+    assert [[c.token_ids for c in r] for r in a] == [[c.token_ids for c in r] for r in b]
+    assert small.stats.forward_passes > big.stats.forward_passes  # 5 sequences in 3 chunks vs 1
+
+
+def test_prefix_cache_gives_the_same_generations():
+    """A beam-like workload: each round continues the previous round's paths. With the
+    prefix cache the backend encodes far fewer prompt tokens and produces the same text."""
+    from reason.plugins.backends.transformers import TransformersBackend
+
+    cached = TransformersBackend(Config(options={"prefix_cache_tokens": 4096}))
+    plain = TransformersBackend(Config(options={"prefix_cache_tokens": 0}))
+    base = prompt(cached, "Janet has 3 apples and buys 4 more. How many apples does she have? Think step by step.")
+    results = {}
+    for name, b in (("cached", cached), ("plain", plain)):
+        paths = [base, base]
+        outputs = []
+        for round_ in range(3):
+            requests = [
+                GenerateRequest(path, SamplingParams(temperature=0.8, max_tokens=8, seed=round_ * 10 + i))
+                for i, path in enumerate(paths)
+            ]
+            completions = [r[0] for r in b.generate(requests)]
+            outputs.append([(c.token_ids, c.text, c.logprobs) for c in completions])
+            paths = [path + c.text for path, c in zip(paths, completions)]
+        results[name] = outputs
+    for got, want in zip(results["cached"], results["plain"]):
+        for (ids_a, text_a, lp_a), (ids_b, text_b, lp_b) in zip(got, want):
+            assert ids_a == ids_b and text_a == text_b
+            assert lp_a == pytest.approx(lp_b, abs=2e-4)
+    assert plain.stats.reused_tokens == 0
+    assert cached.stats.reused_tokens > 0
+    assert cached.stats.prefill_tokens < plain.stats.prefill_tokens
+    assert cached.stats.prefill_tokens + cached.stats.reused_tokens == plain.stats.prefill_tokens
+
+
+def test_samples_of_one_prompt_share_one_prefill(backend):
+    p = prompt(backend, "A question that nobody asked before: why is the sky blue?")
+    backend.prefix_cache.clear()
+    before = backend.stats.prefill_tokens
+    one(backend, p, SamplingParams(temperature=0.8, max_tokens=4, seed=2), n=4)
+    assert backend.stats.prefill_tokens - before == len(backend.encode(p))
+
+
+def test_prefix_cache_is_bounded():
+    from reason.plugins.backends.transformers import TransformersBackend
+
+    b = TransformersBackend(Config(options={"prefix_cache_tokens": 60}))
+    for q in ("First question here?", "Second question here?", "Third one?"):
+        b.generate([GenerateRequest(prompt(b, q), greedy(6))])
+        assert b.prefix_cache.tokens <= 60
+    assert len(b.prefix_cache) == 1  # each entry is ~40 tokens: only the newest fits
