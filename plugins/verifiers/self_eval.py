@@ -1,0 +1,201 @@
+"""The ``self-eval`` verifier: a language model judges each step (or the solution).
+
+For every step the judge model (by default the policy model itself) is asked, in its
+chat template, whether the latest step is correct given the problem and the steps before
+it; the step's score is P(Yes) normalised over Yes and No at the first token of the
+reply: sum P(yes variants) / (sum P(yes variants) + sum P(no variants)), where the
+variants are "Yes"/" Yes"/"yes"/" yes" (and the same for No) that are single tokens.
+
+Like the PRM, it scores whole batches, and a step judged once is never judged again:
+the verdict on step k depends only on the question and steps 1..k, so it is cached by
+prefix (beam search re-scores growing paths every round).
+
+Options (``-o key=value``):
+
+- ``self_eval_model``: HF directory, hub id or ``.gguf``; default ``config.model`` (the
+  policy model; the embedded SmolLM2 when that is unset). ``--verifier self-eval:MODEL``
+  works too.
+- ``self_eval_scope``: ``step`` (default; every step judged) or ``solution`` (only the
+  whole path is judged, once; earlier steps score 1.0 so that ``last``, ``min`` and
+  ``prod`` aggregation all give the verdict).
+- ``self_eval_prompt``: the question put to the judge, with placeholders ``{question}``,
+  ``{previous}`` (steps before the latest), ``{step}`` (the latest step) and
+  ``{solution}`` (all steps so far). Defaults: :data:`STEP_PROMPT` / :data:`SOLUTION_PROMPT`.
+- ``self_eval_batch_size`` (8), ``self_eval_device`` / ``self_eval_dtype`` (the
+  policy's ``config.device`` / ``config.dtype``), ``self_eval_cache_size`` (100000).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from reason.components import Verifier
+from reason.errors import UsageError
+from reason.types import Score, ScoreRequest
+
+from .prm import DEFAULT_BATCH_SIZE, DEFAULT_CACHE_SIZE, PrefixCache, Row, ScoringStats, int_option, prefix_keys, read_scores
+
+log = structlog.get_logger("reason")
+
+STEP_PROMPT = (
+    "Check one step of a solution to a math problem.\n\n"
+    "Problem:\n{question}\n\n"
+    "Previous steps:\n{previous}\n\n"
+    "Latest step:\n{step}\n\n"
+    "Is the latest step correct? Answer Yes or No."
+)
+SOLUTION_PROMPT = (
+    "Check a solution to a math problem.\n\n"
+    "Problem:\n{question}\n\n"
+    "Solution:\n{solution}\n\n"
+    "Is this solution correct? Answer Yes or No."
+)
+PLACEHOLDERS = ("{question}", "{previous}", "{step}", "{solution}")
+YES = ("Yes", " Yes", "yes", " yes", "YES")
+NO = ("No", " No", "no", " no", "NO")
+SCOPES = ("step", "solution")
+
+
+def fill(template: str, question: str, steps: Sequence[str]) -> str:
+    """The judge's prompt for the last of ``steps``. Plain replacement, not ``str.format``,
+    so LaTeX braces in a custom prompt need no escaping."""
+    previous = "\n".join(steps[:-1]) or "(none)"
+    values = {
+        "{question}": question.strip(),
+        "{previous}": previous,
+        "{step}": steps[-1] if steps else "",
+        "{solution}": "\n".join(steps),
+    }
+    text = template
+    for name, value in values.items():
+        text = text.replace(name, value)
+    return text
+
+
+def answer_ids(tokenizer: Any, words: Sequence[str]) -> tuple[int, ...]:
+    """Ids of the variants of a one-word answer that are a single token."""
+    ids: list[int] = []
+    for word in words:
+        encoded = tokenizer.encode(word, add_special_tokens=False)
+        if len(encoded) == 1 and encoded[0] not in ids:
+            ids.append(int(encoded[0]))
+    return tuple(ids)
+
+
+class SelfEvalVerifier(Verifier):
+    """Asks a causal LM whether each step is correct; score = P(Yes) over Yes/No."""
+
+    def __init__(self, config: Any, arg: str | None = None) -> None:
+        super().__init__(config, arg)
+        from reason.plugins.backends.models import resolve_model
+
+        self.source = resolve_model(arg or config.option("self_eval_model") or config.model)
+        self.scope = str(config.option("self_eval_scope", "step")).lower()
+        if self.scope not in SCOPES:
+            raise UsageError(f"verifier self-eval: -o self_eval_scope={self.scope!r} must be one of {', '.join(SCOPES)}")
+        default = STEP_PROMPT if self.scope == "step" else SOLUTION_PROMPT
+        self.prompt = str(config.option("self_eval_prompt", default))
+        if not any(p in self.prompt for p in PLACEHOLDERS):
+            raise UsageError(
+                "verifier self-eval: -o self_eval_prompt must contain at least one of "
+                f"{', '.join(PLACEHOLDERS)} (otherwise the judge never sees the solution)"
+            )
+        self.batch_size = int_option(config, "self_eval_batch_size", DEFAULT_BATCH_SIZE, 1, "self-eval")
+        self.device = config.option("self_eval_device", config.device)
+        self.dtype = config.option("self_eval_dtype", config.dtype)
+        self.cache = PrefixCache(int_option(config, "self_eval_cache_size", DEFAULT_CACHE_SIZE, 0, "self-eval"))
+        self.stats = ScoringStats()
+        self.last_call: dict[str, Any] = {}
+        self.namespace = f"self-eval|{self.source.key}|{self.scope}|{self.prompt}"
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._labels: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        if self._model is not None:
+            return
+        from reason.plugins.backends.models import load_model, load_tokenizer
+
+        tokenizer = load_tokenizer(self.source)
+        yes, no = answer_ids(tokenizer, YES), answer_ids(tokenizer, NO)
+        if not yes or not no:
+            raise UsageError(
+                f"verifier self-eval: the tokenizer of {self.source.name} has no single-token Yes/No; use another -o self_eval_model"
+            )
+        self._labels = (yes, no)
+        self._tokenizer = tokenizer
+        self._model = load_model(self.source, device=self.device, dtype=self.dtype)
+
+    def judge_input(self, question: str, steps: Sequence[str]) -> list[int]:
+        """Token ids of the judge prompt for the last of ``steps``, ending where the
+        judge's reply begins."""
+        self.load()
+        messages = [{"role": "user", "content": fill(self.prompt, question, steps)}]
+        tokenizer = self._tokenizer
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return list(tokenizer.encode(text, add_special_tokens=False))
+        return list(tokenizer.encode(messages[0]["content"] + "\nAnswer:", add_special_tokens=True))
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
+        with self._lock:
+            return self._score(requests)
+
+    def _score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
+        start = time.perf_counter()
+        results: dict[bytes, float] = {}
+        scheduled: set[bytes] = set()
+        per_request: list[tuple[list[bytes], int]] = []
+        jobs: list[tuple[bytes, str, list[str]]] = []
+        cached = 0
+        for request in requests:
+            steps = [step.text.strip() for step in request.steps]
+            keys = prefix_keys(self.namespace, request.task.question, steps)
+            # solution scope judges only the whole path; its earlier steps are not judged
+            first = 0 if self.scope == "step" else max(0, len(steps) - 1)
+            per_request.append((keys, first))
+            for k in range(first, len(keys)):
+                key = keys[k]
+                value = self.cache.get(key)
+                if value is not None:
+                    results[key] = value
+                    cached += 1
+                elif key in scheduled:
+                    cached += 1
+                else:
+                    scheduled.add(key)
+                    jobs.append((key, request.task.question, steps[: k + 1]))
+        batches = tokens = 0
+        if jobs:
+            self.load()
+            rows = []
+            for _, question, steps in jobs:
+                ids = self.judge_input(question, steps)
+                rows.append(Row(ids, [len(ids) - 1]))
+            pad = self._tokenizer.pad_token_id
+            values, batches = read_scores(
+                self._model,
+                rows,
+                head="lm",
+                labels=self._labels,
+                batch_size=self.batch_size,
+                pad_id=pad if pad is not None else (self._tokenizer.eos_token_id or 0),
+            )
+            for (key, _, _), (value,) in zip(jobs, values):
+                value = min(1.0, max(0.0, float(value)))
+                results[key] = value
+                self.cache.put(key, value)
+            tokens = sum(len(row.input_ids) for row in rows)
+        scores = [
+            Score(step_scores=tuple(1.0 if k < first else results[key] for k, key in enumerate(keys)))
+            for keys, first in per_request
+        ]
+        self.last_call = self.stats.record(len(requests), cached, len(jobs), batches, tokens, time.perf_counter() - start)
+        log.debug("verifier scored", verifier=getattr(self, "spec", "self-eval"), **self.last_call)
+        return scores
