@@ -17,9 +17,7 @@ import collections
 import threading
 from collections.abc import Callable
 
-import structlog
-
-log = structlog.get_logger("reason")
+from reason.log import get_logger
 
 
 class WarmPool:
@@ -115,7 +113,7 @@ class WarmPool:
             except Exception as exc:  # the engine hiccuped: back off, callers fall back to cold starts
                 failures += 1
                 self.errors += 1
-                log.warning("sandbox pool could not start a container", error=str(exc))
+                get_logger().warning("sandbox pool could not start a container", error=str(exc))
             finally:
                 with self._cond:
                     self._creating -= 1
@@ -142,4 +140,4 @@ class WarmPool:
         try:
             self._remove(container_id)
         except Exception as exc:  # the sweep will get it later
-            log.warning("sandbox container could not be removed", container=container_id[:12], error=str(exc))
+            get_logger().warning("sandbox container could not be removed", container=container_id[:12], error=str(exc))

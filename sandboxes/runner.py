@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
-import structlog
 
 from reason.errors import VerifierError
+from reason.log import get_logger
 
 from .container import create_started, execute, remove
 from .engine import connect
@@ -36,7 +36,6 @@ from .pool import WarmPool
 from .result import RunResult
 from .sweep import sweep
 
-log = structlog.get_logger("reason")
 
 _live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
 
@@ -155,7 +154,7 @@ class Sandbox:
                 if container_id is None:
                     raise
                 # A pooled container can die while it waits (an engine restart): use a fresh one.
-                log.warning("sandbox pool container unusable, starting a fresh one", error=str(exc))
+                get_logger().warning("sandbox pool container unusable, starting a fresh one", error=str(exc))
                 return self._run_in(None, code, data, limits)
         except docker.errors.DockerException as exc:
             raise VerifierError(f"the sandbox run failed in the Docker engine: {exc}") from exc

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
+from reason.log import get_logger
 
 from .container import remove
 from .engine import LABEL, LABEL_HOST, LABEL_OWNER, host_id, owner_alive
 
-log = structlog.get_logger("reason")
 
 
 def labelled(client: Any) -> list[dict[str, Any]]:
@@ -47,9 +46,9 @@ def sweep(client: Any) -> int:
             remove(client, container_id)
             removed += 1
         except Exception as exc:  # one stuck container must not stop the rest
-            log.warning("sandbox sweep could not remove a container", container=container_id[:12], error=str(exc))
+            get_logger().warning("sandbox sweep could not remove a container", container=container_id[:12], error=str(exc))
     if removed:
-        log.info("sandbox sweep removed leftovers of dead runs", containers=removed)
+        get_logger().info("sandbox sweep removed leftovers of dead runs", containers=removed)
     return removed
 
 

@@ -1,0 +1,398 @@
+"""The Docker sandbox on a real engine: the CLI, the warm pool's isolation, cleanup after a
+runner is SIGKILLed, and the ``sandbox`` verifier on HumanEval (alone, inside the runtime,
+and with the embedded model)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from reason import Config, Runtime, ScoreRequest, Step, Task
+from reason.sandboxes import Limits, Sandbox
+from reason.sandboxes.engine import LABEL, LABEL_OWNER, EngineUnavailable, connect, owner_id
+from reason.sandboxes.sweep import sweep
+
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parents[1]
+HUMANEVAL = REPO.parent / "shared" / "data" / "humaneval" / "HumanEval.jsonl.gz"
+REASON = [sys.executable, "-c", "from reason.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def client():
+    try:
+        client = connect()
+    except EngineUnavailable as exc:
+        pytest.skip(str(exc))
+    from reason.sandboxes.image import build
+
+    build(client)  # idempotent: `make test` has built it already
+    yield client
+    client.close()
+
+
+def containers_of(client, owner: str) -> list[dict]:
+    return [
+        c
+        for c in client.api.containers(all=True, filters={"label": LABEL})
+        if (c.get("Labels") or {}).get(LABEL_OWNER) == owner
+    ]
+
+
+def humaneval(index: int) -> Task:
+    with gzip.open(HUMANEVAL, "rt") as fh:
+        record = [json.loads(line) for line in fh][index]
+    return Task(
+        question=record["prompt"],
+        id=record["task_id"],
+        kind="code",
+        reference=record["canonical_solution"],
+        metadata={k: record[k] for k in ("prompt", "test", "entry_point")},
+    )
+
+
+def reason_cli(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*REASON, *args], capture_output=True, input=input, timeout=300, cwd=REPO)
+
+
+# --- CLI -----------------------------------------------------------------------------
+
+
+def test_cli_doctor_build_run_clean(client, tmp_path):
+    doctor = reason_cli("sandbox", "doctor", "--json")
+    assert doctor.returncode == 0, doctor.stderr
+    report = json.loads(doctor.stdout)
+    assert report["ready"] and report["image_exists"] and report["engine"].startswith("Docker")
+
+    build = reason_cli("sandbox", "build")
+    assert build.returncode == 0 and b"already exists" in build.stdout
+
+    program = tmp_path / "prog.py"
+    program.write_text("import sys\ndata = sys.stdin.read()\nprint(data.upper(), end='')\nsys.exit(3)\n")
+    stdin = tmp_path / "in.txt"
+    stdin.write_text("hello sandbox")
+    run = reason_cli("sandbox", "run", str(program), "--stdin", str(stdin))
+    assert run.returncode == 3 and run.stdout == b"HELLO SANDBOX"
+    assert b"exited 3" in run.stderr
+
+    as_json = reason_cli("sandbox", "run", "--json", "--timeout", "1.5", "--memory", "64", str(program))
+    assert as_json.returncode == 0
+    result = json.loads(as_json.stdout)
+    assert {"exit_code", "stdout", "stderr", "timed_out", "oom_killed", "truncated", "duration_s"} <= set(result)
+    assert result["exit_code"] == 3 and result["stdout"] == "" and not result["timed_out"]
+
+    spin = tmp_path / "spin.py"
+    spin.write_text("while True:\n    pass\n")
+    timed = reason_cli("sandbox", "run", "--timeout", "1", str(spin))
+    assert timed.returncode == 124 and b"timed out" in timed.stderr
+
+    bad = reason_cli("sandbox", "run", "--memory", "1", str(program))
+    assert bad.returncode == 2 and b"--memory" in bad.stderr
+
+    # a container left by a "crashed" runner (created, never removed), then `clean`
+    from reason.sandboxes.container import create_started
+    from reason.sandboxes.image import image_tag
+
+    leftover = create_started(client, image_tag(), Limits())
+    clean = reason_cli("sandbox", "clean")
+    assert clean.returncode == 0 and b"removed" in clean.stdout
+    assert leftover not in [c["Id"] for c in client.api.containers(all=True)]
+
+
+def test_doctor_says_what_to_run_without_an_engine():
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    proc = subprocess.run([*REASON, "sandbox", "doctor"], capture_output=True, env=env, timeout=120)
+    assert proc.returncode == 1
+    assert b"NOT REACHABLE" in proc.stdout and b"ensure-docker.sh" in proc.stdout
+
+
+# --- the warm pool ---------------------------------------------------------------------
+
+
+def test_pool_runs_leak_nothing_into_the_next_run(client):
+    """Run 1 leaves files, a daemonised process, shared memory and an environment change;
+    run 2 (from the pool) sees none of it."""
+    with Sandbox(Limits(timeout_s=10), pool_size=1, client=client) as sandbox:
+        assert sandbox.pool.wait_ready(60)
+        first = sandbox.run(
+            textwrap.dedent(
+                """
+                import os, subprocess
+                for path in ['/sandbox/leak', '/tmp/leak', '/dev/shm/leak', '/sandbox/.profile']:
+                    with open(path, 'w') as f:
+                        f.write('secret')
+                os.environ['LEAK'] = 'yes'
+                os.putenv('LEAK', 'yes')
+                subprocess.Popen(['sleep', '1000'], start_new_session=True)
+                if os.fork() == 0:  # a daemon that would outlive the program
+                    os.setsid()
+                    import time; time.sleep(1000)
+                print('planted', len([p for p in os.listdir('/proc') if p.isdigit()]))
+                """
+            )
+        )
+        assert first.ok and first.stdout.startswith("planted"), first
+        assert int(first.stdout.split()[1]) >= 4  # the planted processes were really running
+        assert sandbox.pool.wait_ready(60)
+        hits = sandbox.pool.hits
+        second = sandbox.run(
+            textwrap.dedent(
+                """
+                import json, os
+                files = [p for p in ['/sandbox/leak', '/tmp/leak', '/dev/shm/leak', '/sandbox/.profile'] if os.path.exists(p)]
+                procs = [open(f'/proc/{p}/cmdline').read().replace(chr(0), ' ').strip()
+                         for p in os.listdir('/proc') if p.isdigit()]
+                print(json.dumps({'files': files, 'procs': procs, 'env': os.environ.get('LEAK'),
+                                  'workdir': sorted(os.listdir('/sandbox'))}))
+                """
+            )
+        )
+        assert sandbox.pool.hits == hits + 1  # it really came from the pool
+        probe = json.loads(second.stdout)
+        assert probe["files"] == [] and probe["env"] is None
+        assert probe["workdir"] == ["main.py"]
+        assert not any("sleep" in p for p in probe["procs"]), probe["procs"]
+        assert len(probe["procs"]) == 2, probe["procs"]  # timeout (pid 1) and this python
+    assert containers_of(client, owner_id()) == []
+
+
+def test_pool_and_cold_give_the_same_results(client):
+    programs = [f"print({i} ** 2)" for i in range(6)]
+    with Sandbox(pool_size=0, client=client) as cold, Sandbox(pool_size=3, client=client) as warm:
+        assert [r.stdout for r in cold.run_many(programs)] == [r.stdout for r in warm.run_many(programs)]
+    assert containers_of(client, owner_id()) == []
+
+
+# --- cleanup after a crash ---------------------------------------------------------------
+
+RUNNER = """
+import sys
+from reason.sandboxes import Limits, Sandbox
+sandbox = Sandbox(Limits(timeout_s=float(sys.argv[1])), pool_size=2).start()
+sandbox.pool.wait_ready(120)
+print("READY", flush=True)
+sandbox.run(sys.argv[2])
+print("FINISHED", flush=True)
+"""
+
+
+def _start_runner(tmp_path, timeout_s: float, code: str) -> subprocess.Popen:
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(timeout_s), code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout.readline().strip() == b"READY", proc.stderr.read()
+    return proc
+
+
+def _wait_for_program(client, owner: str, marker: str, limit_s: float = 120) -> None:
+    """Block until one of ``owner``'s containers runs the user program (``marker`` in its
+    process list): the runner is then mid-run."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        for info in containers_of(client, owner):
+            try:
+                top = client.api.top(info["Id"])
+            except Exception:
+                continue
+            if any("main.py" in " ".join(map(str, p)) for p in top.get("Processes") or []):
+                return
+        time.sleep(0.2)
+    pytest.fail(f"the runner never started the program ({marker})")
+
+
+def _settled(client, owner: str) -> list[dict]:
+    """The dead owner's containers once the engine has finished the requests it had in
+    flight (a pool refill may still be completing a create when the runner dies)."""
+    ids = None
+    for _ in range(60):
+        current = sorted(c["Id"] for c in containers_of(client, owner))
+        if current == ids:
+            break
+        ids = current
+        time.sleep(1)
+    return containers_of(client, owner)
+
+
+def test_sweep_removes_everything_a_sigkilled_runner_left(client, tmp_path):
+    proc = _start_runner(tmp_path, 60, "import time\ntime.sleep(600)\n")
+    owner = owner_id(proc.pid)
+    try:
+        _wait_for_program(client, owner, "sleep")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = _settled(client, owner)
+    assert len(left) >= 2  # the running program and the pool's waiting containers
+    assert sweep(client) >= len(left)
+    assert containers_of(client, owner) == []
+
+
+def test_program_of_a_dead_runner_still_stops_at_its_time_limit(client, tmp_path):
+    """The in-container backstop: with nobody left to kill it, a spinning program is
+    still stopped shortly after its timeout."""
+    proc = _start_runner(tmp_path, 1, "while True:\n    pass\n")
+    owner = owner_id(proc.pid)
+    try:
+        _wait_for_program(client, owner, "spin")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 120
+    exited = []
+    while time.monotonic() < deadline and not exited:
+        exited = [c for c in containers_of(client, owner) if c["State"] == "exited"]
+        time.sleep(0.5)
+    try:
+        assert exited, "the orphaned program was never stopped"
+        assert "137" in exited[0]["Status"]  # SIGKILLed by the backstop, not finished
+    finally:
+        sweep(client)
+    assert containers_of(client, owner) == []
+
+
+def test_sweep_leaves_live_owners_alone(client):
+    with Sandbox(pool_size=1, client=client) as sandbox:
+        assert sandbox.pool.wait_ready(60)
+        assert sweep(client) == 0 or containers_of(client, owner_id())  # ours survive any sweep
+        assert len(containers_of(client, owner_id())) == 1
+        assert sandbox.run("print('still here')").stdout == "still here\n"
+
+
+# --- the verifier ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def verifier(client):
+    from reason.plugins.verifiers.sandbox import SandboxVerifier
+
+    # cold containers here; the runtime test below goes through the warm pool
+    verifier = SandboxVerifier(Config(options={"sandbox_workers": 4, "sandbox_pool": 0}), "3")
+    yield verifier
+    verifier.close()
+
+
+def test_verifier_scores_humaneval_solutions(verifier):
+    tasks = [humaneval(i) for i in (0, 2, 10, 32)]
+    requests = []
+    for task in tasks:
+        # the canonical body as a raw continuation, split into two steps
+        body = task.reference
+        half = len(body) // 2
+        requests.append(ScoreRequest(task=task, prompt="", steps=(Step(text=body[:half]), Step(text=body[half:]))))
+    entry = tasks[0].metadata["entry_point"]
+    wrong = f"Sure:\n```python\ndef {entry}(numbers, threshold):\n    return True\n```"
+    loops = f"```python\ndef {entry}(numbers, threshold):\n    while True:\n        pass\n```"
+    crash = f"```python\ndef {entry}(numbers, threshold):\n    return undefined_name\n```"
+    requests += [
+        ScoreRequest(task=tasks[0], prompt="", steps=(Step(text="Let me think.\n\n"), Step(text=wrong), Step(text=""))),
+        ScoreRequest(task=tasks[0], prompt="", steps=(Step(text=loops),)),
+        ScoreRequest(task=tasks[0], prompt="", steps=(Step(text=crash),)),
+    ]
+    scores = verifier.score(requests)
+    for score, request in zip(scores[:4], requests[:4]):
+        assert score.passed is True, (request.task.id, score.feedback)
+        assert score.step_scores == (1.0, 1.0) and score.feedback is None
+    wrong_score, loop_score, crash_score = scores[4:]
+    assert wrong_score.passed is False and wrong_score.step_scores == (0.0, 0.0, 0.0)
+    assert "AssertionError" in wrong_score.feedback
+    assert loop_score.passed is False and "time limit" in loop_score.feedback
+    assert crash_score.passed is False and "NameError: name 'undefined_name'" in crash_score.feedback
+
+
+def test_verifier_caches_repeated_programs(verifier):
+    task = humaneval(0)
+    request = ScoreRequest(task=task, prompt="", steps=(Step(text=task.reference),))
+    before = verifier.runs
+    scores = verifier.score([request, request, request])
+    assert [s.passed for s in scores] == [True] * 3
+    assert verifier.runs - before <= 1
+
+
+def test_verifier_refuses_tasks_without_tests(verifier):
+    from reason.errors import VerifierError
+
+    with pytest.raises(VerifierError, match="code task with tests"):
+        verifier.score([ScoreRequest(task=Task(question="2+2?"), prompt="", steps=(Step(text="4"),))])
+
+
+def test_verifier_inside_the_runtime_picks_the_passing_sample(client):
+    """best-of-n with the sandbox verifier, batched by the scheduler: of four samples only
+    one is right, and it is chosen."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from scripted import ScriptedBackend
+
+    task = humaneval(0)
+    entry = task.metadata["entry_point"]
+    right = "```python\n" + f"def {entry}(numbers, threshold):\n" + task.reference + "```"
+    wrongs = [
+        f"```python\ndef {entry}(numbers, threshold):\n    return False\n```",
+        f"```python\ndef {entry}(numbers, threshold):\n    return len(numbers) > 1\n```",
+        "I do not know.",
+    ]
+    samples = [wrongs[0], wrongs[1], right, wrongs[2]]
+    backend = ScriptedBackend(lambda request, i: samples[i % 4])
+    with Runtime(Config(search="best-of-n", n=4, verifier="sandbox", splitter="none"), backend=backend) as runtime:
+        solution = runtime.solve(task)
+    assert solution.score == 1.0
+    assert "sorted" in solution.text or "abs(" in solution.text  # the canonical solution's body
+    assert sorted(c.score for c in solution.candidates) == [0.0, 0.0, 0.0, 1.0]
+    assert containers_of(client, owner_id()) == []  # closing the runtime closed the pool
+
+
+def test_sandbox_feedback_drives_the_on_verifier_fail_reflection(client):
+    """The sandbox's error reaches the model through the on-verifier-fail trigger, and the
+    fixed program then passes."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from scripted import ScriptedBackend
+
+    task = humaneval(0)
+    entry = task.metadata["entry_point"]
+    broken = f"```python\ndef {entry}(numbers, threshold):\n    return undefined_name\n```"
+    fixed = (
+        "```python\n" + f"def {entry}(numbers, threshold):\n"
+        "    # compare every pair once; close means strictly below the threshold\n" + task.reference + "```"
+    )
+    prompts = []
+
+    def script(request, index):
+        prompts.append(request.prompt)
+        return fixed if "NameError: name 'undefined_name'" in request.prompt else broken
+
+    config = Config(search="best-of-n", n=1, verifier="sandbox", splitter="none", reflect=("on-verifier-fail",))
+    with Runtime(config, backend=ScriptedBackend(script)) as runtime:
+        solution = runtime.solve(task)
+    assert len(prompts) == 2  # the first try, then the retry that saw the sandbox's error
+    assert "NameError: name 'undefined_name' is not defined" in prompts[1]
+    assert solution.score == 1.0
+
+
+@pytest.mark.model
+@pytest.mark.timeout(1800)  # the embedded model on a busy 2-core CI machine
+def test_cli_solves_a_humaneval_task_with_the_embedded_model(client):
+    proc = subprocess.run(
+        [*REASON, "solve", "--task", "humaneval:HumanEval/0", "--search", "best-of-n", "--n", "4",
+         "--verifier", "sandbox", "--max-tokens", "160", "--seed", "0", "--json"],
+        capture_output=True, timeout=1700, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    stdout = proc.stdout.decode()
+    data = json.loads(stdout[stdout.index("\n{") + 1 :] if not stdout.startswith("{") else stdout)
+    scores = [c["score"] for c in data["candidates"]]
+    assert len(scores) == 4 and all(s in (0.0, 1.0) for s in scores)
+    assert data["score"] == max(scores)
