@@ -9,9 +9,10 @@ from attrs import asdict, frozen
 
 @frozen
 class RunResult:
-    """The outcome of one program run. ``exit_code`` is ``None`` when the run was killed for
-    its time limit before it exited; ``truncated`` says stdout or stderr was cut at the
-    output cap (``stdout_bytes``/``stderr_bytes`` are the full sizes seen)."""
+    """The outcome of one program run. ``exit_code`` is what the engine reported (137 for a
+    program SIGKILLed at its time limit or by the OOM killer; ``None`` if it could not be
+    read); ``truncated`` says stdout or stderr was cut at the output cap
+    (``stdout_bytes``/``stderr_bytes`` are the full sizes seen)."""
 
     exit_code: int | None
     stdout: str

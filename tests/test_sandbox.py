@@ -99,14 +99,34 @@ def test_cli_doctor_build_run_clean(client, tmp_path):
     bad = reason_cli("sandbox", "run", "--memory", "1", str(program))
     assert bad.returncode == 2 and b"--memory" in bad.stderr
 
-    # a container left by a "crashed" runner (created, never removed), then `clean`
-    from reason.sandboxes.container import create_started
+
+def test_cli_clean_removes_leftovers(client):
+    from reason.sandboxes.container import container_spec, create_started, remove
     from reason.sandboxes.image import image_tag
 
-    leftover = create_started(client, image_tag(), Limits())
-    clean = reason_cli("sandbox", "clean")
-    assert clean.returncode == 0 and b"removed" in clean.stdout
-    assert leftover not in [c["Id"] for c in client.api.containers(all=True)]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_owner = owner_id(dead.pid)
+    dead.wait()
+    spec = container_spec(client, image_tag(), Limits())
+    spec["labels"][LABEL_OWNER] = dead_owner  # what a crashed runner leaves behind
+    orphan = client.api.create_container(**spec)["Id"]
+    mine = create_started(client, image_tag(), Limits())  # a live owner's (this process)
+    try:
+        orphans = reason_cli("sandbox", "clean", "--orphans")
+        assert orphans.returncode == 0 and b"removed" in orphans.stdout
+        ids = [c["Id"] for c in client.api.containers(all=True)]
+        assert orphan not in ids and mine in ids
+
+        # `clean` removes every labelled container, whoever owns it; run it only when no
+        # other process on this engine (another session's evaluation) has any.
+        foreign = [c for c in client.api.containers(all=True, filters={"label": LABEL}) if c["Id"] != mine]
+        if not foreign:
+            everything = reason_cli("sandbox", "clean")
+            assert everything.returncode == 0 and b"removed 1 container" in everything.stdout
+            assert mine not in [c["Id"] for c in client.api.containers(all=True)]
+    finally:
+        remove(client, mine)
+        remove(client, orphan)
 
 
 def test_doctor_says_what_to_run_without_an_engine():
