@@ -111,10 +111,13 @@ def fix_script(request, index):
     return "x + 1 gives \\boxed{3}."
 
 
-@pytest.mark.parametrize("search", ["best-of-n", "beam", "dvts", "mcts"])
-def test_on_verifier_fail_injects_the_feedback_and_the_model_fixes_it(failing_verifier, search):
+@pytest.mark.parametrize(
+    "search, max_steps", [("best-of-n", 40), ("beam", 40), ("beam", 1), ("dvts", 40), ("dvts", 1), ("mcts", 40)]
+)
+def test_on_verifier_fail_injects_the_feedback_and_the_model_fixes_it(failing_verifier, search, max_steps):
     solution, reflections = solve(
-        ScriptedBackend(fix_script), search=search, n=2, beam_width=1, verifier="test-fail", reflect=("on-verifier-fail",)
+        ScriptedBackend(fix_script), search=search, n=2, beam_width=1, verifier="test-fail",
+        reflect=("on-verifier-fail",), max_steps=max_steps,
     )
     assert reflections
     for node in reflections:

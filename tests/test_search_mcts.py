@@ -148,3 +148,11 @@ def test_bad_options_are_usage_errors():
         run(options={"final": "best"})
     with pytest.raises(UsageError, match="iterations"):
         run(options={"iterations": 0})
+
+
+def test_mini_step_actions():
+    # Marco-o1's mini-steps: every action is at most 3 tokens, rollouts are whole texts
+    solution = run(splitter="ministep:3", options={"iterations": 5})
+    searched = [n for n in solution.tree if "iteration" in n.meta]
+    assert searched and all(len(n.step.token_ids) <= 3 for n in searched)
+    assert solution.tree.root.visits == 5 and solution.answer is not None

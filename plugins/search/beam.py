@@ -20,7 +20,7 @@ from __future__ import annotations
 from reason import Node, SearchContext, SearchOutcome, SearchPolicy
 from reason.errors import UsageError
 
-from .common import choose, distribute, is_finished
+from .common import choose, distribute, is_finished, reflect_on_scores
 
 
 class BeamSearch(SearchPolicy):
@@ -53,7 +53,9 @@ class BeamSearch(SearchPolicy):
             for child in children:
                 child.meta["round"] = round_index
             scores = await self._score(ctx, children, last)
-            if ctx.reflections:
+            if ctx.reflections and last:  # re-opened paths must still end in this round
+                children, scores = await reflect_on_scores(ctx, children, scores)
+            if ctx.reflections and not last:
                 children = self._reflect(ctx, children, scores, score_of)
             else:
                 score_of.update((c.id, s) for c, s in zip(children, scores))

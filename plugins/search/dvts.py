@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from reason import Node, SearchContext, SearchOutcome, SearchPolicy
 
-from .common import choose, is_finished
+from .common import choose, is_finished, reflect_on_scores
 
 
 class DVTS(SearchPolicy):
@@ -42,7 +42,9 @@ class DVTS(SearchPolicy):
             for kid in kids:
                 kid.meta.update(subtree=index, round=round_index)
             scores = await ctx.score(kids)
-            if ctx.reflections:
+            if ctx.reflections and last:  # re-opened paths must still end in this round
+                kids, scores = await reflect_on_scores(ctx, kids, scores)
+            elif ctx.reflections:
                 kids = [ctx.reflect_after_score(kid) for kid in kids]
                 for kid in kids:
                     kid.meta.update(subtree=index, round=round_index)
