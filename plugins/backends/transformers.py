@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import structlog
+from reason.log import get_logger
 from attrs import asdict, define, field
 
 from reason.components import Backend
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from reason.config import Config
 
-log = structlog.get_logger("reason")
+log = get_logger()
 
 DEFAULT_MAX_BATCH_CPU = 16
 DEFAULT_MAX_BATCH_GPU = 64
