@@ -5,7 +5,7 @@ vote weighted by confidence; tokens saved are reported."""
 import pytest
 from search_helpers import SURE, UNSURE, WordBackend, deepconf_c
 
-from reason import Config, Runtime
+from reason import Config, Runtime, Step
 from reason.errors import UsageError
 from reason.plugins.search.deepconf import (
     first_drop,
@@ -14,7 +14,6 @@ from reason.plugins.search.deepconf import (
     token_confidences,
     trace_confidence,
 )
-from reason import Step
 
 HIGH, LOW = deepconf_c(SURE[1]), deepconf_c(UNSURE[1])  # 4.41, 1.7
 

@@ -8,7 +8,7 @@ from scripted import ScriptedBackend
 from search_helpers import WordBackend, register_tag_verifier, tagged_steps_script, unregister_tag_verifier
 
 import reason.plugins.search.mcts as mcts
-from reason import Config, Node, Runtime, Step, Tree, aggregate
+from reason import Config, Runtime, Step, Tree, aggregate
 from reason.errors import UsageError
 
 

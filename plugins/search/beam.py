@@ -53,11 +53,11 @@ class BeamSearch(SearchPolicy):
             for child in children:
                 child.meta["round"] = round_index
             scores = await self._score(ctx, children, last)
-            if ctx.reflections and last:  # re-opened paths must still end in this round
-                children, scores = await reflect_on_scores(ctx, children, scores)
             if ctx.reflections and not last:
                 children = self._reflect(ctx, children, scores, score_of)
             else:
+                if ctx.reflections:  # the last round: re-opened paths must still end now
+                    children, scores = await reflect_on_scores(ctx, children, scores)
                 score_of.update((c.id, s) for c, s in zip(children, scores))
             open_: list[Node] = []
             for child in children:
