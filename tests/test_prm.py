@@ -14,7 +14,16 @@ from scripted import ScriptedBackend
 from reason import Config, Runtime, ScoreRequest, Step, Task
 from reason.errors import UsageError
 from reason.plugins.backends.models import load_model, load_tokenizer
-from reason.plugins.verifiers.prm import PRMVerifier, PrefixCache, Row, ScoringStats, prefix_keys, read_scores
+from reason.plugins.verifiers.prm import (
+    ModelReader,
+    PRMVerifier,
+    PrefixCache,
+    ReadResult,
+    Row,
+    ScoringStats,
+    prefix_keys,
+    read_scores,
+)
 from reason.types import aggregate
 
 QUESTION = "Tom has 3 apples and buys 5 more. How many apples does he have?"
@@ -59,8 +68,9 @@ def test_prefix_cache_is_a_bounded_lru():
 
 def test_stats_hit_rate():
     stats = ScoringStats()
-    call = stats.record(paths=4, cached=6, computed=2, batches=1, tokens=100, seconds=2.0)
-    assert call["steps"] == 8 and stats.hit_rate == 0.75 and stats.steps_per_second == 4.0
+    call = stats.record(4, 6, 2, ReadResult(values=[], batches=1, tokens=100, reused=300), seconds=2.0)
+    assert call["steps"] == 8 and call["reused_tokens"] == 300 and call["tokens"] == 100
+    assert stats.hit_rate == 0.75 and stats.steps_per_second == 4.0
     assert stats.to_dict()["hit_rate"] == 0.75
 
 
@@ -76,9 +86,8 @@ def test_options_are_checked_before_any_model_loads():
 
 
 def test_qwen_format_refuses_a_gguf_model():
-    prm = PRMVerifier(Config(options={"prm_format": "qwen"}))  # the embedded model is a .gguf
     with pytest.raises(UsageError, match="HF directory"):
-        prm.score([request(STEPS)])
+        PRMVerifier(Config(options={"prm_format": "qwen"}))  # the embedded model is a .gguf
 
 
 def test_unknown_format_through_the_runtime_is_a_usage_error():
@@ -208,3 +217,70 @@ def test_prm_verifier_name_argument_picks_the_model():
     prm = PRMVerifier(Config(options={"prm_format": "generic"}), arg=str(folder))
     assert prm.source.kind == "dir" and prm.source.path == str(folder)
     assert len(prm.score([request(STEPS)])[0].step_scores) == 3
+
+
+@pytest.mark.model
+def test_qwen_format_reads_the_two_class_head_at_each_tag(monkeypatch):
+    """The classifier path (Qwen2.5-Math-PRM's reward head) on real weights: SmolLM2 with
+    a two-label token-classification head stands in for the custom Qwen head."""
+    import torch
+
+    from reason.plugins.verifiers import prm as prm_module
+
+    head = load_model(None, model_class="AutoModelForTokenClassification")
+    assert head.config.num_labels == 2
+    monkeypatch.setattr(prm_module, "load_reward_head", lambda source, device, dtype: head)
+    from reason.plugins.backends.models import converted_dir, resolve_model
+
+    folder = str(converted_dir(resolve_model(None)))
+    prm = PRMVerifier(Config(options={"prm_format": "qwen", "prm_batch_size": 2, "prm_model": folder}))
+    paths = [STEPS, OTHER[:2], ["Count them one by one.\n\n"]]
+    scores = prm.score([request(p) for p in paths])
+    assert prm.last_call["batches"] == 2
+    tokenizer = load_tokenizer(None)
+    for path, score in zip(paths, scores):
+        encoded = prm.format.encode(tokenizer, QUESTION, path)
+        with torch.inference_mode():
+            logits = head(input_ids=torch.tensor([encoded.input_ids])).logits[0]
+        expected = [torch.softmax(logits[p], dim=-1)[1].item() for p in encoded.positions]
+        assert score.step_scores == pytest.approx(expected, abs=1e-5)
+    grown = prm.score([request(OTHER)])[0]
+    assert prm.last_call["computed"] == 1 and grown.step_scores[:2] == scores[1].step_scores
+
+
+@pytest.mark.model
+def test_a_grown_path_runs_only_its_new_tokens():
+    """KV reuse: last round's keys and values of a path are spliced in, so the forward
+    pass covers only the new step, and the scores equal a from-scratch forward."""
+    prm = verifier()
+    prm.score([request(STEPS[:2]), request(OTHER[:1])])
+    first_tokens = prm.last_call["tokens"]
+    assert prm.last_call["reused_tokens"] == 0
+    grown = prm.score([request(STEPS), request(OTHER[:2])])
+    tokenizer = load_tokenizer(None)
+    full = [prm.format.encode(tokenizer, QUESTION, p).input_ids for p in (STEPS, OTHER[:2])]
+    assert prm.last_call["tokens"] + prm.last_call["reused_tokens"] == sum(len(ids) for ids in full)
+    assert prm.last_call["tokens"] < sum(len(ids) for ids in full) - first_tokens // 2
+    assert prm.last_call["reused_tokens"] >= first_tokens - 2
+    plain = verifier(prm_kv_cache_tokens=0, prm_cache_size=0)
+    expected = plain.score([request(STEPS), request(OTHER[:2])])
+    assert plain.last_call["reused_tokens"] == 0
+    for a, b in zip(grown, expected):
+        assert a.step_scores == pytest.approx(b.step_scores, abs=1e-4)
+
+
+@pytest.mark.model
+def test_kv_reuse_with_mixed_prefix_lengths_in_one_batch():
+    """Rows with cached prefixes of different lengths (and none) share one left-padded
+    forward pass and still score like separate full forwards."""
+    reader = ModelReader(load_model(None), head="lm", labels=((27,), (29,)), batch_size=8, kv_tokens=4096)
+    tokenizer = load_tokenizer(None)
+    texts = [QUESTION + " " + " ".join(STEPS), QUESTION + " " + STEPS[0], "Unrelated text about " + OTHER[1]]
+    ids = [tokenizer.encode(t) for t in texts]
+    reader.read([Row(ids[0][:10], [9]), Row(ids[1][:6], [5])])
+    rows = [Row(i, [len(i) - 3, len(i) - 1]) for i in ids]
+    result = reader.read(rows)
+    assert result.reused > 0 and result.batches == 1
+    plain = read_scores(load_model(None), rows, head="lm", labels=((27,), (29,)), batch_size=1)[0]
+    for a, b in zip(result.values, plain):
+        assert a == pytest.approx(b, abs=1e-4)

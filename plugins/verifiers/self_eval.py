@@ -22,7 +22,9 @@ Options (``-o key=value``):
   ``{previous}`` (steps before the latest), ``{step}`` (the latest step) and
   ``{solution}`` (all steps so far). Defaults: :data:`STEP_PROMPT` / :data:`SOLUTION_PROMPT`.
 - ``self_eval_batch_size`` (8), ``self_eval_device`` / ``self_eval_dtype`` (the
-  policy's ``config.device`` / ``config.dtype``), ``self_eval_cache_size`` (100000).
+  policy's ``config.device`` / ``config.dtype``), ``self_eval_cache_size`` (100000),
+  ``self_eval_kv_cache_tokens`` (16384; judge prompts share the problem text, so their
+  keys and values are reused; 0 = off).
 """
 
 from __future__ import annotations
@@ -32,15 +34,25 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import structlog
-
 from reason.components import Verifier
 from reason.errors import UsageError
+from reason.log import get_logger
 from reason.types import Score, ScoreRequest
 
-from .prm import DEFAULT_BATCH_SIZE, DEFAULT_CACHE_SIZE, PrefixCache, Row, ScoringStats, int_option, prefix_keys, read_scores
+from .prm import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CACHE_SIZE,
+    DEFAULT_KV_TOKENS,
+    ModelReader,
+    PrefixCache,
+    Row,
+    ScoringStats,
+    int_option,
+    pad_id,
+    prefix_keys,
+)
 
-log = structlog.get_logger("reason")
+log = get_logger("reason")
 
 STEP_PROMPT = (
     "Check one step of a solution to a math problem.\n\n"
@@ -109,12 +121,13 @@ class SelfEvalVerifier(Verifier):
         self.device = config.option("self_eval_device", config.device)
         self.dtype = config.option("self_eval_dtype", config.dtype)
         self.cache = PrefixCache(int_option(config, "self_eval_cache_size", DEFAULT_CACHE_SIZE, 0, "self-eval"))
+        self.kv_tokens = int_option(config, "self_eval_kv_cache_tokens", DEFAULT_KV_TOKENS, 0, "self-eval")
         self.stats = ScoringStats()
         self.last_call: dict[str, Any] = {}
         self.namespace = f"self-eval|{self.source.key}|{self.scope}|{self.prompt}"
         self._model: Any = None
         self._tokenizer: Any = None
-        self._labels: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self._reader: ModelReader | None = None
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -128,9 +141,11 @@ class SelfEvalVerifier(Verifier):
             raise UsageError(
                 f"verifier self-eval: the tokenizer of {self.source.name} has no single-token Yes/No; use another -o self_eval_model"
             )
-        self._labels = (yes, no)
-        self._tokenizer = tokenizer
-        self._model = load_model(self.source, device=self.device, dtype=self.dtype)
+        model = load_model(self.source, device=self.device, dtype=self.dtype)
+        self._reader = ModelReader(
+            model, head="lm", labels=(yes, no), batch_size=self.batch_size, pad_id=pad_id(tokenizer), kv_tokens=self.kv_tokens
+        )
+        self._tokenizer, self._model = tokenizer, model
 
     def judge_input(self, question: str, steps: Sequence[str]) -> list[int]:
         """Token ids of the judge prompt for the last of ``steps``, ending where the
@@ -171,31 +186,23 @@ class SelfEvalVerifier(Verifier):
                 else:
                     scheduled.add(key)
                     jobs.append((key, request.task.question, steps[: k + 1]))
-        batches = tokens = 0
+        read = None
         if jobs:
             self.load()
             rows = []
             for _, question, steps in jobs:
                 ids = self.judge_input(question, steps)
                 rows.append(Row(ids, [len(ids) - 1]))
-            pad = self._tokenizer.pad_token_id
-            values, batches = read_scores(
-                self._model,
-                rows,
-                head="lm",
-                labels=self._labels,
-                batch_size=self.batch_size,
-                pad_id=pad if pad is not None else (self._tokenizer.eos_token_id or 0),
-            )
-            for (key, _, _), (value,) in zip(jobs, values):
+            assert self._reader is not None
+            read = self._reader.read(rows)
+            for (key, _, _), (value,) in zip(jobs, read.values):
                 value = min(1.0, max(0.0, float(value)))
                 results[key] = value
                 self.cache.put(key, value)
-            tokens = sum(len(row.input_ids) for row in rows)
         scores = [
             Score(step_scores=tuple(1.0 if k < first else results[key] for k, key in enumerate(keys)))
             for keys, first in per_request
         ]
-        self.last_call = self.stats.record(len(requests), cached, len(jobs), batches, tokens, time.perf_counter() - start)
+        self.last_call = self.stats.record(len(requests), cached, len(jobs), read, time.perf_counter() - start)
         log.debug("verifier scored", verifier=getattr(self, "spec", "self-eval"), **self.last_call)
         return scores
