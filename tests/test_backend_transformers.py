@@ -58,6 +58,8 @@ def test_bad_option_is_a_usage_error():
 
     with pytest.raises(UsageError, match="max_batch"):
         TransformersBackend(Config(options={"max_batch": 0}))
+    with pytest.raises(UsageError, match="prefix_cache_tokens"):
+        TransformersBackend(Config(options={"prefix_cache_tokens": "lots"}))
 
 
 def test_format_prompt_uses_the_chat_template(backend):

@@ -15,7 +15,9 @@ encodes the tokens after the longest shared prefix; the n samples of one prompt 
 prefill.
 
 Options (``config.options``): ``max_batch`` (sequences per forward pass; larger ticks are
-chunked), ``prefix_cache_tokens`` (KV cache budget in tokens, 0 disables reuse).
+chunked), ``prefix_cache_tokens`` (KV cache budget in tokens, 0 disables reuse),
+``threads`` (torch CPU threads for this process; on a busy machine fewer threads than
+cores avoids OpenMP oversubscription, which can slow decoding several times).
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class PrefixCache:
         best, best_key = 0, None
         ids = tuple(ids)
         for key in self._entries:
-            if not key or key[0] != ids[0] or len(key) <= best and key[:best] != ids[:best]:
+            if not key or key[0] != ids[0] or len(key) <= best:  # cannot beat the best so far
                 continue
             n = _common_prefix(key, ids)
             if n > best:
@@ -177,6 +179,7 @@ class TransformersBackend(Backend):
         self.prefix_cache = PrefixCache(
             _int_option(config, "prefix_cache_tokens", DEFAULT_PREFIX_CACHE_TOKENS, minimum=0)
         )
+        self.threads = _int_option(config, "threads", None, minimum=1)
         self.stats = BackendStats()
         self._lock = threading.Lock()
         self._rng = random.Random()
@@ -203,9 +206,12 @@ class TransformersBackend(Backend):
         return self._model
 
     def _setup(self) -> None:
+        import torch
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         model, tokenizer = self._model, self.tokenizer
         self.device = model.device
         eos: set[int] = set()
@@ -368,14 +374,15 @@ class TransformersBackend(Backend):
         past = total - suffix
         rows = len(prompts)
         if past > 0:
+            # the longest prompt reuses a prefix (suffix < its length), so some hit has kv
+            reference = next(kv for _, kv in hits if kv is not None)
             layers = []
-            for layer in range(len(hits[0][1] or next(kv for _, kv in hits if kv is not None))):
-                reference = next(kv for _, kv in hits if kv is not None)[layer][0]
-                heads, _, dim = reference.shape
-                keys = reference.new_zeros((rows, heads, past, dim))
-                values = reference.new_zeros((rows, heads, past, dim))
+            for layer, (ref_keys, _) in enumerate(reference):
+                heads, _, dim = ref_keys.shape
+                keys = ref_keys.new_zeros((rows, heads, past, dim))
+                values = ref_keys.new_zeros((rows, heads, past, dim))
                 for u, (ids, (_, kv)) in enumerate(zip(prompts, hits)):
-                    used = len(ids) - suffix
+                    used = len(ids) - suffix  # cached tokens left of the encoded columns
                     if used > 0:
                         keys[u, :, past - used :] = kv[layer][0][:, :used]
                         values[u, :, past - used :] = kv[layer][1][:, :used]
