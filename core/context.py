@@ -110,9 +110,10 @@ class SearchContext:
         for _, trigger in self.reflections:
             params = trigger.adjust_params(params)
         children = await self._generate(node, n, params, whole=True)
-        # A reflection trigger may have re-opened a finished path: let the model go on
-        # after the injected text (each trigger caps how often it fires).
-        reopened = [i for i, child in enumerate(children) if child.kind == "reflection" and not child.terminal]
+        # A reflection trigger may have re-opened a finished path, or stopped it at a stop
+        # string of its own (budget forcing's "</think>"): let the model go on (each
+        # trigger caps how often it fires; the token budget bounds the rest).
+        reopened = [i for i, child in enumerate(children) if not child.terminal]
         if reopened:
             continued = await self.gather(*(self.complete(children[i], 1, **overrides) for i in reopened))
             for i, leaves in zip(reopened, continued):
@@ -203,7 +204,7 @@ class SearchContext:
             else:
                 text = trigger.on_step(self.task, steps, score, node.reflections)
             if text:
-                return self.inject(node, text, trigger=name)
+                return self.inject(node, text, trigger=name, suppress=getattr(trigger, "suppress", None))
         return node
 
     def reflect_after_score(self, node: Node) -> Node:
@@ -211,8 +212,15 @@ class SearchContext:
         :meth:`score` where a policy wants verifier-driven reflection)."""
         return self._reflect(node, node.meta.get("score"))
 
-    def inject(self, node: Node, text: str, trigger: str = "manual") -> Node:
-        """Append runtime text after ``node`` as a reflection node; the path re-opens."""
+    def inject(self, node: Node, text: str, trigger: str = "manual", suppress: str | None = None) -> Node:
+        """Append runtime text after ``node`` as a reflection node; the path re-opens.
+
+        ``suppress``: text dropped from the end of ``node``'s step first (s1 budget
+        forcing removes the end-of-thinking delimiter before appending "Wait"); the
+        step's tokens are kept, as they were generated and paid for."""
+        if suppress and node.step is not None and node.step.text.endswith(suppress):
+            node.step = _evolve(node.step, text=node.step.text[: -len(suppress)])
+            node.meta["suppressed"] = suppress
         node.terminal = False
         child = self.tree.add(node, Step(text=text, injected=True), kind="reflection", trigger=trigger)
         self.emit(ReflectionInjected(task_id=self.task.id, trigger=trigger, node_id=child.id, parent_id=node.id, text=text))

@@ -10,9 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 from attrs import define, field
 
 from .types import Step
+
+
+def _jsonable(value: Any) -> Any:
+    """Meta values as JSON data: attrs objects (e.g. the verifier's Score) become dicts."""
+    if attrs.has(type(value)):
+        return attrs.asdict(value)
+    return value
 
 
 @define(eq=False)
@@ -90,7 +98,7 @@ class Node:
             "terminal": self.terminal,
             "pruned": self.pruned,
             "answer": self.answer,
-            "meta": dict(self.meta),
+            "meta": {key: _jsonable(value) for key, value in self.meta.items()},
             "children": [child.id for child in self.children],
         }
 

@@ -61,7 +61,7 @@ class MiniStepSplitter(Splitter):
     def split(self, text: str) -> list[str]:
         # Token boundaries are not known from text alone; scoring a whole solution in
         # mini-steps therefore uses the blank-line structure, which is what a PRM expects.
-        return StepSplitter.split(self, text) if text else []
+        return StepSplitter(self.config).split(text) if text else []
 
 
 class NoSplitter(Splitter):
