@@ -132,8 +132,11 @@ _CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
 def extract_code(text: str) -> str:
-    """The program in a completion: the longest fenced code block, else the whole text."""
+    """The program in a completion: the last fenced code block that defines a function
+    (after a reflection the path holds the broken program and then the fix), else the
+    last block, else the whole text."""
     blocks = [block for block in _CODE_BLOCK.findall(text) if block.strip()]
-    if blocks:
-        return max(blocks, key=len)
+    defining = [block for block in blocks if "def " in block]
+    if defining or blocks:
+        return (defining or blocks)[-1]
     return text

@@ -28,7 +28,9 @@ def test_vote_groups_equivalent_answers_and_weights():
     assert vote(["7", "8"]) == ("7", 1.0)  # ties go to the first seen
 
 
-def test_extract_code_takes_the_longest_block():
+def test_extract_code_takes_the_last_defining_block():
     text = "Here:\n```python\ndef f():\n    return 1\n```\nand ```\nx\n```"
     assert extract_code(text) == "def f():\n    return 1\n"
+    fixed = text + "\nWait, fixed:\n```python\ndef f():\n    return 2\n```"
+    assert extract_code(fixed) == "def f():\n    return 2\n"
     assert extract_code("def g(): pass") == "def g(): pass"
