@@ -44,7 +44,7 @@ PLOT = "accuracy_vs_budget.png"
 MAX_SUBSETS = 256
 """Above this many n-subsets, metrics average over a fixed random sample of them."""
 
-IGNORED_CONFIG_KEYS = ("options.data_dir",)
+IGNORED_CONFIG_KEYS = ("options.data_dir", "options.threads")
 """Config entries that do not change results: a resumed run may differ in them."""
 
 

@@ -8,3 +8,5 @@ from reason.registry import lazy
 @hookimpl
 def reason_register_backends(register):
     register("transformers", lazy("reason.plugins.backends.transformers:TransformersBackend"))
+    register("openai", lazy("reason.plugins.backends.openai:OpenAIBackend"))
+    register("vllm", lazy("reason.plugins.backends.vllm:VLLMBackend"))

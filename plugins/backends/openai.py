@@ -1,0 +1,525 @@
+"""The ``openai`` backend: any OpenAI-compatible server (``vllm serve``, SGLang, llama.cpp).
+
+This is how a user reaches a multi-GPU or multi-node deployment: the server does the
+batching and prefix caching, we send it the tick's requests side by side.
+
+- Prompts: the chat template is applied *here*, with the model's tokenizer
+  (``--tokenizer DIR|ID``, else the served model's name when it loads as a tokenizer),
+  and every request goes to ``/v1/completions`` as a raw continuation of the prompt
+  text, so a search can continue a partial reasoning path.
+- Stop strings: our contract is that ``Completion.text`` ends with the matched stop string
+  and ``finish_reason`` is ``stop``; a server ``stop`` without a matched stop string is
+  ``eos``. vLLM is asked to keep the string (``include_stop_str_in_output``) and tells
+  which one matched (``stop_reason``); SGLang says ``matched_stop``; llama.cpp's native
+  server says ``stopping_word``. For servers that say nothing (llama-cpp-python), the
+  text the logprob tokens cover beyond the returned text shows the stop string.
+- Token ids: from the server when it gives them (vLLM ``return_token_ids`` /
+  ``return_tokens_as_token_ids``); otherwise each logprob token's text is mapped back to
+  an id with the tokenizer (the id whose text it is; -1 for a piece no single id gives).
+- HTTP: ``httpx`` with a bounded thread pool (``max_concurrency``), retries with
+  exponential backoff on timeouts, connection errors, 429 and 5xx (honouring
+  ``Retry-After``); ``n`` is sent as is, and a server that returns fewer choices than
+  asked (it ignores ``n``) gets one request per sample from then on.
+
+Settings: ``config.model`` (server model name; default the first of ``/v1/models``) and
+options ``base_url`` (``$OPENAI_BASE_URL``, default ``http://127.0.0.1:8000/v1``),
+``api_key`` (``$OPENAI_API_KEY``), ``tokenizer``, ``timeout`` (seconds, 300),
+``max_concurrency`` (16), ``max_retries`` (3).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import Any
+from urllib.parse import urlsplit
+
+from reason.log import get_logger
+
+from reason.components import Backend
+from reason.errors import BackendError, UsageError
+from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams
+
+log = get_logger()
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+VLLM_EXTRAS = {"include_stop_str_in_output": True, "return_tokens_as_token_ids": True, "return_token_ids": True}
+"""vLLM's own completion parameters: keep the stop string, identify tokens by id. Other
+servers ignore unknown fields; one that rejects them gets requests without them."""
+LLAMA_CPP_PYTHON_NEUTRAL = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
+"""llama-cpp-python's server samples with top_k=40, min_p=0.05 and repeat_penalty=1.1
+unless told otherwise; these make it sample from temperature and top_p alone, like every
+other backend. Sent only to that server (it lists its models as owned by "me"): vLLM's
+and SGLang's defaults are neutral already."""
+START_HINT = (
+    "start one (e.g. `vllm serve MODEL` or `python -m llama_cpp.server --model FILE.gguf`) "
+    "or point --base-url at it"
+)
+
+
+class _Retryable(Exception):
+    """A failure worth another try (timeout, lost connection, 429, 5xx)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _number(config: Any, key: str, default: float, kind: type, minimum: float) -> Any:
+    raw = config.option(key, default)
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise UsageError(f"backend openai: option {key}={raw!r} must be a number (-o {key}=...)") from None
+    if value < minimum:
+        raise UsageError(f"backend openai: option {key} must be >= {minimum}, got {value}")
+    return value
+
+
+def normalize_base_url(url: str) -> str:
+    """``http://host:8000`` -> ``http://host:8000/v1``; trailing slashes dropped."""
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"--base-url {url!r} is not an http(s) URL; e.g. --base-url http://127.0.0.1:8000/v1")
+    url = url.rstrip("/")
+    if parts.path in ("", "/"):
+        url += "/v1"
+    return url
+
+
+class OpenAIBackend(Backend):
+    """Policy backend on an OpenAI-compatible ``/v1/completions`` endpoint."""
+
+    def __init__(self, config: Any, arg: str | None = None) -> None:
+        super().__init__(config, arg)
+        self.base_url = normalize_base_url(
+            str(config.option("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
+        )
+        self.api_key = config.option("api_key") or os.environ.get("OPENAI_API_KEY") or None
+        self.tokenizer_spec = config.option("tokenizer")
+        self.timeout = _number(config, "timeout", 300.0, float, 0.001)
+        self.max_concurrency = _number(config, "max_concurrency", 16, int, 1)
+        self.max_retries = _number(config, "max_retries", 3, int, 0)
+        self.backoff = _number(config, "retry_backoff", 0.5, float, 0.0)
+        self._model: str | None = arg or config.model or None
+        self._served: list[str] | None = None
+        self._owners: dict[str, str] = {}
+        self._client: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._tokenizer: Any = None
+        self._token_ids: dict[str, int] | None = None
+        self._lock = threading.RLock()
+        self._ready = False
+        self.supports_n = True
+        """False once the server answered a request for n samples with fewer choices."""
+        self.send_extras = True
+        """False once the server rejected vLLM's extra parameters."""
+        self.http_requests = 0
+        self.retries = 0
+
+    # -- connection -------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                import httpx
+
+                headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+                self._client = httpx.Client(
+                    base_url=self.base_url,
+                    headers=headers,
+                    timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                    limits=httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
+                )
+            return self._client
+
+    @property
+    def model_name(self) -> str:
+        return self._model or ""
+
+    @property
+    def is_llama_cpp_python(self) -> bool:
+        return self._owners.get(self._model or "") == "me"
+
+    def _ensure_ready(self) -> None:
+        """Check the server answers and serves the model (once); pick the model when the
+        user named none."""
+        with self._lock:
+            if self._ready:
+                return
+            served = self.served_models()
+            if self._model is None:
+                if not served:
+                    raise BackendError(
+                        f"the server at {self.base_url} lists no model on /v1/models; pass --model NAME"
+                    )
+                self._model = served[0]
+            elif served is not None and self._model not in served:
+                raise BackendError(
+                    f"the server at {self.base_url} does not serve model {self._model!r}; it serves: "
+                    f"{', '.join(served) or 'nothing'} (pass one of these as --model, or leave --model out)"
+                )
+            self._ready = True
+            log.debug("openai backend ready", base_url=self.base_url, model=self._model)
+
+    def served_models(self) -> list[str] | None:
+        """The model ids on ``/v1/models`` (``None`` when the server has no such route)."""
+        if self._served is None:
+            response = self._request("GET", "/models")
+            if response.status_code == 404:
+                return None
+            self._check_status(response, "/models")
+            data = response.json().get("data") or []
+            items = [item for item in data if isinstance(item, dict) and item.get("id")]
+            self._served = [str(item["id"]) for item in items]
+            self._owners = {str(item["id"]): str(item.get("owned_by") or "") for item in items}
+        return self._served
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        """One HTTP call with retries; returns the final response (any status that is not
+        retryable) or raises :class:`BackendError` when the retries are spent."""
+        import httpx
+
+        attempt = 0
+        while True:
+            try:
+                self.http_requests += 1
+                try:
+                    response = self.client.request(method, path, json=payload)
+                except httpx.TimeoutException as exc:
+                    raise _Retryable(f"no answer within {self.timeout:g}s ({type(exc).__name__})") from exc
+                except httpx.TransportError as exc:
+                    raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+                if response.status_code in RETRY_STATUS:
+                    raise _Retryable(
+                        f"HTTP {response.status_code}: {_error_text(response)}", _retry_after(response)
+                    )
+                return response
+            except _Retryable as exc:
+                if attempt >= self.max_retries:
+                    raise BackendError(
+                        f"the OpenAI-compatible server at {self.base_url} failed on {method} {path} after "
+                        f"{attempt + 1} attempt(s): {exc}. Is it running and reachable? {START_HINT}; "
+                        "a slow server may need a larger -o timeout=SECONDS"
+                    ) from None
+                delay = exc.retry_after if exc.retry_after is not None else self.backoff * (2**attempt)
+                delay = min(delay, 30.0) * (1 + 0.1 * random.random())
+                attempt += 1
+                self.retries += 1
+                log.warning("openai request failed, retrying", url=self.base_url + path, error=str(exc),
+                            attempt=attempt, delay=round(delay, 2))
+                time.sleep(delay)
+
+    def _check_status(self, response: Any, path: str) -> None:
+        if response.status_code < 400:
+            return
+        text = _error_text(response)
+        if response.status_code in (401, 403):
+            raise BackendError(
+                f"the server at {self.base_url} refused the request (HTTP {response.status_code}: {text}); "
+                "pass the right key with --api-key or OPENAI_API_KEY"
+            )
+        if response.status_code == 404 and "model" in text.lower():
+            served = self._served or []
+            raise BackendError(
+                f"the server at {self.base_url} does not know model {self._model!r} ({text}); "
+                f"it serves: {', '.join(served) or 'see /v1/models'}"
+            )
+        if response.status_code == 404:
+            raise BackendError(
+                f"{self.base_url}{path} does not exist (HTTP 404): is --base-url the server's OpenAI API root "
+                "(usually ending in /v1)?"
+            )
+        raise BackendError(f"the server at {self.base_url} answered {path} with HTTP {response.status_code}: {text}")
+
+    # -- tokenizer ----------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (its chat template shapes every prompt): ``-o tokenizer=...``
+        (``--tokenizer``), else the served model's name when it loads as one (a hub id, a
+        local directory or ``.gguf`` file: what ``vllm serve`` and llama.cpp list)."""
+        with self._lock:
+            if self._tokenizer is None:
+                from reason.plugins.backends.models import load_tokenizer
+
+                spec = self.tokenizer_spec
+                if not spec:
+                    self._ensure_ready()
+                    spec = self._model
+                try:
+                    self._tokenizer = load_tokenizer(str(spec))
+                except Exception as exc:
+                    origin = "--tokenizer" if self.tokenizer_spec else f"the served model's name {spec!r}"
+                    raise UsageError(
+                        f"backend openai: could not load a tokenizer from {origin} ({exc}); pass --tokenizer "
+                        "with the served model's HF directory or hub id (or 'smollm2' for the embedded model): "
+                        "its chat template formats every prompt"
+                    ) from exc
+            return self._tokenizer
+
+    def token_id(self, piece: str) -> int:
+        """The id of one token given as its text (what OpenAI logprobs carry): exact when
+        the text decodes from one token id, else the text's sole id, else -1."""
+        with self._lock:
+            if self._token_ids is None:
+                tok = self.tokenizer
+                table: dict[str, int] = {}
+                for index in range(len(tok)):
+                    table.setdefault(tok.decode([index]), index)
+                self._token_ids = table
+        found = self._token_ids.get(piece)
+        if found is not None:
+            return found
+        ids = self.tokenizer.encode(piece, add_special_tokens=False)
+        return int(ids[0]) if len(ids) == 1 else -1
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    # -- Backend ------------------------------------------------------------------------
+
+    def format_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
+        if not requests:
+            return []
+        self._ensure_ready()
+        results: list[list[Completion]] = [[] for _ in requests]
+        # Each job: (request index, samples it asks for, sample offset for the seed).
+        jobs = [(i, r.n, 0) for i, r in enumerate(requests)] if self.supports_n else [
+            (i, 1, j) for i, r in enumerate(requests) for j in range(r.n)
+        ]
+        while jobs:
+            done = self._run_jobs(requests, jobs)
+            jobs = []
+            for (index, asked, offset), completions in done:
+                results[index].extend(completions)
+                if len(completions) < asked:
+                    if not completions:
+                        raise BackendError(f"the server at {self.base_url} returned no choice for a completion request")
+                    if self.supports_n:
+                        log.info("server ignores n; sending one request per sample", base_url=self.base_url)
+                    self.supports_n = False
+                    jobs.extend((index, 1, offset + j) for j in range(len(completions), asked))
+        for request, completions in zip(requests, results):
+            del completions[request.n :]
+        return results
+
+    def _run_jobs(
+        self, requests: Sequence[GenerateRequest], jobs: list[tuple[int, int, int]]
+    ) -> list[tuple[tuple[int, int, int], list[Completion]]]:
+        if len(jobs) == 1:
+            index, asked, offset = jobs[0]
+            return [(jobs[0], self._complete(requests[index], asked, offset))]
+        pool = self._executor()
+        futures: list[Future[list[Completion]]] = [
+            pool.submit(self._complete, requests[index], asked, offset) for index, asked, offset in jobs
+        ]
+        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        if pending:  # one failed: don't start the rest, wait for those already running
+            for future in pending:
+                future.cancel()
+            wait(pending)
+        for future in futures:
+            if not future.cancelled() and future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        return [(job, future.result()) for job, future in zip(jobs, futures)]
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="reason-openai")
+            return self._pool
+
+    def payload(self, request: GenerateRequest, n: int, seed_offset: int = 0) -> dict[str, Any]:
+        """The exact body this backend POSTs for ``n`` samples of ``request``."""
+        payload = completion_payload(self._model or "", request, n, seed_offset, self.send_extras)
+        if self.is_llama_cpp_python:
+            payload.update(LLAMA_CPP_PYTHON_NEUTRAL)
+        return payload
+
+    def _complete(self, request: GenerateRequest, n: int, seed_offset: int) -> list[Completion]:
+        """POST one completion request for ``n`` samples; parse its choices."""
+        payload = self.payload(request, n, seed_offset)
+        response = self._request("POST", "/completions", payload)
+        if response.status_code in (400, 422) and self.send_extras and _mentions_extras(response):
+            log.info("server rejects vLLM's extra parameters; sending plain OpenAI requests", base_url=self.base_url)
+            self.send_extras = False
+            payload = self.payload(request, n, seed_offset)
+            response = self._request("POST", "/completions", payload)
+        self._check_status(response, "/completions")
+        try:
+            body = response.json()
+            choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(f"the server at {self.base_url} sent an unreadable completion: {exc}") from exc
+        usage = body.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens")
+        if not isinstance(prompt_tokens, int):
+            prompt_tokens = self.count_tokens(request.prompt)
+        return [parse_choice(choice, request.params, prompt_tokens, self) for choice in choices[:n]]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+# -- request and response mapping (pure functions, unit-tested) --------------------------------
+
+
+def completion_payload(
+    model: str, request: GenerateRequest, n: int, seed_offset: int = 0, extras: bool = True
+) -> dict[str, Any]:
+    """The ``/v1/completions`` body for ``n`` samples of ``request``.
+
+    Logprobs are always asked for (at least 1) since the sampled token's logprob is part
+    of every completion. A request split into single samples gets ``seed + i`` so that
+    seeded samples still differ.
+    """
+    params: SamplingParams = request.params
+    payload: dict[str, Any] = {
+        "model": model,
+        "prompt": request.prompt,
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "n": n,
+        "logprobs": max(1, params.logprobs),
+        "stream": False,
+    }
+    if params.stop:
+        payload["stop"] = list(params.stop)
+    if params.seed is not None:
+        payload["seed"] = params.seed + seed_offset
+    if extras:
+        payload.update(VLLM_EXTRAS)
+    return payload
+
+
+def parse_choice(choice: dict[str, Any], params: SamplingParams, prompt_tokens: int, vocab: Any) -> Completion:
+    """One OpenAI completion choice as our :class:`Completion`.
+
+    ``vocab`` maps token text to ids and counts tokens (``token_id``, ``count_tokens``):
+    the backend, or a stand-in in tests.
+    """
+    text = choice.get("text") or ""
+    lp = choice.get("logprobs") or {}
+    tokens = [str(t) for t in (lp.get("tokens") or [])]
+    chosen = [float(x) if x is not None else 0.0 for x in (lp.get("token_logprobs") or [])]
+    k = params.logprobs
+    tops = [_top(entry, k) for entry in (lp.get("top_logprobs") or [])]
+
+    reason, stop = finish_and_stop(choice, params.stop, text, tokens)
+    if stop is not None and not text.endswith(stop):
+        text += stop  # the server dropped the matched stop string; our contract keeps it
+
+    ids = choice.get("token_ids")
+    if tokens:
+        if not (isinstance(ids, list) and len(ids) == len(tokens)):
+            ids = [_id_of(t, vocab) for t in tokens]
+        chosen = (chosen + [0.0] * len(tokens))[: len(tokens)]
+        tops = (tops + [[] for _ in tokens])[: len(tokens)]
+    else:  # no logprobs from this server: count tokens with the tokenizer
+        count = len(ids) if isinstance(ids, list) else vocab.count_tokens(text)
+        ids = list(ids) if isinstance(ids, list) else [-1] * count
+        chosen, tops = [0.0] * count, [[] for _ in range(count)]
+    return Completion(
+        text=text,
+        token_ids=[int(i) for i in ids],
+        logprobs=chosen,
+        top_logprobs=tops,
+        finish_reason=reason,
+        prompt_tokens=prompt_tokens,
+    )
+
+
+def finish_and_stop(
+    choice: dict[str, Any], stops: Sequence[str], text: str, tokens: Sequence[str]
+) -> tuple[FinishReason, str | None]:
+    """Our finish reason and the matched stop string (or ``None``) of one choice."""
+    reason = choice.get("finish_reason")
+    if reason == "length":
+        return "length", None
+    # Servers that say which stop matched: vLLM (stop_reason), SGLang (matched_stop),
+    # llama.cpp's native server (stopping_word / stop_type).
+    for key in ("stop_reason", "matched_stop", "stopping_word"):
+        if key in choice:
+            value = choice[key]
+            if isinstance(value, str) and value:
+                return "stop", value
+            if key != "stopping_word":
+                return "eos", None
+    if choice.get("stop_type") in ("eos", "limit"):
+        return ("length", None) if choice["stop_type"] == "limit" else ("eos", None)
+    if not stops:
+        return "eos", None
+    for stop in sorted(stops, key=len, reverse=True):
+        if text.endswith(stop):
+            return "stop", stop
+    # The server cut the stop string off the text: the tokens it generated cover it.
+    covered = "".join(t for t in tokens if not t.startswith("token_id:"))
+    if len(covered) > len(text) and covered.startswith(text):
+        tail = covered[len(text) :]
+        hits = [s for s in stops if tail.startswith(s)]
+        if hits:
+            return "stop", max(hits, key=len)
+    return "eos", None
+
+
+def _id_of(token: str, vocab: Any) -> int:
+    """A logprob token's id: vLLM's ``token_id:N`` form, else looked up by its text."""
+    if token.startswith("token_id:"):
+        try:
+            return int(token[len("token_id:") :])
+        except ValueError:
+            pass
+    return vocab.token_id(token)
+
+
+def _top(entry: Any, k: int) -> list[float]:
+    """Top-k logprobs of one position, highest first (the dict may also hold the
+    sampled token when it is not among the top k)."""
+    if k <= 0 or not entry:
+        return []
+    values = entry.values() if isinstance(entry, dict) else [e.get("logprob") for e in entry if isinstance(e, dict)]
+    return sorted((float(v) for v in values if v is not None), reverse=True)[:k]
+
+
+def _error_text(response: Any) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    if isinstance(body, dict):
+        error = body.get("error", body.get("detail", body))
+        if isinstance(error, dict):
+            return str(error.get("message") or error)[:300]
+        return str(error)[:300]
+    return str(body)[:300]
+
+
+def _mentions_extras(response: Any) -> bool:
+    text = response.text
+    return any(key in text for key in VLLM_EXTRAS) or "extra" in text.lower()
+
+
+def _retry_after(response: Any) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
