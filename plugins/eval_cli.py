@@ -219,16 +219,22 @@ def _finish(run: Any, no_plot: bool, partial: bool = False) -> dict[str, Any]:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default="eval_compare.png", show_default=True,
               help="Where to write the side-by-side plot.")
 @click.option("--no-plot", is_flag=True, help="Only print the table.")
+@click.option("--common", is_flag=True, help="Only the problems every run has finished (fair when a run stopped early).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
-def compare(dirs: tuple[str, ...], plot_path: str, no_plot: bool, as_json: bool) -> None:
+def compare(dirs: tuple[str, ...], plot_path: str, no_plot: bool, common: bool, as_json: bool) -> None:
     """Compare evaluation runs: one table and one accuracy-vs-tokens plot.
 
     \b
       reason eval compare runs/multiarith-best-of-n-n8 runs/multiarith-beam-n8
     """
-    from reason.plugins.evaluation import compare_table, console, load_run
+    from reason.plugins.evaluation import compare_table, console, load_run, task_ids
 
-    summaries = [load_run(d) for d in dirs]
+    only = None
+    if common:
+        only = set.intersection(*(task_ids(d) for d in dirs))
+        if not only:
+            raise UsageError("--common: the runs have no finished problem in common")
+    summaries = [load_run(d, only) for d in dirs]
     if as_json:
         click.echo(json.dumps(summaries, indent=2))
     else:

@@ -296,18 +296,20 @@ class ResultsFile:
         self.path = path
         self._fh: Any = None
 
-    def read(self) -> list[dict[str, Any]]:
-        """The finished records. A torn last line (a crash mid-write) is cut off the file
-        so the next append starts on a clean line; a duplicate id keeps its first record."""
+    def read(self, repair: bool = False) -> list[dict[str, Any]]:
+        """The finished records; a duplicate id keeps its first record. A torn last line
+        (a crash mid-write, or a write in progress) is ignored; with ``repair`` (only the
+        run that is about to append) it is also cut off the file, so the next append
+        starts on a clean line."""
         if not self.path.exists():
             return []
         data = self.path.read_bytes()
         good = data.rfind(b"\n") + 1
-        if good < len(data):
+        if repair and good < len(data):
             with open(self.path, "r+b") as fh:
                 fh.truncate(good)
                 os.fsync(fh.fileno())
-            data = data[:good]
+        data = data[:good]
         records: list[dict[str, Any]] = []
         seen: set[str] = set()
         for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
@@ -427,7 +429,7 @@ class EvalRun:
         run_file = self.out / RUN
         existing = read_json(run_file)
         results = self.results
-        finished = results.read() if results.path.exists() else []
+        finished = results.read(repair=self.resume) if results.path.exists() else []
         if existing is not None or finished:
             old = (existing or {}).get("identity")
             diffs = identity_differences(old, identity) if old is not None else []
@@ -514,9 +516,10 @@ def summarize_records(records: Sequence[dict[str, Any]], config: Config | dict[s
     return summary
 
 
-def load_run(directory: str | Path) -> dict[str, Any]:
-    """A finished (or interrupted) run's summary: ``summary.json``, recomputed from
-    ``results.jsonl`` when that is missing or older than the results."""
+def load_run(directory: str | Path, only: set[str] | None = None) -> dict[str, Any]:
+    """A finished (or interrupted, or running) run's summary: ``summary.json``, or
+    recomputed from ``results.jsonl`` when that is missing or newer, or when ``only``
+    restricts it to some task ids (to compare runs on the same problems)."""
     directory = Path(directory)
     results_path = directory / RESULTS
     summary_path = directory / SUMMARY
@@ -524,13 +527,20 @@ def load_run(directory: str | Path) -> dict[str, Any]:
         raise UsageError(f"{directory} holds no evaluation run (no {RESULTS} or {SUMMARY})")
     summary = read_json(summary_path)
     stale = summary is None or (results_path.exists() and results_path.stat().st_mtime > summary_path.stat().st_mtime)
-    if stale:
+    if stale or only is not None:
         run = read_json(directory / RUN) or {}
         identity = run.get("identity") or {}
         records = ResultsFile(results_path).read()
+        if only is not None:
+            records = [r for r in records if r.get("task_id") in only]
         summary = summarize_records(records, identity.get("config") or {}, identity.get("dataset", "?"))
     summary["dir"] = str(directory)
     return summary
+
+
+def task_ids(directory: str | Path) -> set[str]:
+    """The ids of the problems a run has finished."""
+    return {r["task_id"] for r in ResultsFile(Path(directory) / RESULTS).read()}
 
 
 # --- presentation ---------------------------------------------------------------------------

@@ -107,7 +107,15 @@ def test_a_torn_last_line_is_dropped_and_the_problem_redone(problems, tmp_path):
     execute(make_run(problems, out, limit=2))
     with open(out / RESULTS, "a") as fh:
         fh.write('{"task_id": "sums/2", "question": "What is 2 pl')  # killed mid-write
+    torn = (out / RESULTS).read_text()
+    # a reader (compare, a run that is not resuming) skips the torn line and leaves the file alone
     assert [r["task_id"] for r in ResultsFile(out / RESULTS).read()] == ["sums/0", "sums/1"]
+    assert (out / RESULTS).read_text() == torn
+    with pytest.raises(UsageError, match="--resume"):
+        make_run(problems, out, limit=4).prepare()
+    assert (out / RESULTS).read_text() == torn
+    # the resuming run cuts it off before appending
+    assert [r["task_id"] for r in ResultsFile(out / RESULTS).read(repair=True)] == ["sums/0", "sums/1"]
     assert (out / RESULTS).read_text().endswith("\n")
     _, _, todo = execute(make_run(problems, out, limit=4, resume=True))
     assert [t.id for _, t in todo] == ["sums/2", "sums/3"]
@@ -166,6 +174,17 @@ def test_cli_eval_and_compare(problems, tmp_path, scripted_backend):
     assert "best-of-n" in result.output and "self-consistency" in result.output
     assert plot.stat().st_size > 1000
     assert load_run(a)["problems"] == 6
+
+
+def test_compare_common_restricts_every_run_to_shared_problems(problems, tmp_path, scripted_backend):
+    a, b = tmp_path / "a", tmp_path / "b"
+    execute(make_run(problems, a, limit=5))
+    execute(make_run(problems, b, limit=2, search="self-consistency"))
+    result = invoke("eval", "compare", str(a), str(b), "--common", "--no-plot", "--json")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert [s["problems"] for s in json.loads(result.output)] == [2, 2]
+    result = invoke("eval", "compare", str(a), str(b), "--no-plot", "--json")
+    assert [s["problems"] for s in json.loads(result.output)] == [5, 2]
 
 
 def test_compare_recomputes_an_interrupted_run_without_summary(problems, tmp_path):
