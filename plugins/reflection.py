@@ -75,26 +75,13 @@ class _Trigger(ReflectionTrigger):
         return text
 
 
-def _int_option(config, key: str, default: int | None, minimum: int = 0) -> int | None:
-    value = config.option(key, default)
-    if value is None:
-        return None
-    try:
-        value = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"-o {key} takes a whole number, got {value!r}") from None
-    if value < minimum:
-        raise UsageError(f"-o {key} must be >= {minimum}, got {value}")
-    return value
-
-
 class MarcoReflection(_Trigger):
     """Marco-o1: ask the model to rethink at the end of a thought."""
 
     def __init__(self, config, arg=None):
         super().__init__(config, arg)
         self.phrase = str(config.option("marco_phrase", MARCO_PHRASE))
-        self.max = _int_option(config, "marco_max", 1)
+        self.max = config.option("marco_max", 1, int, minimum=0)
 
     def on_step(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
         if task.kind == "math" and steps and has_answer(steps[-1].text):
@@ -120,7 +107,7 @@ class LowConfidenceReflection(_Trigger):
         if not 0 <= self.threshold <= 1:
             raise UsageError(f"low-confidence: the threshold must be in [0, 1], got {self.threshold}")
         self.phrase = str(config.option("low_confidence_phrase", LOW_CONFIDENCE_PHRASE))
-        self.max = _int_option(config, "low_confidence_max", 1)
+        self.max = config.option("low_confidence_max", 1, int, minimum=0)
 
     def on_step(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
         if not self.fresh(steps) or self.count(steps) >= self.max:
@@ -146,8 +133,8 @@ class VerifierFailReflection(_Trigger):
         self.template = str(config.option("fail_template", FAIL_TEMPLATE))
         if "{feedback}" not in self.template:
             raise UsageError("-o fail_template must contain {feedback}")
-        self.max = _int_option(config, "fail_max", 1)
-        self.feedback_chars = _int_option(config, "fail_feedback_chars", 1500, minimum=1)
+        self.max = config.option("fail_max", 1, int, minimum=0)
+        self.feedback_chars = config.option("fail_feedback_chars", 1500, int, minimum=1)
 
     def failed(self, score: Score) -> bool:
         if score.passed is False:
@@ -181,8 +168,8 @@ class BudgetForcing(_Trigger):
             default_max = int(high) if high else None
         except ValueError:
             raise UsageError(f"budget-forcing takes MIN[:MAX] thinking tokens, e.g. budget-forcing:256:1024 (got {arg!r})") from None
-        self.min_tokens = _int_option(config, "min_thinking_tokens", default_min)
-        self.max_tokens = _int_option(config, "max_thinking_tokens", default_max, minimum=1)
+        self.min_tokens = config.option("min_thinking_tokens", default_min, int, minimum=0)
+        self.max_tokens = config.option("max_thinking_tokens", default_max, int, minimum=1)
         if self.max_tokens is not None and self.max_tokens < self.min_tokens:
             raise UsageError(
                 f"budget-forcing: max_thinking_tokens ({self.max_tokens}) is below min_thinking_tokens ({self.min_tokens})"
@@ -190,7 +177,7 @@ class BudgetForcing(_Trigger):
         self.think_end = str(config.option("think_end", "</think>"))
         self.wait = str(config.option("wait_phrase", "Wait"))
         self.answer = str(config.option("answer_phrase", "\n</think>\n\nThe answer is"))
-        self.max_waits = _int_option(config, "max_waits", 4)
+        self.max_waits = config.option("max_waits", 4, int, minimum=0)
         self.suppress = self.think_end
         """The context drops this from the end of the step a reflection follows."""
 

@@ -192,8 +192,10 @@ def test_missing_vllm_says_how_to_install():
         Runtime(Config(backend="vllm")).backend
 
 
-@pytest.mark.skipif(not HAVE_VLLM or _cuda(), reason="needs vllm installed on a machine without a GPU")
-def test_no_gpu_is_a_clear_error():
+def test_no_gpu_is_a_clear_error(fake_vllm, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(BackendError, match="CUDA GPU"):
         VLLMBackend(Config(backend="vllm")).generate([GenerateRequest(prompt="x")])
 

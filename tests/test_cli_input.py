@@ -92,6 +92,50 @@ def test_config_rejects_bad_values_with_usage_errors():
         Config(beam_width=0)
 
 
+@pytest.mark.parametrize(
+    "value, kind, minimum, expected",
+    [
+        (3, int, 1, 3), ("3", int, None, 3), (2.0, int, None, 2), ("0.5", float, 0, 0.5),
+        ("false", bool, None, False), ("on", bool, None, True), (True, bool, None, True), (7, str, None, "7"),
+    ],
+)
+def test_typed_options_convert(value, kind, minimum, expected):
+    converted = Config(options={"k": value}).option("k", None, kind, minimum=minimum)
+    assert converted == expected and type(converted) is kind
+
+
+@pytest.mark.parametrize(
+    "value, kind, minimum, message",
+    [
+        ("abc", int, None, "-o k='abc': must be a whole number"),
+        (2.5, int, None, "-o k=2.5: must be a whole number"),
+        (True, int, None, "-o k=True: must be a whole number"),
+        ("maybe", bool, None, "-o k='maybe': must be true or false"),
+        (0, int, 1, "-o k=0: must be >= 1"),
+        (-0.5, float, 0, "-o k=-0.5: must be >= 0"),
+    ],
+)
+def test_typed_options_reject_bad_values_naming_the_option(value, kind, minimum, message):
+    with pytest.raises(UsageError) as raised:
+        Config(options={"k": value}).option("k", None, kind, minimum=minimum)
+    assert str(raised.value) == message
+
+
+def test_typed_option_defaults_and_none():
+    config = Config()
+    assert config.option("k", 4, int, minimum=1) == 4 and config.option("k", None, int, minimum=1) is None
+
+
+@pytest.mark.parametrize(
+    "search, option",
+    [("beam", "lookahead=-1"), ("mcts", "iterations=0"), ("deepconf", "window=x"), ("compute-optimal", "probe=0")],
+)
+def test_bad_search_options_stop_the_cli_with_one_line(search, option):
+    result = run("solve", "--search", search, "-o", option, "q")
+    key = option.partition("=")[0]
+    assert result.returncode == 2 and f"-o {key}=" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_help_is_fast_path_and_teaches():
     result = run("--help")
     assert result.returncode == 0 and "reason solve" in result.stdout

@@ -70,17 +70,6 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-def _number(config: Any, key: str, default: float, kind: type, minimum: float) -> Any:
-    raw = config.option(key, default)
-    try:
-        value = kind(raw)
-    except (TypeError, ValueError):
-        raise UsageError(f"backend openai: option {key}={raw!r} must be a number (-o {key}=...)") from None
-    if value < minimum:
-        raise UsageError(f"backend openai: option {key} must be >= {minimum}, got {value}")
-    return value
-
-
 def normalize_base_url(url: str) -> str:
     """``http://host:8000`` -> ``http://host:8000/v1``; trailing slashes dropped."""
     url = url.strip()
@@ -103,10 +92,10 @@ class OpenAIBackend(Backend):
         )
         self.api_key = config.option("api_key") or os.environ.get("OPENAI_API_KEY") or None
         self.tokenizer_spec = config.option("tokenizer")
-        self.timeout = _number(config, "timeout", 300.0, float, 0.001)
-        self.max_concurrency = _number(config, "max_concurrency", 16, int, 1)
-        self.max_retries = _number(config, "max_retries", 3, int, 0)
-        self.backoff = _number(config, "retry_backoff", 0.5, float, 0.0)
+        self.timeout = config.option("timeout", 300.0, float, minimum=0.001)
+        self.max_concurrency = config.option("max_concurrency", 16, int, minimum=1)
+        self.max_retries = config.option("max_retries", 3, int, minimum=0)
+        self.backoff = config.option("retry_backoff", 0.5, float, minimum=0.0)
         self._model: str | None = arg or config.model or None
         self._served: list[str] | None = None
         self._owners: dict[str, str] = {}

@@ -175,11 +175,11 @@ class TransformersBackend(Backend):
         super().__init__(config, arg)
         self.spec = config.model or arg
         self.source = models.resolve_model(self.spec)  # fails fast on a missing path
-        self.max_batch = _int_option(config, "max_batch", None, minimum=1)
+        self.max_batch = config.option("max_batch", None, int, minimum=1)
         self.prefix_cache = PrefixCache(
-            _int_option(config, "prefix_cache_tokens", DEFAULT_PREFIX_CACHE_TOKENS, minimum=0)
+            config.option("prefix_cache_tokens", DEFAULT_PREFIX_CACHE_TOKENS, int, minimum=0)
         )
-        self.threads = _int_option(config, "threads", None, minimum=1)
+        self.threads = config.option("threads", None, int, minimum=1)
         self.stats = BackendStats()
         self._lock = threading.Lock()
         self._rng = random.Random()
@@ -509,16 +509,3 @@ def _sample_seed(seed: int, index: int) -> int:
     """A per-sample seed, so sample ``index`` of a request draws the same numbers whatever
     else is in the batch."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
-
-
-def _int_option(config: Config, key: str, default: int | None, minimum: int) -> int | None:
-    value = config.option(key, default)
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"option {key} must be an integer, got {value!r} (-o {key}=N)") from None
-    if number < minimum:
-        raise UsageError(f"option {key} must be >= {minimum}, got {number}")
-    return number

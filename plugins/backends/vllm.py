@@ -39,18 +39,6 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def _option(config: Any, key: str, default: Any, kind: type) -> Any:
-    value = config.option(key, default)
-    if value is None:
-        return None
-    try:
-        if kind is bool and isinstance(value, str):
-            return value.strip().lower() in ("1", "true", "yes", "on")
-        return kind(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"backend vllm: option {key}={value!r} must be a {kind.__name__} (-o {key}=...)") from None
-
-
 class VLLMBackend(Backend):
     """Policy backend on ``vllm.LLM`` with prefix caching, one ``generate`` per tick."""
 
@@ -61,14 +49,12 @@ class VLLMBackend(Backend):
                 f"backend vllm: the vllm package is not installed; install it with {INSTALL_HINT} "
                 "(needs a CUDA GPU), or use --backend openai to reach a vLLM server, or --backend transformers"
             )
-        self.tensor_parallel_size = _option(config, "tensor_parallel_size", 1, int)
-        self.gpu_memory_utilization = _option(config, "gpu_memory_utilization", 0.9, float)
-        self.max_model_len = _option(config, "max_model_len", None, int)
-        self.enforce_eager = _option(config, "enforce_eager", False, bool)
+        self.tensor_parallel_size = config.option("tensor_parallel_size", 1, int, minimum=1)
+        self.gpu_memory_utilization = config.option("gpu_memory_utilization", 0.9, float, minimum=0.01)
+        self.max_model_len = config.option("max_model_len", None, int, minimum=1)
+        self.enforce_eager = config.option("enforce_eager", False, bool)
         self.tokenizer_spec = config.option("tokenizer")
-        if self.tensor_parallel_size < 1:
-            raise UsageError("backend vllm: option tensor_parallel_size must be at least 1")
-        if not 0 < self.gpu_memory_utilization <= 1:
+        if self.gpu_memory_utilization > 1:
             raise UsageError("backend vllm: option gpu_memory_utilization must be in (0, 1]")
         self._llm: Any = None
         self._lock = threading.Lock()

@@ -18,7 +18,6 @@ Options (``[options]`` / ``-o``):
 from __future__ import annotations
 
 from reason import Node, SearchContext, SearchOutcome, SearchPolicy
-from reason.errors import UsageError
 
 from .common import choose, distribute, is_finished, reflect_on_scores
 
@@ -26,10 +25,8 @@ from .common import choose, distribute, is_finished, reflect_on_scores
 class BeamSearch(SearchPolicy):
     def __init__(self, config, arg=None):
         super().__init__(config, arg)
-        self.lookahead = int(config.option("lookahead", 0))
-        self.dedup = bool(config.option("dedup", False))
-        if self.lookahead < 0:
-            raise UsageError(f"beam: -o lookahead must be >= 0, got {self.lookahead}")
+        self.lookahead = config.option("lookahead", 0, int, minimum=0)
+        self.dedup = config.option("dedup", False, bool)
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         n, m = ctx.config.n, ctx.config.beam_width

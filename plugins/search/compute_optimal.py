@@ -86,11 +86,9 @@ def pick(table: Sequence[Mapping[str, Any]], difficulty: float) -> dict[str, Any
 class ComputeOptimal(SearchPolicy):
     def __init__(self, config, arg=None):
         super().__init__(config, arg)
-        self.probe = int(config.option("probe", 2))
-        self.probe_tokens = int(config.option("probe_tokens", config.max_tokens))
+        self.probe = config.option("probe", 2, int, minimum=1)
+        self.probe_tokens = config.option("probe_tokens", config.max_tokens, int, minimum=1)
         self.table = parse_table(config.option("table"))
-        if self.probe < 1:
-            raise UsageError(f"compute-optimal: -o probe must be >= 1, got {self.probe}")
         registry = get_registry()
         for row in self.table:
             registry.lookup("search", row["search"])

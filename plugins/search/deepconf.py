@@ -90,20 +90,17 @@ class DeepConf(SearchPolicy):
     def __init__(self, config, arg=None):
         super().__init__(config, arg)
         n = config.n
-        self.warmup = int(config.option("warmup", min(n, max(2, n // 4))))
-        self.percentile = float(config.option("percentile", 10))
-        self.window = int(config.option("window", 32))
-        self.chunk = int(config.option("chunk", self.window))
-        consensus = config.option("consensus")
-        self.consensus = None if consensus is None else float(consensus)
+        self.warmup = config.option("warmup", min(n, max(2, n // 4)), int)
+        self.percentile = config.option("percentile", 10, float)
+        self.window = config.option("window", 32, int, minimum=1)
+        self.chunk = config.option("chunk", self.window, int, minimum=1)
+        self.consensus = config.option("consensus", None, float)
         if config.logprobs < 1:
             raise UsageError("deepconf needs token logprobs: set --logprobs to 1 or more (default 5)")
         if not 1 <= self.warmup <= n:
             raise UsageError(f"deepconf: -o warmup must be between 1 and --n ({n}), got {self.warmup}")
         if not 0 <= self.percentile <= 100:
             raise UsageError(f"deepconf: -o percentile must be in [0, 100], got {self.percentile}")
-        if self.window < 1 or self.chunk < 1:
-            raise UsageError("deepconf: -o window and -o chunk must be at least 1 token")
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         n = ctx.config.n

@@ -61,16 +61,10 @@ def backpropagate(node: Node, value: float) -> None:
 class MCTS(SearchPolicy):
     def __init__(self, config, arg=None):
         super().__init__(config, arg)
-        self.iterations = int(config.option("iterations", config.n))
-        self.width = int(config.option("expansion_width", 2))
-        self.exploration = float(config.option("exploration", 1.414))
-        self.final = str(config.option("final", "visits"))
-        if self.iterations < 1:
-            raise UsageError(f"mcts: -o iterations must be >= 1, got {self.iterations}")
-        if self.width < 1:
-            raise UsageError(f"mcts: -o expansion_width must be >= 1, got {self.width}")
-        if self.exploration < 0:
-            raise UsageError(f"mcts: -o exploration must be >= 0, got {self.exploration}")
+        self.iterations = config.option("iterations", config.n, int, minimum=1)
+        self.width = config.option("expansion_width", 2, int, minimum=1)
+        self.exploration = config.option("exploration", 1.414, float, minimum=0)
+        self.final = config.option("final", "visits", str)
         if self.final not in FINALS:
             raise UsageError(f"mcts: -o final must be one of {', '.join(FINALS)}, got {self.final!r}")
 

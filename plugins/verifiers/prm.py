@@ -374,17 +374,6 @@ def read_scores(
 # -- the verifier -------------------------------------------------------------------------
 
 
-def int_option(config: Any, key: str, default: int, minimum: int, owner: str) -> int:
-    value = config.option(key, default)
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"verifier {owner}: -o {key}={value!r} must be an integer") from None
-    if number < minimum:
-        raise UsageError(f"verifier {owner}: -o {key}={value!r} must be at least {minimum}")
-    return number
-
-
 class PRMVerifier(Verifier):
     """Scores each step with a process reward model (see the module docs for options)."""
 
@@ -405,11 +394,11 @@ class PRMVerifier(Verifier):
                 f"verifier prm: the {format_name} format needs the PRM's HF directory or hub id (its reward head "
                 "is not a language model), not a .gguf file: pass --prm-model DIR"
             )
-        self.batch_size = int_option(config, "prm_batch_size", DEFAULT_BATCH_SIZE, 1, "prm")
+        self.batch_size = config.option("prm_batch_size", DEFAULT_BATCH_SIZE, int, minimum=1)
         self.device = config.option("prm_device", config.device)
         self.dtype = config.option("prm_dtype", config.dtype)
-        self.cache = PrefixCache(int_option(config, "prm_cache_size", DEFAULT_CACHE_SIZE, 0, "prm"))
-        self.kv_tokens = int_option(config, "prm_kv_cache_tokens", DEFAULT_KV_TOKENS, 0, "prm")
+        self.cache = PrefixCache(config.option("prm_cache_size", DEFAULT_CACHE_SIZE, int, minimum=0))
+        self.kv_tokens = config.option("prm_kv_cache_tokens", DEFAULT_KV_TOKENS, int, minimum=0)
         self.stats = ScoringStats()
         self.last_call: dict[str, Any] = {}
         self.namespace = f"prm|{self.source.key}|{self.format.identity()}"

@@ -73,16 +73,14 @@ class SandboxVerifier(Verifier):
 
     def __init__(self, config: Config, arg: str | None = None) -> None:
         super().__init__(config, arg)
+        timeout = config.option("sandbox_timeout", 10.0, float)
         try:
-            self.timeout_s = float(arg if arg else config.option("sandbox_timeout", 10.0))
-            self.memory_mb = int(config.option("sandbox_memory", 256))
-            self.workers = int(config.option("sandbox_workers", 4))
-            self.pool_size = int(config.option("sandbox_pool", self.workers))
-        except (TypeError, ValueError) as exc:
-            raise UsageError(
-                f"verifier sandbox: bad option ({exc}); use --verifier sandbox:SECONDS, "
-                "-o sandbox_timeout=S, -o sandbox_memory=MB, -o sandbox_workers=N, -o sandbox_pool=N"
-            ) from None
+            self.timeout_s = float(arg) if arg else timeout
+        except ValueError:
+            raise UsageError(f"--verifier sandbox:{arg}: the timeout must be seconds, e.g. sandbox:10 or -o sandbox_timeout=10") from None
+        self.memory_mb = config.option("sandbox_memory", 256, int)
+        self.workers = config.option("sandbox_workers", 4, int)
+        self.pool_size = config.option("sandbox_pool", self.workers, int)
         if self.timeout_s <= 0 or self.workers < 1 or self.pool_size < 0 or self.memory_mb < 16:
             raise UsageError(
                 "verifier sandbox: timeout must be > 0, sandbox_workers >= 1, sandbox_pool >= 0, sandbox_memory >= 16"

@@ -47,7 +47,6 @@ from .prm import (
     PrefixCache,
     Row,
     ScoringStats,
-    int_option,
     pad_id,
     prefix_keys,
 )
@@ -117,11 +116,11 @@ class SelfEvalVerifier(Verifier):
                 "verifier self-eval: -o self_eval_prompt must contain at least one of "
                 f"{', '.join(PLACEHOLDERS)} (otherwise the judge never sees the solution)"
             )
-        self.batch_size = int_option(config, "self_eval_batch_size", DEFAULT_BATCH_SIZE, 1, "self-eval")
+        self.batch_size = config.option("self_eval_batch_size", DEFAULT_BATCH_SIZE, int, minimum=1)
         self.device = config.option("self_eval_device", config.device)
         self.dtype = config.option("self_eval_dtype", config.dtype)
-        self.cache = PrefixCache(int_option(config, "self_eval_cache_size", DEFAULT_CACHE_SIZE, 0, "self-eval"))
-        self.kv_tokens = int_option(config, "self_eval_kv_cache_tokens", DEFAULT_KV_TOKENS, 0, "self-eval")
+        self.cache = PrefixCache(config.option("self_eval_cache_size", DEFAULT_CACHE_SIZE, int, minimum=0))
+        self.kv_tokens = config.option("self_eval_kv_cache_tokens", DEFAULT_KV_TOKENS, int, minimum=0)
         self.stats = ScoringStats()
         self.last_call: dict[str, Any] = {}
         self.namespace = f"self-eval|{self.source.key}|{self.scope}|{self.prompt}"
