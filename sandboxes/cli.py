@@ -20,7 +20,7 @@ def sandbox_group() -> None:
     reason sandbox doctor          is an engine there? is the image built?
     reason sandbox build           build the image locally (no registry needed)
     reason sandbox run prog.py     run a file, hardened (no network, read-only, limits)
-    reason sandbox clean           remove every container the sandbox created
+    reason sandbox clean           remove containers left by crashed runs (--all: every one)
     """
 
 
@@ -116,12 +116,17 @@ def run_command(file, stdin_file, timeout: float, memory: int, as_json: bool) ->
 
 
 @sandbox_group.command("clean")
-@click.option("--orphans", is_flag=True, help="Only containers whose owner process has died.")
-def clean_command(orphans: bool) -> None:
-    """Remove every container the sandbox created (running or not)."""
+@click.option("--all", "everything", is_flag=True,
+              help="Every sandbox container, also those of runs still going (they will fail).")
+def clean_command(everything: bool) -> None:
+    """Remove sandbox containers whose owner process has died (a crash, a SIGKILL).
+
+    Containers of live runs on this host are kept, so cleaning up never breaks an
+    evaluation that is still running; --all removes those too.
+    """
     from .engine import connect
     from .sweep import clean, sweep
 
     client = connect(pool_size=2)
-    removed = sweep(client) if orphans else clean(client)
+    removed = clean(client) if everything else sweep(client)
     click.echo(f"removed {removed} container{'s' if removed != 1 else ''}")

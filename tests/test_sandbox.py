@@ -112,16 +112,16 @@ def test_cli_clean_removes_leftovers(client):
     orphan = client.api.create_container(**spec)["Id"]
     mine = create_started(client, image_tag(), Limits())  # a live owner's (this process)
     try:
-        orphans = reason_cli("sandbox", "clean", "--orphans")
+        orphans = reason_cli("sandbox", "clean")
         assert orphans.returncode == 0 and b"removed" in orphans.stdout
         ids = [c["Id"] for c in client.api.containers(all=True)]
         assert orphan not in ids and mine in ids
 
-        # `clean` removes every labelled container, whoever owns it; run it only when no
-        # other process on this engine (another session's evaluation) has any.
+        # `clean --all` removes every labelled container, whoever owns it; run it only when
+        # no other process on this engine (another session's evaluation) has any.
         foreign = [c for c in client.api.containers(all=True, filters={"label": LABEL}) if c["Id"] != mine]
         if not foreign:
-            everything = reason_cli("sandbox", "clean")
+            everything = reason_cli("sandbox", "clean", "--all")
             assert everything.returncode == 0 and b"removed 1 container" in everything.stdout
             assert mine not in [c["Id"] for c in client.api.containers(all=True)]
     finally:
