@@ -43,8 +43,28 @@ def _apply() -> None:
 
 
 def get_logger(name: str = "reason") -> Any:
-    """A structlog logger (structlog imported, and the CLI's settings applied, on first use)."""
-    import structlog
+    """The library's logger. Nothing is imported until it logs; each call then goes to
+    structlog if anyone configured it (the CLI, or an application using structlog), and
+    otherwise to stdlib ``logging.getLogger(name)``: structlog's unconfigured default would
+    print every level, debug included, to stdout, which is the embedding application's.
+    Through stdlib logging the application's own settings apply (by default: warnings
+    and errors on stderr)."""
+    return _Logger(name)
 
-    _apply()
-    return structlog.get_logger(name)
+
+class _Logger:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, method: str) -> Any:
+        import structlog
+
+        _apply()
+        if structlog.is_configured():
+            return getattr(structlog.get_logger(self.name), method)
+        stdlib = structlog.wrap_logger(
+            logging.getLogger(self.name),
+            processors=[structlog.stdlib.filter_by_level, structlog.processors.KeyValueRenderer(key_order=["event"])],
+            wrapper_class=structlog.stdlib.BoundLogger,
+        )
+        return getattr(stdlib, method)
