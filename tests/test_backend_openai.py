@@ -10,7 +10,6 @@ strategy through it, the CLI, and the server killed mid-run.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading

@@ -1,6 +1,5 @@
 """Bad input gets one clear line on stderr and exit code 2; recipes and flags combine."""
 
-import json
 import subprocess
 import sys
 

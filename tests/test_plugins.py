@@ -139,7 +139,7 @@ def test_third_party_components_run_and_observe_events(plugin_dir, monkeypatch):
 
 
 def test_duplicate_name_is_an_error_naming_both_plugins():
-    from reason.registry import PluginRegistry, _load
+    from reason.registry import _load
 
     class Dup:
         @staticmethod

@@ -34,7 +34,7 @@ from reason.log import get_logger
 from attrs import asdict, define, field
 
 from reason.components import Backend
-from reason.errors import BackendError, UsageError
+from reason.errors import BackendError
 from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams
 
 from . import models

@@ -374,8 +374,55 @@ def read_scores(
 # -- the verifier -------------------------------------------------------------------------
 
 
-class PRMVerifier(Verifier):
+class ModelVerifier(Verifier):
+    """What the verifiers that read a scoring model share (``prm``, ``self-eval``).
+
+    Options, each under the subclass's ``option_prefix``: ``_batch_size``, ``_device``,
+    ``_dtype``, ``_cache_size`` (scores remembered by path prefix) and
+    ``_kv_cache_tokens`` (reused key/value tokens). The model loads on the first ``score``
+    (subclasses implement ``load`` and ``_score``); one scoring call runs at a time.
+    """
+
+    option_prefix = ""
+
+    def __init__(self, config: Any, arg: str | None = None) -> None:
+        super().__init__(config, arg)
+        p = self.option_prefix
+        self.batch_size = config.option(f"{p}_batch_size", DEFAULT_BATCH_SIZE, int, minimum=1)
+        self.device = config.option(f"{p}_device", config.device)
+        self.dtype = config.option(f"{p}_dtype", config.dtype)
+        self.cache = PrefixCache(config.option(f"{p}_cache_size", DEFAULT_CACHE_SIZE, int, minimum=0))
+        self.kv_tokens = config.option(f"{p}_kv_cache_tokens", DEFAULT_KV_TOKENS, int, minimum=0)
+        self.stats = ScoringStats()
+        self.last_call: dict[str, Any] = {}
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._reader: ModelReader | None = None
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def _score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self) -> Any:
+        self.load()
+        return self._tokenizer
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
+        with self._lock:
+            return self._score(requests)
+
+    def close(self) -> None:
+        self._model = self._reader = None
+
+
+class PRMVerifier(ModelVerifier):
     """Scores each step with a process reward model (see the module docs for options)."""
+
+    option_prefix = "prm"
 
     def __init__(self, config: Any, arg: str | None = None) -> None:
         super().__init__(config, arg)
@@ -394,18 +441,7 @@ class PRMVerifier(Verifier):
                 f"verifier prm: the {format_name} format needs the PRM's HF directory or hub id (its reward head "
                 "is not a language model), not a .gguf file: pass --prm-model DIR"
             )
-        self.batch_size = config.option("prm_batch_size", DEFAULT_BATCH_SIZE, int, minimum=1)
-        self.device = config.option("prm_device", config.device)
-        self.dtype = config.option("prm_dtype", config.dtype)
-        self.cache = PrefixCache(config.option("prm_cache_size", DEFAULT_CACHE_SIZE, int, minimum=0))
-        self.kv_tokens = config.option("prm_kv_cache_tokens", DEFAULT_KV_TOKENS, int, minimum=0)
-        self.stats = ScoringStats()
-        self.last_call: dict[str, Any] = {}
         self.namespace = f"prm|{self.source.key}|{self.format.identity()}"
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self._reader: ModelReader | None = None
-        self._lock = threading.Lock()
 
     # -- model ---------------------------------------------------------------------------
 
@@ -434,19 +470,7 @@ class PRMVerifier(Verifier):
         self._tokenizer, self._model = tokenizer, model
         log.debug("prm loaded", model=self.source.name, format=self.format.name, device=str(model.device))
 
-    @property
-    def tokenizer(self) -> Any:
-        self.load()
-        return self._tokenizer
-
-    def close(self) -> None:
-        self._model = self._reader = None
-
     # -- scoring -------------------------------------------------------------------------
-
-    def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
-        with self._lock:
-            return self._score(requests)
 
     def _score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
         start = time.perf_counter()

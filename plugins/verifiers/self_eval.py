@@ -29,27 +29,15 @@ Options (``-o key=value``):
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from reason.components import Verifier
 from reason.errors import UsageError
 from reason.log import get_logger
 from reason.types import Score, ScoreRequest
 
-from .prm import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_CACHE_SIZE,
-    DEFAULT_KV_TOKENS,
-    ModelReader,
-    PrefixCache,
-    Row,
-    ScoringStats,
-    pad_id,
-    prefix_keys,
-)
+from .prm import ModelReader, ModelVerifier, Row, pad_id, prefix_keys
 
 log = get_logger("reason")
 
@@ -98,8 +86,10 @@ def answer_ids(tokenizer: Any, words: Sequence[str]) -> tuple[int, ...]:
     return tuple(ids)
 
 
-class SelfEvalVerifier(Verifier):
+class SelfEvalVerifier(ModelVerifier):
     """Asks a causal LM whether each step is correct; score = P(Yes) over Yes/No."""
+
+    option_prefix = "self_eval"
 
     def __init__(self, config: Any, arg: str | None = None) -> None:
         super().__init__(config, arg)
@@ -116,18 +106,7 @@ class SelfEvalVerifier(Verifier):
                 "verifier self-eval: -o self_eval_prompt must contain at least one of "
                 f"{', '.join(PLACEHOLDERS)} (otherwise the judge never sees the solution)"
             )
-        self.batch_size = config.option("self_eval_batch_size", DEFAULT_BATCH_SIZE, int, minimum=1)
-        self.device = config.option("self_eval_device", config.device)
-        self.dtype = config.option("self_eval_dtype", config.dtype)
-        self.cache = PrefixCache(config.option("self_eval_cache_size", DEFAULT_CACHE_SIZE, int, minimum=0))
-        self.kv_tokens = config.option("self_eval_kv_cache_tokens", DEFAULT_KV_TOKENS, int, minimum=0)
-        self.stats = ScoringStats()
-        self.last_call: dict[str, Any] = {}
         self.namespace = f"self-eval|{self.source.key}|{self.scope}|{self.prompt}"
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self._reader: ModelReader | None = None
-        self._lock = threading.Lock()
 
     def load(self) -> None:
         if self._model is not None:
@@ -156,10 +135,6 @@ class SelfEvalVerifier(Verifier):
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return list(tokenizer.encode(text, add_special_tokens=False))
         return list(tokenizer.encode(messages[0]["content"] + "\nAnswer:", add_special_tokens=True))
-
-    def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
-        with self._lock:
-            return self._score(requests)
 
     def _score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
         start = time.perf_counter()
