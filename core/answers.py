@@ -137,6 +137,8 @@ def extract_code(text: str) -> str:
     last block, else the whole text."""
     blocks = [block for block in _CODE_BLOCK.findall(text) if block.strip()]
     defining = [block for block in blocks if "def " in block]
-    if defining or blocks:
-        return (defining or blocks)[-1]
+    if defining:
+        return defining[-1]
+    if blocks:
+        return blocks[-1]
     return text

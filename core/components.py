@@ -58,6 +58,10 @@ class Backend(Component, ABC):
     def model_name(self) -> str:
         return str(self.config.model or "")
 
+    def load(self) -> None:
+        """Load the model (or reach the server) now instead of on the first ``generate``,
+        so that a run can time its problems without the start-up. Default: nothing."""
+
 
 class Splitter(Component, ABC):
     """Decides what one *step* is."""

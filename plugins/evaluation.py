@@ -465,7 +465,7 @@ class EvalRun:
         each problem as it finishes. Returns every record of the run (old and new)."""
         index_of = {task.id: index for index, task in todo}
         results = self.results
-        warm_up(runtime.backend)  # seconds per problem exclude loading the model
+        runtime.backend.load()  # seconds per problem exclude loading the model
         last = time.perf_counter()
 
         def on_solution(solution: Solution) -> None:
@@ -490,16 +490,6 @@ class EvalRun:
         summary = summarize_records(self.records, self.config, self.dataset_spec)
         write_json(self.out / SUMMARY, summary)
         return summary
-
-
-def warm_up(backend: Any) -> None:
-    """Load the backend's model now, where the backend offers a way (``load()``, or a
-    lazily loading ``model`` property), so timing starts with the first problem."""
-    load = getattr(backend, "load", None)
-    if callable(load):
-        load()
-    elif isinstance(getattr(type(backend), "model", None), property):
-        getattr(backend, "model")
 
 
 def summarize_records(records: Sequence[dict[str, Any]], config: Config | dict[str, Any], dataset: str) -> dict[str, Any]:

@@ -279,6 +279,18 @@ def test_wrong_model_lists_the_served_models():
         b.close()
 
 
+def test_load_checks_the_server_up_front_without_generating():
+    with FakeServer(models=["alpha"]) as server:
+        good = backend(server.base_url)
+        good.load()
+        wrong = OpenAIBackend(Config(backend="openai", model="gamma", options={"base_url": server.base_url}))
+        with pytest.raises(BackendError, match=r"does not serve model 'gamma'"):
+            wrong.load()
+        good.close()
+        wrong.close()
+    assert good.model_name == "alpha" and server.requests == []
+
+
 def test_default_model_is_the_first_served():
     with FakeServer(models=["first", "second"]) as server:
         b = backend(server.base_url)

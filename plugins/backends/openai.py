@@ -24,7 +24,8 @@ batching and prefix caching, we send it the tick's requests side by side.
 Settings: ``config.model`` (server model name; default the first of ``/v1/models``) and
 options ``base_url`` (``$OPENAI_BASE_URL``, default ``http://127.0.0.1:8000/v1``),
 ``api_key`` (``$OPENAI_API_KEY``), ``tokenizer``, ``timeout`` (seconds, 300),
-``max_concurrency`` (16), ``max_retries`` (3).
+``max_concurrency`` (16), ``max_retries`` (3), ``retry_backoff`` (seconds, 0.5; doubled
+on each retry).
 """
 
 from __future__ import annotations
@@ -38,10 +39,9 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any
 from urllib.parse import urlsplit
 
-from reason.log import get_logger
-
 from reason.components import Backend
 from reason.errors import BackendError, UsageError
+from reason.log import get_logger
 from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams
 
 log = get_logger()
@@ -274,6 +274,9 @@ class OpenAIBackend(Backend):
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     # -- Backend ------------------------------------------------------------------------
+
+    def load(self) -> None:
+        self._ensure_ready()
 
     def format_prompt(self, messages: Sequence[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)

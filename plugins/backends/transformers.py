@@ -205,6 +205,9 @@ class TransformersBackend(Backend):
             self._setup()
         return self._model
 
+    def load(self) -> None:
+        self.model
+
     def _setup(self) -> None:
         import torch
         from transformers import DynamicCache

@@ -23,10 +23,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reason.log import get_logger
-
 from reason.components import Backend
 from reason.errors import BackendError, UsageError
+from reason.log import get_logger
 from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams
 
 log = get_logger()
@@ -50,11 +49,11 @@ class VLLMBackend(Backend):
                 "(needs a CUDA GPU), or use --backend openai to reach a vLLM server, or --backend transformers"
             )
         self.tensor_parallel_size = config.option("tensor_parallel_size", 1, int, minimum=1)
-        self.gpu_memory_utilization = config.option("gpu_memory_utilization", 0.9, float, minimum=0.01)
+        self.gpu_memory_utilization = config.option("gpu_memory_utilization", 0.9, float)
         self.max_model_len = config.option("max_model_len", None, int, minimum=1)
         self.enforce_eager = config.option("enforce_eager", False, bool)
         self.tokenizer_spec = config.option("tokenizer")
-        if self.gpu_memory_utilization > 1:
+        if not 0 < self.gpu_memory_utilization <= 1:
             raise UsageError("backend vllm: option gpu_memory_utilization must be in (0, 1]")
         self._llm: Any = None
         self._lock = threading.Lock()
@@ -125,6 +124,9 @@ class VLLMBackend(Backend):
             raise BackendError(f"backend vllm: could not load {kwargs['model']!r}: {type(exc).__name__}: {exc}") from exc
 
     # -- Backend ------------------------------------------------------------------
+
+    def load(self) -> None:
+        self.llm
 
     def format_prompt(self, messages: Sequence[dict[str, str]]) -> str:
         tokenizer = self.llm.get_tokenizer()

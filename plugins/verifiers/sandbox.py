@@ -73,11 +73,15 @@ class SandboxVerifier(Verifier):
 
     def __init__(self, config: Config, arg: str | None = None) -> None:
         super().__init__(config, arg)
-        timeout = config.option("sandbox_timeout", 10.0, float)
-        try:
-            self.timeout_s = float(arg) if arg else timeout
-        except ValueError:
-            raise UsageError(f"--verifier sandbox:{arg}: the timeout must be seconds, e.g. sandbox:10 or -o sandbox_timeout=10") from None
+        if arg:
+            try:
+                self.timeout_s = float(arg)
+            except ValueError:
+                raise UsageError(
+                    f"--verifier sandbox:{arg}: the timeout must be seconds, e.g. sandbox:10 or -o sandbox_timeout=10"
+                ) from None
+        else:
+            self.timeout_s = config.option("sandbox_timeout", 10.0, float)
         self.memory_mb = config.option("sandbox_memory", 256, int)
         self.workers = config.option("sandbox_workers", 4, int)
         self.pool_size = config.option("sandbox_pool", self.workers, int)
