@@ -20,7 +20,7 @@ def backend():
     from reason.plugins.backends.transformers import TransformersBackend
 
     b = TransformersBackend(Config())
-    b.model  # load once for the module
+    b.load()  # once for the module
     yield b
     b.close()
 

@@ -30,7 +30,7 @@ TINY = dict(n=2, max_tokens=32, seed=7, verifier="confidence", search="best-of-n
 @pytest.fixture(scope="module")
 def backend():
     backend = get_registry().create("backend", "transformers", Config())
-    backend.model  # load once for the module
+    backend.load()  # once for the module
     yield backend
     backend.close()
 

@@ -267,7 +267,7 @@ class TransformersBackend(Backend):
         import torch
 
         with self._lock, torch.inference_mode():
-            self.model  # noqa: B018 - load on first use
+            self.load()
             self.stats.calls += 1
             sequences = self._sequences(requests)
             # Similar lengths in one chunk waste less padding; identical prompts end up
