@@ -110,6 +110,15 @@ def test_payload_carries_every_sampling_knob():
     assert plain["seed"] == 13 and "include_stop_str_in_output" not in plain
 
 
+def test_payload_asks_vllm_not_to_add_a_second_bos():
+    templated = GenerateRequest(prompt="<|begin_of_text|><|start_header_id|>user", params=SamplingParams())
+    assert completion_payload("m", templated, 1, bos="<|begin_of_text|>")["add_special_tokens"] is False
+    # a prompt without BOS (or a model without one) keeps the server's default
+    assert "add_special_tokens" not in completion_payload("m", request(), 1, bos="<|begin_of_text|>")
+    assert "add_special_tokens" not in completion_payload("m", templated, 1, bos=None)
+    assert "add_special_tokens" not in completion_payload("m", templated, 1, extras=False, bos="<|begin_of_text|>")
+
+
 def test_payload_always_asks_for_the_sampled_logprob():
     assert completion_payload("m", request(logprobs=0), 1)["logprobs"] == 1
     assert "stop" not in completion_payload("m", request(), 1)

@@ -118,6 +118,27 @@ def test_wrong_number_of_outputs_is_a_backend_error():
         completions_from_output(ro, request)
 
 
+class FakeTokenizer:
+    """Characters are tokens; ``<s>`` is BOS (id 1), added in front with special tokens."""
+
+    bos_token = "<s>"
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [1 if part == "<s>" else ord(part) for part in _split_bos(text)]
+        return {"input_ids": ([1] if add_special_tokens else []) + ids}
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return "<s>PROMPT:"
+
+
+def _split_bos(text):
+    parts = text.split("<s>")
+    out = list(parts[0])
+    for part in parts[1:]:
+        out += ["<s>", *part]
+    return out
+
+
 class FakeLLM:
     """Records ``generate`` calls; answers each prompt with n outputs."""
 
@@ -125,7 +146,7 @@ class FakeLLM:
         self.calls = []
 
     def get_tokenizer(self):
-        return SimpleNamespace(apply_chat_template=lambda messages, tokenize, add_generation_prompt: "PROMPT:")
+        return FakeTokenizer()
 
     def generate(self, prompts, sampling_params, use_tqdm=True):
         self.calls.append((list(prompts), list(sampling_params)))
@@ -163,8 +184,20 @@ def test_one_generate_per_tick_with_per_request_params(fake_vllm):
     assert [len(x) for x in out] == [2, 1]
     assert len(fake_vllm.calls) == 1
     prompts, params = fake_vllm.calls[0]
-    assert prompts == ["a", "b"] and [p.n for p in params] == [2, 1] and [p.max_tokens for p in params] == [5, 7]
+    assert prompts == [{"prompt_token_ids": [1, ord("a")]}, {"prompt_token_ids": [1, ord("b")]}]
+    assert [p.n for p in params] == [2, 1] and [p.max_tokens for p in params] == [5, 7]
     assert all(p.include_stop_str_in_output for p in params)
+
+
+def test_a_templated_prompt_reaches_vllm_with_one_bos(fake_vllm):
+    """vLLM adds special tokens to string prompts; a chat template that writes BOS itself
+    would start with two. The backend sends token ids with exactly one."""
+    backend = VLLMBackend(Config(backend="vllm"))
+    backend._llm = fake_vllm
+    text = backend.format_prompt([{"role": "user", "content": "hi"}])
+    backend.generate([GenerateRequest(prompt=text)])
+    (sent,), _ = fake_vllm.calls[0]
+    assert sent["prompt_token_ids"] == [1, *map(ord, "PROMPT:")]
 
 
 def test_runtime_batches_a_search_into_vllm_calls(fake_vllm):

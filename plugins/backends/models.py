@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from reason.log import get_logger
 from attrs import frozen
 
 from reason.errors import BackendError, UsageError
+from reason.log import get_logger
 
 if TYPE_CHECKING:
     import torch
@@ -242,6 +242,22 @@ def load_tokenizer(spec: str | None | ModelSource) -> Any:
             tokenizer = _from_pretrained(AutoTokenizer, source)
         _tokenizers[source.key] = tokenizer
         return tokenizer
+
+
+def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """Token ids of a formatted prompt, with exactly one BOS token where the model uses one.
+
+    A chat template usually writes the BOS token into its text already; tokenizing that
+    text with special tokens (what ``tokenizer(prompt)`` and vLLM's ``LLM.generate`` on a
+    string do) would put a second one in front, which quietly costs accuracy. So special
+    tokens are added only when the text does not start with BOS.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and prompt.startswith(bos))
+    ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+    if not ids:
+        raise BackendError("the prompt is empty after tokenization")
+    return list(ids)
 
 
 def load_model(

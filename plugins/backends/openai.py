@@ -334,7 +334,9 @@ class OpenAIBackend(Backend):
 
     def payload(self, request: GenerateRequest, n: int, seed_offset: int = 0) -> dict[str, Any]:
         """The exact body this backend POSTs for ``n`` samples of ``request``."""
-        payload = completion_payload(self._model or "", request, n, seed_offset, self.send_extras)
+        # Prompts from format_prompt loaded the tokenizer; a raw prompt is sent as it is.
+        bos = getattr(self._tokenizer, "bos_token", None)
+        payload = completion_payload(self._model or "", request, n, seed_offset, self.send_extras, bos)
         if self.is_llama_cpp_python:
             payload.update(LLAMA_CPP_PYTHON_NEUTRAL)
         return payload
@@ -374,13 +376,19 @@ class OpenAIBackend(Backend):
 
 
 def completion_payload(
-    model: str, request: GenerateRequest, n: int, seed_offset: int = 0, extras: bool = True
+    model: str,
+    request: GenerateRequest,
+    n: int,
+    seed_offset: int = 0,
+    extras: bool = True,
+    bos: str | None = None,
 ) -> dict[str, Any]:
     """The ``/v1/completions`` body for ``n`` samples of ``request``.
 
     Logprobs are always asked for (at least 1) since the sampled token's logprob is part
     of every completion. A request split into single samples gets ``seed + i`` so that
-    seeded samples still differ.
+    seeded samples still differ. ``bos`` is the model's BOS text: a prompt whose chat
+    template already wrote it asks vLLM not to add a second one.
     """
     params: SamplingParams = request.params
     payload: dict[str, Any] = {
@@ -399,6 +407,8 @@ def completion_payload(
         payload["seed"] = params.seed + seed_offset
     if extras:
         payload.update(VLLM_EXTRAS)
+        if bos and request.prompt.startswith(bos):
+            payload["add_special_tokens"] = False
     return payload
 
 
@@ -506,7 +516,7 @@ def _error_text(response: Any) -> str:
 
 def _mentions_extras(response: Any) -> bool:
     text = response.text
-    return any(key in text for key in VLLM_EXTRAS) or "extra" in text.lower()
+    return any(key in text for key in (*VLLM_EXTRAS, "add_special_tokens")) or "extra" in text.lower()
 
 
 def _retry_after(response: Any) -> float | None:

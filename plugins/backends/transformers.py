@@ -30,14 +30,15 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from reason.log import get_logger
 from attrs import asdict, define, field
 
 from reason.components import Backend
 from reason.errors import BackendError
+from reason.log import get_logger
 from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams
 
 from . import models
+from .models import prompt_ids
 
 if TYPE_CHECKING:
     import torch
@@ -251,15 +252,7 @@ class TransformersBackend(Backend):
         return "".join(f"{m['content']}\n\n" for m in messages)
 
     def encode(self, prompt: str) -> list[int]:
-        """Token ids of a prompt, adding the BOS token only where the text lacks it (a
-        chat template usually writes it already)."""
-        tokenizer = self.tokenizer
-        bos = tokenizer.bos_token
-        add_special = not (bos and prompt.startswith(bos))
-        ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
-        if not ids:
-            raise BackendError("the prompt is empty after tokenization")
-        return list(ids)
+        return prompt_ids(self.tokenizer, prompt)
 
     # -- generation -------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ from reason.errors import BackendError, UsageError
 from reason.log import get_logger
 from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams
 
+from .models import prompt_ids
+
 log = get_logger()
 
 INSTALL_HINT = "pip install 'reason-runtime[vllm]'"
@@ -139,8 +141,12 @@ class VLLMBackend(Backend):
 
         llm = self.llm
         params = [vllm.SamplingParams(**sampling_kwargs(r.params, r.n)) for r in requests]
+        # Token ids, not text: vLLM adds special tokens to a string prompt, and a chat
+        # template that writes BOS itself would then start with two.
+        tokenizer = llm.get_tokenizer()
+        prompts = [{"prompt_token_ids": prompt_ids(tokenizer, r.prompt)} for r in requests]
         try:
-            outputs = llm.generate([r.prompt for r in requests], params, use_tqdm=False)
+            outputs = llm.generate(prompts, params, use_tqdm=False)
         except Exception as exc:
             raise BackendError(f"backend vllm: generate failed: {type(exc).__name__}: {exc}") from exc
         return [completions_from_output(out, req) for out, req in zip(outputs, requests)]
