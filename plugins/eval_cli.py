@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,6 @@ class _Progress:
         from rich.console import Console
 
         self.total, self.done, self.correct = total, done, correct
-        self.tokens = 0
         self.console = Console(stderr=True)
         self.quiet = quiet
         self.progress = None
@@ -80,8 +80,6 @@ class _Progress:
             self.task_id = self.progress.add_task(label, total=total, completed=done, acc=self._acc())
         else:
             click.echo(f"reason eval: {label}: {done}/{total} done, {total - done} to go", err=True)
-        import time
-
         self.start = time.monotonic()
         self.started_done = done
 
@@ -96,8 +94,6 @@ class _Progress:
         if self.progress is not None:
             self.progress.update(self.task_id, completed=self.done, acc=self._acc())
             return
-        import time
-
         elapsed = time.monotonic() - self.start
         finished_now = self.done - self.started_done
         eta = elapsed / finished_now * (self.total - self.done) if finished_now else 0.0
@@ -163,7 +159,7 @@ def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None
     )
     try:
         todo = run.prepare()
-        total = len(todo) + sum(1 for r in run.records)
+        total = len(todo) + len(run.records)
         if todo:
             _solve(run, todo, total, quiet or as_json)
         elif not quiet:
