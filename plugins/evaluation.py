@@ -157,7 +157,13 @@ def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]
     ``naive@k`` (and ``pass@k`` for code) for k in :func:`budgets`, ``tokens@k`` (generated
     tokens per problem at that budget: the run's, scaled by k/n), ``tokens_per_problem``,
     ``prompt_tokens_per_problem``, ``seconds_per_problem`` (wall clock, model loading
-    excluded), ``latency_per_problem`` (mean time from start to answer of one problem)."""
+    excluded), ``latency_per_problem`` (mean time from start to answer of one problem).
+
+    For best-of-n and self-consistency the candidates are independent samples, so a
+    k-subset is exactly a k-sample run and ``tokens@k`` its cost. For step-level searches
+    (beam, DVTS, MCTS) the candidates are the final paths of one search: ``@k`` votes over
+    k of them and ``tokens@k`` only pro-rates that search's cost; their true budget point
+    is ``@n`` (run each N separately to trace their curve)."""
     count = len(records)
     summary: dict[str, Any] = {"problems": count, "n": n, "budgets": budgets(n)}
     if not count:
