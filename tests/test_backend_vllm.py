@@ -124,19 +124,11 @@ class FakeTokenizer:
     bos_token = "<s>"
 
     def __call__(self, text, add_special_tokens=True):
-        ids = [1 if part == "<s>" else ord(part) for part in _split_bos(text)]
+        ids = [ord(c) for c in text.replace("<s>", chr(1))]
         return {"input_ids": ([1] if add_special_tokens else []) + ids}
 
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
         return "<s>PROMPT:"
-
-
-def _split_bos(text):
-    parts = text.split("<s>")
-    out = list(parts[0])
-    for part in parts[1:]:
-        out += ["<s>", *part]
-    return out
 
 
 class FakeLLM:
