@@ -8,7 +8,9 @@ imported on first use, not with ``import reason``.
 from __future__ import annotations
 
 import functools
+import logging
 import re
+import threading
 from collections.abc import Sequence
 
 _NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?%?|-?\$?\.\d+%?"
@@ -96,14 +98,35 @@ def is_equivalent(a: str, b: str) -> bool:
         xs = (fa, fa / 100) if a.endswith("%") else (fa,)
         ys = (fb, fb / 100) if b.endswith("%") else (fb,)
         return any(abs(x - y) <= 1e-6 * max(1.0, abs(y)) for x in xs for y in ys)
+    return math_verify_equal(f"${a}$", f"${b}$")
+
+
+def math_verify_equal(answer: str, reference: str) -> bool:
+    """math-verify's verdict on two LaTeX strings (``False`` when either cannot be parsed).
+
+    math-verify bounds its work with ``signal.alarm``, which only the main thread may set,
+    and searches run in the runtime's own thread: there its timeouts are turned off (the
+    answers compared are short) and its warning that they are off is dropped."""
     try:
         from math_verify import parse, verify
 
-        gold = parse(f"${b}$")
-        pred = parse(f"${a}$")
-        return bool(gold and pred and verify(gold, pred))
+        limit = 5 if threading.current_thread() is threading.main_thread() else None
+        if limit is None:
+            _quiet_math_verify()
+        gold = parse(reference, parsing_timeout=limit)
+        pred = parse(answer, parsing_timeout=limit)
+        return bool(gold and pred and verify(gold, pred, timeout_seconds=limit))
     except Exception:  # math-verify can fail on odd LaTeX; fall back to "not equal"
         return False
+
+
+@functools.cache
+def _quiet_math_verify() -> None:
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(drop)
 
 
 def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> tuple[str | None, float]:

@@ -275,22 +275,25 @@ class _Progress:
         from rich.console import Console
 
         self.console = Console(stderr=True)
-        self.tokens = self.calls = self.nodes = 0
+        self.tokens = self.rows = self.nodes = 0
         self.status = self.console.status(f"[{config.search}] loading model ...") if self.console.is_terminal else None
         if self.status:
             self.status.start()
 
     def __call__(self, event: Any) -> None:
         kind = event.kind
-        if kind == "BackendCalled":
-            self.calls += 1
+        if kind == "EngineStep":
+            self.tokens += event.decode_tokens
+            self.rows = event.running
+        elif kind == "BackendCalled":
             self.tokens += event.completion_tokens
+            self.rows = event.sequences
         elif kind == "StepsGenerated":
             self.nodes += len(event.node_ids)
         elif kind == "ReflectionInjected" and not self.status:
             click.echo(f"reason: reflection ({event.trigger}) at node {event.parent_id}", err=True)
         if self.status:
-            self.status.update(f"{self.nodes} steps, {self.tokens} tokens generated, {self.calls} model calls")
+            self.status.update(f"{self.nodes} steps, {self.tokens} tokens generated, {self.rows} sequences decoding")
 
     def close(self) -> None:
         if self.status:

@@ -7,9 +7,11 @@ builds a component by calling ``factory(config, arg)``: ``config`` is the run's
 gave (``ministep:32`` -> ``arg="32"``), or ``None``. A class whose ``__init__`` takes
 ``(config, arg=None)`` is a factory.
 
-Backends, splitters, verifiers and reflection triggers are plain synchronous objects:
-the scheduler calls them with whole batches, in a worker thread. Only search policies
-are async, because they are written as sequential code that awaits the scheduler.
+Splitters, verifiers and reflection triggers are plain synchronous objects; a verifier
+is called with whole batches in a worker thread (the requests that arrived while its last
+batch ran). A backend is either synchronous too, or a *continuous* engine that takes each
+request as it comes (:meth:`Backend.generate_async`). Search policies are async, because
+they are written as sequential code that awaits the runtime's engines.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .types import Completion, GenerateRequest, SamplingParams, Score, ScoreRequ
 if TYPE_CHECKING:
     from .config import Config
     from .context import SearchContext
+    from .events import Event
     from .result import SearchOutcome
 
 
@@ -36,18 +39,47 @@ class Component:
     def close(self) -> None:
         """Release resources (models, containers, connections). Called once at shutdown."""
 
+    def emit(self, event: Event) -> None:
+        """Report an event (e.g. :class:`~reason.events.EngineStep` statistics), from any
+        thread. The runtime replaces this with its own emitter when it builds the
+        component; a component used on its own reports to nobody."""
+
 
 class Backend(Component, ABC):
     """A policy model that continues text.
 
-    ``generate`` receives every request pending in one scheduler tick and must return, for
-    each request, exactly ``request.n`` completions. It should batch internally: that one
-    call is where a backend earns its speed.
+    Two ways to serve requests:
+
+    - *batch*: implement only :meth:`generate`. The runtime calls it in a worker thread
+      with every request that arrived while the previous call ran, so it should batch
+      internally; a call lasts as long as its longest sequence.
+    - *continuous*: also override :meth:`generate_async`. The runtime then submits each
+      request the moment a search makes it, and the backend batches whatever is in flight
+      (a finished sequence leaves the batch at once, waiting ones join between decode
+      steps). This keeps the engine full while tree searches wait on their own requests.
+
+    Either way each request gets exactly ``request.n`` completions, and a request with a
+    seed gets the same samples whatever else is being generated.
     """
 
     @abstractmethod
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
-        """Sample ``request.n`` completions for each request, in request order."""
+        """Sample ``request.n`` completions for each request, in request order (blocking)."""
+
+    async def generate_async(self, request: GenerateRequest) -> list[Completion]:
+        """Sample ``request.n`` completions of one request, resolving when all of them are
+        done. Called from the runtime's event loop, concurrently for many requests, so it
+        must not block the loop. Cancelling the await must free the request's slots.
+
+        Continuous backends override this (and :attr:`continuous` then says True); the
+        default only exists so that the method can be named."""
+        raise NotImplementedError(f"{type(self).__name__} has no continuous engine; the runtime batches its generate()")
+
+    @property
+    def continuous(self) -> bool:
+        """Whether the runtime should submit requests one by one to :meth:`generate_async`
+        (True when a subclass overrides it) instead of batching calls to :meth:`generate`."""
+        return type(self).generate_async is not Backend.generate_async
 
     @abstractmethod
     def format_prompt(self, messages: Sequence[dict[str, str]]) -> str:
@@ -77,7 +109,8 @@ class Splitter(Component, ABC):
 
 
 class Verifier(Component, ABC):
-    """Scores paths, step by step. Called with every path pending in one tick."""
+    """Scores paths, step by step. Called in a worker thread with every path whose score
+    was asked for while the previous call ran (one call at a time per verifier)."""
 
     @abstractmethod
     def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
@@ -109,8 +142,9 @@ class ReflectionTrigger(Component, ABC):
 class SearchPolicy(Component, ABC):
     """A test-time search algorithm, written as plain sequential async code.
 
-    ``run`` awaits ``ctx.expand``/``ctx.complete``/``ctx.score``; the scheduler batches
-    those calls across every running search, so policies never batch by hand.
+    ``run`` awaits ``ctx.expand``/``ctx.complete``/``ctx.score``; each request goes to its
+    engine at once and is batched there with every other search's requests, so policies
+    never batch by hand.
     """
 
     @abstractmethod

@@ -1,26 +1,27 @@
 """What a search policy sees: the task, the tree, and awaitable model and verifier calls.
 
 A policy never talks to the backend directly. It awaits :meth:`SearchContext.expand`,
-:meth:`SearchContext.complete` and :meth:`SearchContext.score`; the scheduler batches
-these across every running search. The context also keeps the tree, the usage, and
+:meth:`SearchContext.complete` and :meth:`SearchContext.score`; each request goes to its
+engine at once and is batched there with every other running search's. The context also keeps the tree, the usage, and
 applies reflection triggers, so policies stay short.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import answers
 from .components import ReflectionTrigger, Splitter, Verifier
 from .config import Config
+from .engine import gather_all
 from .events import AnswerFound, Event, NodesPruned, ReflectionInjected, StepsGenerated, StepsScored
 from .tree import Node, Tree
 from .types import Candidate, GenerateRequest, SamplingParams, Score, ScoreRequest, Step, Task, Usage, aggregate
 
 if TYPE_CHECKING:
-    from .scheduler import Scheduler
+    from .engine import Engines
 
 T = TypeVar("T")
 
@@ -32,7 +33,7 @@ class SearchContext:
         task: Task,
         config: Config,
         prompt: str,
-        scheduler: Scheduler,
+        engines: Engines,
         splitter: Splitter,
         verifier: Verifier | None,
         reflections: Sequence[tuple[str, ReflectionTrigger]] = (),
@@ -46,7 +47,7 @@ class SearchContext:
         self.reflections = list(reflections)
         self.tree = Tree(prompt=prompt)
         self.usage = Usage()
-        self._scheduler = scheduler
+        self._engines = engines
         self._emit = emit
         self._start = time.perf_counter()
 
@@ -66,10 +67,11 @@ class SearchContext:
     def elapsed(self) -> float:
         return time.perf_counter() - self._start
 
-    async def gather(self, *aws: Awaitable[T]) -> list[T]:
-        """Run sub-searches side by side so their requests share ticks (use this instead
-        of ``asyncio.gather`` inside a policy)."""
-        return await self._scheduler.gather(*aws)
+    async def gather(self, *aws: Coroutine[Any, Any, T]) -> list[T]:
+        """Run sub-searches (coroutines) side by side and return their results in order.
+        Unlike ``asyncio.gather``, the first failure cancels the siblings, so no orphaned
+        sub-search keeps the engine busy."""
+        return await gather_all(*aws)
 
     # -- generation -----------------------------------------------------------------
 
@@ -128,7 +130,7 @@ class SearchContext:
     async def _generate(self, node: Node, n: int, params: SamplingParams, whole: bool = False) -> list[Node]:
         request = GenerateRequest(prompt=self.prompt + node.text(), params=params, n=n)
         start = time.perf_counter()
-        completions = await self._scheduler.generate(self, request)
+        completions = await self._engines.generate(self, request)
         children = []
         for completion in completions:
             child = self.tree.add(node, Step.from_completion(completion))
@@ -176,7 +178,7 @@ class SearchContext:
             return [0.0] * len(nodes)
         name = getattr(verifier, "spec", type(verifier).__name__)
         start = time.perf_counter()
-        results: list[Score] = await self._scheduler.score(self, verifier, [self.score_request(n) for n in nodes])
+        results: list[Score] = await self._engines.score(self, verifier, [self.score_request(n) for n in nodes])
         values = []
         for node, result in zip(nodes, results):
             node.scores[name] = result.last

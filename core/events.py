@@ -112,6 +112,27 @@ class BackendCalled(Event):
 
 
 @frozen(kw_only=True)
+class EngineStep(Event):
+    """One iteration of a continuous-batching engine: newcomers prefilled, then one decode
+    step over every running sequence. Emitted by the engine (``task_id`` is empty).
+
+    ``running`` sequences decoded in this step, of at most ``max_batch``; ``waiting``
+    sequences could not join for lack of room; ``prefill_tokens`` prompt tokens were
+    encoded for the newcomers and ``reused_tokens`` came from the prefix cache instead;
+    ``decode_tokens`` tokens were generated."""
+
+    engine: str
+    running: int
+    max_batch: int
+    waiting: int
+    admitted: int
+    prefill_tokens: int
+    reused_tokens: int
+    decode_tokens: int
+    seconds: float
+
+
+@frozen(kw_only=True)
 class VerifierCalled(Event):
     verifier: str
     paths: int

@@ -1,4 +1,5 @@
-"""The Runtime: builds components from plugins, runs searches, batches them, reports.
+"""The Runtime: long-lived; owns the components, their engines, and the event loop that
+runs every search.
 
 ::
 
@@ -9,32 +10,40 @@
         print(solution.answer, solution.usage)
 
 Components are built once per Runtime (the backend loads its model on first use) and
-reused across solves; the search policy is built per task.
+reused across solves; the search policy is built per task. Searches run on one event
+loop in a thread of the Runtime's own, whoever calls: ``solve`` from several threads,
+``asolve`` from an application's event loop, ``solve_many`` for a whole dataset. All of
+them feed the same engines, so their requests share one batch (see
+:mod:`reason.engine`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 from .components import Backend, ReflectionTrigger, SearchPolicy, Splitter, Verifier
 from .config import Config
 from .context import SearchContext
+from .engine import Engines, gather_all
 from .errors import UsageError
-from .log import get_logger
 from .events import Event, SearchFailed, SearchFinished, SearchStarted
-from .registry import PluginRegistry, get_registry
+from .log import get_logger
 from .prompts import messages_for
+from .registry import PluginRegistry, get_registry
 from .result import Solution
-from .scheduler import Scheduler
 from .types import Task, Usage
 
+T = TypeVar("T")
+
 DEFAULT_CONCURRENCY = 16
-"""How many tasks ``solve_many`` runs at once: enough to fill batches, few enough to keep
-memory (trees, KV caches) bounded."""
+"""How many tasks ``solve_many`` keeps in flight: enough to fill batches, few enough to
+keep memory (trees, KV caches) bounded. A new task starts as soon as one finishes."""
 
 
 class Runtime:
@@ -48,14 +57,20 @@ class Runtime:
     ) -> None:
         """``config`` (or keyword overrides of the default :class:`Config`) picks the
         components. ``backend`` injects an already-built backend (tests, or an
-        application sharing one model between runtimes)."""
+        application sharing one model between runtimes); its owner closes it, not
+        :meth:`close`."""
         config = config or Config()
         self.config = config.replace(**overrides) if overrides else config
         self.registry = registry or get_registry()
         self._backend = backend
         self._components: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._listeners: list[Callable[[Event], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._engines: Engines | None = None
+        if backend is not None:
+            backend.emit = self._emit_threadsafe
         self.validate()
 
     # -- components -------------------------------------------------------------------
@@ -78,6 +93,7 @@ class Runtime:
             if key not in self._components:
                 component = self.registry.create(kind, spec, config or self.config)
                 component.spec = spec  # the name the user chose, for events and the tree
+                component.emit = self._emit_threadsafe  # engines report from their threads
                 self._components[key] = component
             return self._components[key]
 
@@ -98,12 +114,12 @@ class Runtime:
         return [(spec, self.registry.create("reflection", spec, config)) for spec in config.reflect]
 
     def close(self) -> None:
-        """Release every component (models, containers, connections)."""
+        """Stop every running search, the event loop, and release every component
+        (models, containers, connections)."""
+        self._stop_loop()
         with self._lock:
             components = list(self._components.values())
             self._components.clear()
-        if self._backend is not None and self._backend not in components:
-            components.append(self._backend)
         for component in components:
             try:
                 component.close()
@@ -116,11 +132,60 @@ class Runtime:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- the event loop -----------------------------------------------------------------
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        """The Runtime's event loop, started on first use in a daemon thread."""
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def serve() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                self._thread = threading.Thread(target=serve, name="reason-runtime", daemon=True)
+                self._thread.start()
+                ready.wait()
+                self._engines = Engines(lambda: self.backend, self.emit)
+                self._loop = loop
+            return self._loop
+
+    def _stop_loop(self) -> None:
+        with self._lock:
+            loop, thread, engines = self._loop, self._thread, self._engines
+            self._loop = self._thread = self._engines = None
+        if loop is None or thread is None:
+            return
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if thread is not threading.current_thread():
+            try:
+                asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(timeout=30)
+            except Exception as exc:  # a search that ignores cancellation must not hang close()
+                get_logger().warning("searches did not stop", error=str(exc))
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=30)
+        if engines is not None:
+            engines.close()
+        if not thread.is_alive():
+            loop.close()
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop())
+
     # -- events -----------------------------------------------------------------------
 
     def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
-        """Call ``listener`` with every event of this runtime's runs (in the event loop).
-        Returns a function that unsubscribes it."""
+        """Call ``listener`` with every event of this runtime's runs, in the runtime's
+        event-loop thread (keep it quick). Returns a function that unsubscribes it."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
@@ -132,10 +197,25 @@ class Runtime:
         for listener in list(self._listeners):
             listener(event)
 
+    def _emit_threadsafe(self, event: Event) -> None:
+        """``emit`` from any thread: events reach observers in the event-loop thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self.emit(event)
+        else:
+            loop.call_soon_threadsafe(self.emit, event)
+
     # -- solving ----------------------------------------------------------------------
 
     def solve(self, task: Task | str, **overrides: Any) -> Solution:
-        """Solve one task (a :class:`Task` or a question string)."""
+        """Solve one task (a :class:`Task` or a question string). Safe to call from many
+        threads at once: their searches share the engines."""
         return self.solve_many([task], **overrides)[0]
 
     def solve_many(
@@ -146,9 +226,29 @@ class Runtime:
         on_solution: Callable[[Solution], None] | None = None,
         **overrides: Any,
     ) -> list[Solution]:
-        """Solve many tasks with their requests batched together; returns solutions in
-        task order. ``on_solution`` is called as each one finishes (e.g. to write it)."""
-        return asyncio.run(self.asolve_many(tasks, concurrency=concurrency, on_solution=on_solution, **overrides))
+        """Solve many tasks, ``concurrency`` at a time, their requests batched together;
+        returns solutions in task order. ``on_solution`` is called in this thread as each
+        one finishes (e.g. to write it), in the order they finish."""
+        config, task_list = self._prepare(tasks, concurrency, overrides)
+        finished: queue.Queue[tuple[int, Solution] | None] = queue.Queue()
+        future = self._submit(self._solve_all(task_list, config, concurrency, lambda i, s: finished.put((i, s))))
+        future.add_done_callback(lambda _: finished.put(None))
+        solutions: list[Solution | None] = [None] * len(task_list)
+        try:
+            while (item := finished.get()) is not None:
+                index, solution = item
+                solutions[index] = solution
+                if on_solution is not None:
+                    on_solution(solution)
+            future.result()  # re-raise a failure
+        except BaseException:
+            future.cancel()  # a caller gone (Ctrl-C, a failing callback): free the engine
+            raise
+        return [s for s in solutions if s is not None]
+
+    async def asolve(self, task: Task | str, **overrides: Any) -> Solution:
+        """``solve`` for a caller with an event loop of its own."""
+        return (await self.asolve_many([task], **overrides))[0]
 
     async def asolve_many(
         self,
@@ -158,58 +258,88 @@ class Runtime:
         on_solution: Callable[[Solution], None] | None = None,
         **overrides: Any,
     ) -> list[Solution]:
+        """``solve_many`` for a caller with an event loop of its own (``on_solution`` is
+        called in that loop). Cancelling the await cancels the searches."""
+        config, task_list = self._prepare(tasks, concurrency, overrides)
+        caller = asyncio.get_running_loop()
+
+        def deliver(index: int, solution: Solution) -> None:
+            if on_solution is not None:
+                _call_in(caller, on_solution, solution)
+
+        solutions = await asyncio.wrap_future(self._submit(self._solve_all(task_list, config, concurrency, deliver)))
+        return solutions
+
+    async def stream(self, task: Task | str, **overrides: Any) -> AsyncIterator[Event]:
+        """Solve ``task`` and yield its events as they happen. The last event is
+        :class:`SearchFinished`; the solution is then in ``runtime.last_solution``.
+        Closing the iterator early cancels the search."""
+        config, (one,) = self._prepare([task], 1, overrides)
+        caller = asyncio.get_running_loop()
+        events: asyncio.Queue[Event | None] = asyncio.Queue()
+        future = self._submit(self._run_one(one, config, observe=lambda e: _call_in(caller, events.put_nowait, e)))
+        future.add_done_callback(lambda _: _call_in(caller, events.put_nowait, None))
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+            self.last_solution = future.result()
+        finally:
+            future.cancel()
+
+    def _prepare(
+        self, tasks: Iterable[Task | str], concurrency: int, overrides: dict[str, Any]
+    ) -> tuple[Config, list[Task]]:
         config = self.config.replace(**overrides) if overrides else self.config
         self.validate(config)
-        task_list = [_as_task(t, i) for i, t in enumerate(tasks)]
         if concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {concurrency}")
-        solutions: list[Solution | None] = [None] * len(task_list)
-        scheduler = Scheduler(backend_factory=lambda: self.backend, emit=self.emit)
-        pending = iter(enumerate(task_list))
-        workers = min(concurrency, len(task_list))
+        return config, [_as_task(t, i) for i, t in enumerate(tasks)]
 
-        async def worker() -> None:
-            try:
-                for index, task in pending:
-                    solution = await self._run_one(task, config, scheduler)
-                    solutions[index] = solution
-                    if on_solution is not None:
-                        on_solution(solution)
-            finally:
-                scheduler.leave()
+    async def _solve_all(
+        self, tasks: list[Task], config: Config, concurrency: int, deliver: Callable[[int, Solution], None]
+    ) -> list[Solution]:
+        """Keep ``concurrency`` searches in flight; the next task starts the moment one
+        finishes. One failure cancels the rest and is raised."""
+        slots = asyncio.Semaphore(concurrency)
+        solutions: list[Solution | None] = [None] * len(tasks)
 
-        # Every worker is a participant from the start, so the first tick waits for all.
-        scheduler.join(workers)
-        loop_task = asyncio.create_task(scheduler.run())
-        try:
-            await asyncio.gather(*(worker() for _ in range(workers)))
-        finally:
-            loop_task.cancel()
-            try:
-                await loop_task
-            except asyncio.CancelledError:
-                pass
+        async def one(index: int, task: Task) -> None:
+            async with slots:
+                solutions[index] = solution = await self._run_one(task, config)
+            deliver(index, solution)
+
+        await gather_all(*(one(i, t) for i, t in enumerate(tasks)))
         return [s for s in solutions if s is not None]
 
-    async def _run_one(self, task: Task, config: Config, scheduler: Scheduler) -> Solution:
+    async def _run_one(self, task: Task, config: Config, observe: Callable[[Event], None] | None = None) -> Solution:
         start = time.perf_counter()
+        assert self._engines is not None
         search: SearchPolicy = self.registry.create("search", config.search, config)
         prompt = self.backend.format_prompt(messages_for(task, config.system_prompt))
+
+        def emit(event: Event) -> None:
+            self.emit(event)
+            if observe is not None:
+                observe(event)
+
         ctx = SearchContext(
             task=task,
             config=config,
             prompt=prompt,
-            scheduler=scheduler,
+            engines=self._engines,
             splitter=self.splitter(config),
             verifier=self.verifier(config),
             reflections=self.reflections(config),
-            emit=self.emit,
+            emit=emit,
         )
-        self.emit(SearchStarted(task_id=task.id, search=config.search, config=_summary(config)))
+        emit(SearchStarted(task_id=task.id, search=config.search, config=_summary(config)))
         try:
             outcome = await search.run(ctx)
+        except asyncio.CancelledError:
+            emit(SearchFailed(task_id=task.id, error="cancelled"))
+            raise
         except Exception as exc:
-            self.emit(SearchFailed(task_id=task.id, error=f"{type(exc).__name__}: {exc}"))
+            emit(SearchFailed(task_id=task.id, error=f"{type(exc).__name__}: {exc}"))
             raise
         seconds = time.perf_counter() - start
         ctx.add_usage(Usage(seconds=seconds))
@@ -226,36 +356,17 @@ class Runtime:
             config=config.to_dict(),
             meta=outcome.meta,
         )
-        self.emit(
-            SearchFinished(
-                task_id=task.id, answer=solution.answer, score=solution.score, usage=ctx.usage, seconds=seconds
-            )
-        )
+        emit(SearchFinished(task_id=task.id, answer=solution.answer, score=solution.score, usage=ctx.usage, seconds=seconds))
         return solution
 
-    async def stream(self, task: Task | str, **overrides: Any) -> AsyncIterator[Event]:
-        """Solve ``task`` and yield its events as they happen. The last event is
-        :class:`SearchFinished`; the solution is then in ``runtime.last_solution``."""
-        queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        unsubscribe = self.subscribe(queue.put_nowait)
-        solved: list[Solution] = []
 
-        async def run() -> None:
-            try:
-                solved.extend(await self.asolve_many([task], **overrides))
-            finally:
-                queue.put_nowait(None)
-
-        runner = asyncio.create_task(run())
-        try:
-            while (event := await queue.get()) is not None:
-                yield event
-            await runner  # re-raise a failure
-            self.last_solution = solved[0]
-        finally:
-            unsubscribe()
-            if not runner.done():
-                runner.cancel()
+def _call_in(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    """Call ``fn(*args)`` in ``loop``'s thread (a caller's loop that has closed meanwhile
+    gets nothing: nobody is listening any more)."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
 
 
 def _as_task(task: Task | str, index: int) -> Task:

@@ -90,14 +90,7 @@ def numbers_match(answer: str | None, reference: str | None, *, percent: bool = 
 def math_verify_equal(answer: str, reference: str) -> bool:
     """math-verify's verdict on a LaTeX answer against a LaTeX reference (``False`` when
     either cannot be parsed)."""
-    try:
-        from math_verify import parse, verify
-
-        gold = parse(_as_latex(reference))
-        pred = parse(_as_latex(answer))
-        return bool(gold and pred and verify(gold, pred))
-    except Exception:  # math-verify raises on some malformed LaTeX: that answer is wrong
-        return False
+    return answers.math_verify_equal(_as_latex(answer), _as_latex(reference))
 
 
 def _as_latex(text: str) -> str:

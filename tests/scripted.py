@@ -82,3 +82,35 @@ def steps_script(steps: Sequence[str]) -> Script:
     return script
 
 
+
+
+class ContinuousScriptedBackend(ScriptedBackend):
+    """The scripted backend as a continuous engine: each request is served on its own as
+    soon as it arrives and takes ``delay(request)`` seconds (default: 10 ms per token of
+    its ``max_tokens``), however many others are in flight. Records when each request
+    started and ended, and how many were in flight at most."""
+
+    def __init__(self, script: Script | None = None, delay: Callable[[GenerateRequest], float] | None = None, **kwargs):
+        super().__init__(script, **kwargs)
+        self.delay = delay or (lambda request: 0.01 * request.params.max_tokens)
+        self.log: list[tuple[str, float, float]] = []  # (prompt, start, end)
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.cancelled = 0
+
+    async def generate_async(self, request: GenerateRequest) -> list[Completion]:
+        import asyncio
+        import time
+
+        start = time.perf_counter()
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay(request))
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        self.log.append((request.prompt, start, time.perf_counter()))
+        return [self._one(request, i) for i in range(request.n)]

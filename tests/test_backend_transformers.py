@@ -80,9 +80,12 @@ def test_one_call_batches_requests_with_different_params(backend):
         GenerateRequest(p1, greedy(5, stop=(" ",))),
         GenerateRequest(p2, greedy(20, logprobs=2)),
     ]
-    before = backend.stats.calls
+    before = backend.stats.requests, backend.stats.decode_steps, backend.stats.decode_rows
     out = backend.generate(requests)
-    assert backend.stats.calls == before + 1
+    assert backend.stats.requests == before[0] + 4
+    # all six sequences decoded together: the first step carries every row
+    steps, rows = backend.stats.decode_steps - before[1], backend.stats.decode_rows - before[2]
+    assert rows > steps and steps <= 20
     assert [len(r) for r in out] == [1, 3, 1, 1]
     assert out[0][0].num_tokens <= 12 and out[1][0].num_tokens <= 10 and out[2][0].num_tokens <= 5
     assert all(len(t) == 2 for t in out[3][0].top_logprobs)

@@ -1,32 +1,43 @@
-"""The embedded policy backend: a transformers causal LM, CPU or GPU, in-process.
+"""The embedded policy backend: a transformers causal LM, CPU or GPU, in-process, with a
+continuous-batching decode loop.
 
-``generate`` runs every request of a scheduler tick in one batched decode loop written
-over the model's forward pass (not ``model.generate``), because the runtime needs things
-``generate`` does not give together: per-request stop strings, temperature, top-p, seed
-and logprobs in one batch, per-sequence reproducible sampling, sequences that leave the
-batch as soon as they finish, and KV caches reused across calls.
+The loop is written over the model's forward pass (not ``model.generate``), because the
+runtime needs what ``generate`` does not give together: per-request stop strings,
+temperature, top-p, seed and logprobs in one batch, per-sequence reproducible sampling,
+sequences that leave and join the batch between decode steps, and KV caches reused
+across requests.
 
-Layout of one batch: sequences are left-padded, with an explicit attention mask and
-position ids, so each sequence's keys carry the same rotary positions whatever else is in
-the batch. Prefix reuse: the KV cache of every finished sequence (prompt + generated
-tokens) goes into a bounded LRU keyed by token ids. A later prompt that shares a prefix
-with an entry (the next step of the same path, another sample of the same prompt) only
-encodes the tokens after the longest shared prefix; the n samples of one prompt share one
-prefill.
+One worker thread runs the loop. Each step it (1) admits waiting sequences into free
+rows: their prompts are prefilled (distinct prompts once, cached prefixes reused) and
+stacked onto the running batch; (2) picks one token for every row; (3) retires finished
+rows, resolving a request when all its ``n`` samples are done; (4) runs one decode
+forward pass over the rest. So a tree search's stragglers never hold the engine: other
+requests fill the rows they leave.
 
-Options (``config.options``): ``max_batch`` (sequences per forward pass; larger ticks are
-chunked), ``prefix_cache_tokens`` (KV cache budget in tokens, 0 disables reuse),
-``threads`` (torch CPU threads for this process; on a busy machine fewer threads than
-cores avoids OpenMP oversubscription, which can slow decoding several times).
+Layout of the batch: rows are left-padded, with an explicit attention mask and position
+ids, so each row's keys carry the same rotary positions whatever else is in the batch;
+sampling uses a per-sample seeded generator, so a seeded request gets the same samples
+alone or under load. Prefix reuse: the KV cache of every finished sequence (prompt +
+generated tokens) goes into a bounded LRU keyed by token ids; a later prompt that shares
+a prefix with an entry (the next step of the same path, another sample of the same
+prompt) only encodes the tokens after the longest shared prefix.
+
+Options (``config.options``): ``max_batch`` (rows decoded together), ``prefix_cache_tokens``
+(KV cache budget in tokens, 0 disables reuse), ``threads`` (torch CPU threads for this
+process; on a busy machine fewer threads than cores avoids OpenMP oversubscription, which
+can slow decoding several times), ``continuous`` (false: the runtime batches whole
+``generate`` calls instead, the lockstep way; for comparisons).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
 import random
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +45,7 @@ from attrs import asdict, define, field
 
 from reason.components import Backend
 from reason.errors import BackendError
+from reason.events import EngineStep
 from reason.log import get_logger
 from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams
 
@@ -49,15 +61,19 @@ log = get_logger()
 
 DEFAULT_MAX_BATCH_CPU = 16
 DEFAULT_MAX_BATCH_GPU = 64
-DEFAULT_PREFIX_CACHE_TOKENS = 8192
+DEFAULT_PREFIX_CACHE_TOKENS = 32768
+"""Enough for the live paths of a few dozen concurrent searches on a small model
+(SmolLM2-135M: 46 KB of float32 keys and values per token, so about 1.5 GB)."""
 
 
 @define
 class BackendStats:
     """Counters for benchmarks: what the backend computed and what it reused."""
 
-    calls: int = 0
+    requests: int = 0
     sequences: int = 0
+    cancelled: int = 0
+    """Sequences dropped from the batch because their caller gave up."""
     forward_passes: int = 0
     prefill_tokens: int = 0
     """Prompt tokens encoded (padding excluded)."""
@@ -65,11 +81,25 @@ class BackendStats:
     """Prompt tokens whose keys and values came from the prefix cache instead."""
     decode_tokens: int = 0
     """Tokens generated."""
+    decode_steps: int = 0
+    decode_rows: int = 0
+    """Rows summed over decode steps: ``decode_rows / decode_steps`` is the mean batch."""
+    waiting_steps: int = 0
+    waiting_rows: int = 0
+    """The same, counting only steps while sequences were waiting for a row."""
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
 
+    @property
+    def mean_batch(self) -> float:
+        return self.decode_rows / self.decode_steps if self.decode_steps else 0.0
+
+    @property
+    def mean_batch_when_waiting(self) -> float:
+        return self.waiting_rows / self.waiting_steps if self.waiting_steps else 0.0
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "mean_batch": self.mean_batch, "mean_batch_when_waiting": self.mean_batch_when_waiting}
 
 
 class PrefixCache:
@@ -142,11 +172,49 @@ def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return lo
 
 
-@define
+@define(eq=False)
+class _Request:
+    """A submitted request: its future resolves when all its sequences are done."""
+
+    request: GenerateRequest
+    future: concurrent.futures.Future[list[Completion]]
+    sequences: list[_Sequence] | None = None
+    done: int = 0
+
+    def sample_done(self) -> None:
+        assert self.sequences is not None
+        self.done += 1
+        if self.done == len(self.sequences) and not self.future.done():
+            try:
+                self.future.set_result([seq.completion() for seq in self.sequences])
+            except concurrent.futures.InvalidStateError:  # cancelled meanwhile
+                pass
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            try:
+                self.future.set_exception(error)
+            except concurrent.futures.InvalidStateError:
+                pass
+
+
+@define(eq=False)
+class _Batch:
+    """The rows decoding together, their KV cache, attention mask, the logits of their
+    next token, and how many tokens each row has in the cache."""
+
+    rows: list[_Sequence]
+    cache: Any
+    mask: torch.Tensor
+    logits: torch.Tensor
+    lengths: list[int]
+
+
+@define(eq=False)
 class _Sequence:
     """One sample being generated: where it came from, and what it produced so far."""
 
-    request: int
+    owner: _Request
     index: int
     params: SamplingParams
     prompt_ids: tuple[int, ...]
@@ -181,9 +249,18 @@ class TransformersBackend(Backend):
             config.option("prefix_cache_tokens", DEFAULT_PREFIX_CACHE_TOKENS, int, minimum=0)
         )
         self.threads = config.option("threads", None, int, minimum=1)
+        self._continuous = config.option("continuous", True, bool)
         self.stats = BackendStats()
         self._lock = threading.Lock()
         self._rng = random.Random()
+        # the decode loop's inbox; the rest of its state is touched by its thread only
+        self._wake = threading.Condition()
+        self._arrivals: list[_Request] = []
+        self._ready: deque[_Sequence] = deque()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self.rows_in_flight = 0
+        """Rows in the decode batch after the last step (for tests and monitoring)."""
         self._model: Any = None
         self._tokenizer: Any = None
 
@@ -201,10 +278,12 @@ class TransformersBackend(Backend):
 
     @property
     def model(self) -> Any:
-        if self._model is None:
-            self._model = models.load_model(self.source, self.config.device, self.config.dtype)
-            self._setup()
-        return self._model
+        with self._lock:
+            if self._model is None:
+                model = models.load_model(self.source, self.config.device, self.config.dtype)
+                self._model = model
+                self._setup()
+            return self._model
 
     def load(self) -> None:
         self.model
@@ -236,6 +315,13 @@ class TransformersBackend(Backend):
             self.max_batch = DEFAULT_MAX_BATCH_GPU if self.device.type == "cuda" else DEFAULT_MAX_BATCH_CPU
 
     def close(self) -> None:
+        """Stop the decode loop (requests still running fail) and free the model."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+            worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=60)
         self.prefix_cache.clear()
         self._model = None
 
@@ -254,97 +340,238 @@ class TransformersBackend(Backend):
     def encode(self, prompt: str) -> list[int]:
         return prompt_ids(self.tokenizer, prompt)
 
-    # -- generation -------------------------------------------------------------------
+    # -- the engine -------------------------------------------------------------------
+
+    @property
+    def continuous(self) -> bool:
+        return self._continuous
+
+    async def generate_async(self, request: GenerateRequest) -> list[Completion]:
+        return await asyncio.wrap_future(self.submit(request))
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
+        futures = [self.submit(request) for request in requests]
+        return [future.result() for future in futures]
+
+    def submit(self, request: GenerateRequest) -> concurrent.futures.Future[list[Completion]]:
+        """Queue ``request`` for the decode loop; the future resolves when its ``n``
+        samples are done. Cancelling the future drops its sequences from the batch."""
+        future: concurrent.futures.Future[list[Completion]] = concurrent.futures.Future()
+        with self._wake:
+            if self._closed:
+                raise BackendError("the transformers backend is closed")
+            self._arrivals.append(_Request(request, future))
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve, name="reason-transformers", daemon=True)
+                self._worker.start()
+            self._wake.notify()
+        self.stats.requests += 1
+        return future
+
+    def _serve(self) -> None:
+        """The decode loop (one thread): admit waiting sequences into free rows, pick one
+        token for every row, retire finished rows, decode one step; sleep when idle."""
         import torch
 
-        with self._lock, torch.inference_mode():
-            self.load()
-            self.stats.calls += 1
-            sequences = self._sequences(requests)
-            # Similar lengths in one chunk waste less padding; identical prompts end up
-            # next to each other and share a prefill.
-            order = sorted(sequences, key=lambda s: (len(s.prompt_ids), s.prompt_ids, s.request, s.index))
-            for start in range(0, len(order), self.max_batch):
-                self._run_chunk(order[start : start + self.max_batch])
-            out: list[list[Completion]] = [[] for _ in requests]
-            for seq in sequences:
-                out[seq.request].append(seq.completion())
-            return out
+        batch: _Batch | None = None
+        while True:
+            with self._wake:
+                while not self._closed and not self._arrivals and not self._ready and batch is None:
+                    self._wake.wait()
+                if self._closed:
+                    break
+                arrivals, self._arrivals = self._arrivals, []
+            try:
+                with torch.inference_mode():
+                    self.load()
+                    for pending in arrivals:
+                        self._expand(pending)
+                    batch = self._iterate(batch)
+                    self.rows_in_flight = len(batch.rows) if batch else 0
+            except Exception as exc:  # a failed forward pass fails what it was computing
+                log.warning("transformers backend: decode step failed", error=str(exc))
+                failed = [s.owner for s in (batch.rows if batch else [])] + [s.owner for s in self._ready]
+                failed += [p for p in arrivals if p.sequences is None]
+                for pending in {id(p): p for p in failed}.values():
+                    pending.fail(exc)
+                batch, self._ready = None, deque()
+                self.rows_in_flight = 0
+        error = BackendError("the transformers backend was closed")
+        for pending in [*self._arrivals, *(s.owner for s in self._ready), *(s.owner for s in (batch.rows if batch else []))]:
+            pending.fail(error)
 
-    def _sequences(self, requests: Sequence[GenerateRequest]) -> list[_Sequence]:
+    def _expand(self, pending: _Request) -> None:
+        """Encode a new request and queue its ``n`` sequences for admission."""
+        request = pending.request
+        if pending.future.cancelled():
+            return
+        try:
+            pending.sequences = self._sequences(request, pending)
+        except Exception as exc:  # a bad request fails alone
+            pending.fail(exc)
+            return
+        self._ready.extend(pending.sequences)
+
+    def _sequences(self, request: GenerateRequest, owner: _Request) -> list[_Sequence]:
         import torch
 
+        ids = tuple(self.encode(request.prompt))
+        if len(ids) >= self.max_positions:
+            raise BackendError(f"the prompt has {len(ids)} tokens; {self.model_name} takes at most {self.max_positions}")
+        seed = request.params.seed
+        if seed is None:
+            seed = self._rng.getrandbits(63)
         sequences = []
-        for r, request in enumerate(requests):
-            ids = tuple(self.encode(request.prompt))
-            if len(ids) >= self.max_positions:
-                raise BackendError(
-                    f"the prompt has {len(ids)} tokens; {self.model_name} takes at most {self.max_positions}"
-                )
-            seed = request.params.seed
-            if seed is None:
-                seed = self._rng.getrandbits(63)
-            for i in range(request.n):
-                generator = None
-                if request.params.temperature > 0:
-                    generator = torch.Generator(device=self.device)
-                    generator.manual_seed(_sample_seed(seed, i))
-                sequences.append(_Sequence(request=r, index=i, params=request.params, prompt_ids=ids, generator=generator))
+        for i in range(request.n):
+            generator = None
+            if request.params.temperature > 0:
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(_sample_seed(seed, i))
+            sequences.append(_Sequence(owner=owner, index=i, params=request.params, prompt_ids=ids, generator=generator))
         self.stats.sequences += len(sequences)
         return sequences
 
-    def _run_chunk(self, chunk: list[_Sequence]) -> None:
-        import torch
+    def _iterate(self, batch: _Batch | None) -> _Batch | None:
+        """One engine step. Returns the batch that decodes on (None when empty)."""
+        start = time.perf_counter()
+        if batch is not None:
+            batch = self._drop_cancelled(batch)
+        while self._ready and self._ready[0].owner.future.cancelled():
+            self._ready.popleft()
+        free = self.max_batch - (len(batch.rows) if batch else 0)
+        # Without plain caches rows cannot be merged: a new batch starts when the old is done.
+        if self._ready and free > 0 and (batch is None or self.plain_cache):
+            newcomers = [self._ready.popleft() for _ in range(min(free, len(self._ready)))]
+            newcomers = [s for s in newcomers if not s.owner.future.cancelled()]
+            prefilled = self.stats.prefill_tokens, self.stats.reused_tokens
+            if newcomers:
+                batch = self._admit(batch, newcomers)
+            admitted = len(newcomers)
+            prefill = self.stats.prefill_tokens - prefilled[0]
+            reused = self.stats.reused_tokens - prefilled[1]
+        else:
+            admitted = prefill = reused = 0
+        if batch is None:
+            return None
+        tokens = self._pick(batch.rows, batch.logits)
+        picked = len(tokens)
+        batch = self._retire(batch, tokens)
+        if batch is not None:
+            self._decode(batch, tokens)
+        self.emit(
+            EngineStep(
+                engine="transformers",
+                running=picked,
+                max_batch=self.max_batch,
+                waiting=len(self._ready) + len(self._arrivals),
+                admitted=admitted,
+                prefill_tokens=prefill,
+                reused_tokens=reused,
+                decode_tokens=picked,
+                seconds=time.perf_counter() - start,
+            )
+        )
+        return batch
 
-        model = self._model
+    def _admit(self, batch: _Batch | None, newcomers: list[_Sequence]) -> _Batch:
+        """Prefill the newcomers (distinct prompts once, reusing cached prefixes) and
+        join them to the running batch: both are left-padded to one width and stacked."""
+        import torch
+        import torch.nn.functional as F
+
         start = time.perf_counter()
         prompts: dict[tuple[int, ...], int] = {}
-        for seq in chunk:
+        for seq in newcomers:
             prompts.setdefault(seq.prompt_ids, len(prompts))
         cache, mask, logits = self._prefill(list(prompts))
-        rows = torch.tensor([prompts[s.prompt_ids] for s in chunk], device=self.device)
-        if len(prompts) != len(chunk):
+        if len(prompts) != len(newcomers):  # samples of one prompt share its prefill
+            rows = torch.tensor([prompts[s.prompt_ids] for s in newcomers], device=self.device)
             for layer in cache.layers:
                 layer.batch_select_indices(rows)
             mask, logits = mask[rows], logits[rows]
-        lengths = [len(s.prompt_ids) for s in chunk]  # tokens in the cache, per row
+        lengths = [len(s.prompt_ids) for s in newcomers]
+        if batch is None:
+            joined = _Batch(rows=newcomers, cache=cache, mask=mask, logits=logits, lengths=lengths)
+        else:
+            width = max(batch.mask.shape[1], mask.shape[1])
+            for old, new in zip(batch.cache.layers, cache.layers):
+                old.keys = torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)])
+                old.values = torch.cat([_pad_left(old.values, width), _pad_left(new.values, width)])
+            joined = _Batch(
+                rows=batch.rows + newcomers,
+                cache=batch.cache,
+                mask=torch.cat([F.pad(batch.mask, (width - batch.mask.shape[1], 0)), F.pad(mask, (width - mask.shape[1], 0))]),
+                logits=torch.cat([batch.logits, logits]),
+                lengths=batch.lengths + lengths,
+            )
         self.stats.prefill_seconds += time.perf_counter() - start
+        return joined
+
+    def _retire(self, batch: _Batch, tokens: list[int]) -> _Batch | None:
+        """Take finished rows out of the batch (their keys and values go to the prefix
+        cache) and resolve every request whose samples are all done."""
+        done = [i for i, seq in enumerate(batch.rows) if seq.finish is not None]
+        if not done:
+            return batch
+        width = batch.mask.shape[1]
+        for i in done:
+            seq = batch.rows[i]
+            self._remember(seq, batch.cache, i, batch.lengths[i], width)
+            seq.owner.sample_done()
+        keep = [i for i, seq in enumerate(batch.rows) if seq.finish is None]
+        tokens[:] = [tokens[i] for i in keep]
+        return self._select(batch, keep)
+
+    def _drop_cancelled(self, batch: _Batch) -> _Batch | None:
+        keep = [i for i, seq in enumerate(batch.rows) if not seq.owner.future.cancelled()]
+        if len(keep) == len(batch.rows):
+            return batch
+        self.stats.cancelled += len(batch.rows) - len(keep)
+        return self._select(batch, keep)
+
+    def _select(self, batch: _Batch, keep: list[int]) -> _Batch | None:
+        import torch
+
+        if not keep:
+            return None
+        if len(keep) == len(batch.rows):
+            return batch
+        index = torch.tensor(keep, device=self.device)
+        for layer in batch.cache.layers:
+            layer.batch_select_indices(index)
+        batch = _Batch(
+            rows=[batch.rows[i] for i in keep],
+            cache=batch.cache,
+            mask=batch.mask[index],
+            logits=batch.logits[index],
+            lengths=[batch.lengths[i] for i in keep],
+        )
+        batch.mask = self._trim(batch.cache, batch.mask)
+        return batch
+
+    def _decode(self, batch: _Batch, tokens: list[int]) -> None:
+        """One forward pass over every row: feed each row its picked token."""
+        import torch
 
         start = time.perf_counter()
-        active = list(chunk)
-        while True:
-            tokens = self._pick(active, logits)
-            keep = [i for i, seq in enumerate(active) if seq.finish is None]
-            finished = [i for i, seq in enumerate(active) if seq.finish is not None]
-            for i in finished:
-                self._remember(active[i], cache, i, lengths[i], mask.shape[1])
-            if not keep:
-                break
-            if finished:
-                index = torch.tensor(keep, device=self.device)
-                for layer in cache.layers:
-                    layer.batch_select_indices(index)
-                mask = mask[index]
-                active = [active[i] for i in keep]
-                tokens = [tokens[i] for i in keep]
-                lengths = [lengths[i] for i in keep]
-                mask = self._trim(cache, mask)
-            input_ids = torch.tensor([[t] for t in tokens], device=self.device)
-            positions = torch.tensor([[n] for n in lengths], device=self.device)
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            out = model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            self.stats.forward_passes += 1
-            logits = out.logits[:, -1, :]
-            lengths = [n + 1 for n in lengths]
+        rows = len(batch.rows)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((rows, 1))], dim=1)
+        out = self._model(
+            input_ids=torch.tensor([[t] for t in tokens], device=self.device),
+            attention_mask=batch.mask,
+            position_ids=torch.tensor([[n] for n in batch.lengths], device=self.device),
+            past_key_values=batch.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        batch.logits = out.logits[:, -1, :]
+        batch.lengths = [n + 1 for n in batch.lengths]
+        self.stats.forward_passes += 1
+        self.stats.decode_steps += 1
+        self.stats.decode_rows += rows
+        if self._ready or self._arrivals:
+            self.stats.waiting_steps += 1
+            self.stats.waiting_rows += rows
         self.stats.decode_seconds += time.perf_counter() - start
 
     def _prefill(self, prompts: list[tuple[int, ...]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
@@ -485,6 +712,14 @@ class TransformersBackend(Backend):
             layer.keys = layer.keys[:, :, first:]
             layer.values = layer.values[:, :, first:]
         return mask[:, first:]
+
+
+def _pad_left(kv: torch.Tensor, width: int) -> torch.Tensor:
+    """Left-pad ``[rows, heads, length, dim]`` keys or values with zeros to ``width``."""
+    import torch.nn.functional as F
+
+    missing = width - kv.shape[2]
+    return F.pad(kv, (0, 0, missing, 0)) if missing else kv
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: Any) -> int:

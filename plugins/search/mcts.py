@@ -22,7 +22,7 @@ rollout is a candidate. Finished nodes are simulated by scoring their own path.
 
 Options: ``iterations`` (N), ``expansion_width`` (2), ``exploration`` (1.414),
 ``final`` (visits | value). One iteration costs at most one step request (k samples),
-one rollout and one verifier call; iterations of different problems share ticks.
+one rollout and one verifier call; the engines batch them with other problems' requests.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The ``prm`` verifier: a process reward model scores every step of every path.
 
-One ``score`` call gets every path pending in a scheduler tick. Steps whose prefix was
-scored before (beam search re-scores each growing path every round) come from an LRU
+One ``score`` call gets every path whose score was asked for while the previous call
+ran. Steps whose prefix was scored before (beam search re-scores each growing path every round) come from an LRU
 cache keyed by a hash chain over (format, question, step 1, ..., step k); the paths that
 still have unscored steps are cut after their last unscored step, sorted by length and
 run through the model in batches, and the keys and values of a path encoded last round

@@ -1,0 +1,225 @@
+"""Engines: where a search's requests go the moment it makes them.
+
+There is no global tick. A search awaits ``ctx.expand`` / ``ctx.score``; the request goes
+at once to its component's engine, and the search resumes when *its* request is done,
+while other searches' requests keep the component busy:
+
+- A *continuous* backend (:attr:`Backend.continuous`) gets each request through
+  ``generate_async`` and batches whatever is in flight itself (sequences leave the batch
+  as they finish, newcomers join between decode steps).
+- Everything else (a batch backend, every verifier) sits behind a :class:`BatchQueue`:
+  one call at a time in a worker thread, and the next call is whatever arrived while the
+  previous one ran.
+
+:class:`Engines` routes requests to those, counts each search's usage and emits the
+events. One instance lives as long as its :class:`~reason.runtime.Runtime` and serves
+every caller of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
+
+from .components import Backend, Verifier
+from .events import BackendCalled, Event, VerifierCalled
+from .types import Completion, GenerateRequest, Score, ScoreRequest, Usage
+
+P = TypeVar("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class BatchQueue(Generic[P, R]):
+    """Serve a blocking batch function ``fn(payloads) -> results`` to async callers.
+
+    One call runs at a time, in this queue's own worker thread. Requests that arrive
+    while it runs wait and form the next call; a request whose caller gave up (cancelled)
+    before its call started is dropped. Requests made in the same event-loop iteration
+    (the children of one ``gather``) always share a call: dispatch is deferred by one
+    iteration with ``call_soon``, no timers.
+
+    Lives on one event loop (the runtime's).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[list[P]], Sequence[R]],
+        name: str,
+        on_call: Callable[[list[P], Sequence[R], float], None] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.on_call = on_call
+        self.calls = 0
+        self._pending: list[tuple[P, asyncio.Future[R]]] = []
+        self._busy = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reason-{name}")
+
+    async def submit(self, payload: P) -> R:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append((payload, future))
+        if not self._busy:
+            self._busy = True
+            loop.call_soon(self._dispatch)
+        return await future
+
+    def _dispatch(self) -> None:
+        batch = [(payload, future) for payload, future in self._pending if not future.done()]
+        self._pending = []
+        if not batch:
+            self._busy = False
+            return
+        asyncio.get_running_loop().create_task(self._call(batch))
+
+    async def _call(self, batch: list[tuple[P, asyncio.Future[R]]]) -> None:
+        loop = asyncio.get_running_loop()
+        payloads = [payload for payload, _ in batch]
+        start = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self.fn, payloads)
+            if len(results) != len(payloads):
+                raise RuntimeError(f"{self.name} returned {len(results)} results for {len(payloads)} requests")
+        except BaseException as exc:  # every waiting caller learns why
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            self.calls += 1
+            if self.on_call is not None:
+                self.on_call(payloads, results, time.perf_counter() - start)
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+        # The callers just resumed are scheduled before this: their next requests join
+        # the next call instead of trailing it.
+        loop.call_soon(self._dispatch)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Engines:
+    """The runtime's engines: one for the policy backend, one queue per verifier.
+
+    Also keeps each search's :class:`Usage`: ``model_calls`` / ``verifier_calls`` count
+    the times a search turned to the model / a verifier; the requests it makes together
+    (the beams of one round, in one event-loop iteration) count once.
+    """
+
+    def __init__(self, backend: Callable[[], Backend], emit: Callable[[Event], None]) -> None:
+        self._backend_factory = backend
+        self.emit = emit
+        self._generate_queue: BatchQueue[GenerateRequest, list[Completion]] | None = None
+        self._score_queues: dict[int, tuple[Verifier, BatchQueue[ScoreRequest, Score]]] = {}
+        self._waits: set[tuple[str, int]] = set()
+
+    # -- generation -----------------------------------------------------------------
+
+    async def generate(self, owner: Any, request: GenerateRequest) -> list[Completion]:
+        """``request.n`` completions of ``request``, counted against ``owner`` (a search
+        context with ``add_usage``, or None)."""
+        backend = self._backend_factory()
+        first = self._new_wait("generate", owner)
+        if backend.continuous:
+            completions = await backend.generate_async(request)
+        else:
+            completions = await self._batch_queue(backend).submit(request)
+        if len(completions) != request.n:
+            raise RuntimeError(f"backend {type(backend).__name__} returned {len(completions)} completions for n={request.n}")
+        if owner is not None:
+            owner.add_usage(
+                Usage(
+                    prompt_tokens=completions[0].prompt_tokens if completions else 0,
+                    completion_tokens=sum(c.num_tokens for c in completions),
+                    sequences=request.n,
+                    model_calls=int(first),
+                )
+            )
+        return completions
+
+    def _batch_queue(self, backend: Backend) -> BatchQueue[GenerateRequest, list[Completion]]:
+        if self._generate_queue is None:
+            self._generate_queue = BatchQueue(backend.generate, name="backend", on_call=self._backend_called)
+        return self._generate_queue
+
+    def _backend_called(self, requests: list[GenerateRequest], results: Sequence[list[Completion]], seconds: float) -> None:
+        self.emit(
+            BackendCalled(
+                requests=len(requests),
+                sequences=sum(r.n for r in requests),
+                tasks=0,
+                prompt_tokens=sum(c[0].prompt_tokens for c in results if c),
+                completion_tokens=sum(x.num_tokens for c in results for x in c),
+                seconds=seconds,
+            )
+        )
+
+    # -- verification ---------------------------------------------------------------
+
+    async def score(self, owner: Any, verifier: Verifier, requests: Sequence[ScoreRequest]) -> list[Score]:
+        """Score each path with ``verifier``; the paths of one call stay in one batch."""
+        if not requests:
+            return []
+        queue = self._score_queue(verifier)
+        first = self._new_wait("score", owner)
+        scores = await queue.submit(tuple(requests))
+        if owner is not None:
+            owner.add_usage(Usage(verifier_calls=int(first)))
+        return list(scores)
+
+    def _score_queue(self, verifier: Verifier) -> BatchQueue[Any, Any]:
+        entry = self._score_queues.get(id(verifier))
+        if entry is None:
+            name = getattr(verifier, "spec", type(verifier).__name__)
+
+            def score_groups(groups: list[tuple[ScoreRequest, ...]]) -> list[list[Score]]:
+                flat = [request for group in groups for request in group]
+                scores = verifier.score(flat)
+                if len(scores) != len(flat):
+                    raise RuntimeError(f"verifier {name} returned {len(scores)} scores for {len(flat)} paths")
+                out, offset = [], 0
+                for group in groups:
+                    out.append(scores[offset : offset + len(group)])
+                    offset += len(group)
+                return out
+
+            def called(groups: list[Any], results: Any, seconds: float) -> None:
+                self.emit(VerifierCalled(verifier=name, paths=sum(len(g) for g in groups), tasks=len(groups), seconds=seconds))
+
+            entry = (verifier, BatchQueue(score_groups, name=f"verifier-{name}", on_call=called))
+            self._score_queues[id(verifier)] = entry
+        return entry[1]
+
+    # -- bookkeeping ----------------------------------------------------------------
+
+    def _new_wait(self, kind: str, owner: Any) -> bool:
+        """True for the first request of ``kind`` that ``owner`` makes in this event-loop
+        iteration: requests made together (one round's beams) are one wait."""
+        key = (kind, id(owner))
+        if key in self._waits:
+            return False
+        self._waits.add(key)
+        asyncio.get_running_loop().call_soon(self._waits.discard, key)
+        return True
+
+    def close(self) -> None:
+        if self._generate_queue is not None:
+            self._generate_queue.close()
+        for _, queue in self._score_queues.values():
+            queue.close()
+
+
+async def gather_all(*aws: Coroutine[Any, Any, T]) -> list[T]:
+    """Run coroutines side by side; the first failure cancels the others and is raised
+    as itself (not as an exception group)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(aw) for aw in aws]
+    except BaseExceptionGroup as failure:
+        raise failure.exceptions[0] from None
+    return [task.result() for task in tasks]

@@ -1,0 +1,252 @@
+"""The engines: requests go to their component at once (no global tick); a batch
+backend's next call is whatever arrived while it was busy; a continuous backend serves
+each request as it comes; every caller of a Runtime shares them."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+from scripted import ContinuousScriptedBackend, ScriptedBackend, steps_script
+
+from reason import Config, GenerateRequest, Runtime, SamplingParams, SearchOutcome, SearchPolicy
+from reason.engine import BatchQueue
+from reason.registry import Registration, get_registry
+
+
+class FakeBeams(SearchPolicy):
+    """B beams, each expanded one step per round for R rounds, as independent children."""
+
+    beams, rounds = 3, 4
+
+    async def run(self, ctx):
+        async def beam(i):
+            node = ctx.root
+            for _ in range(self.rounds):
+                (node,) = await ctx.expand(node, 1)
+            return node
+
+        leaves = await ctx.gather(*(beam(i) for i in range(self.beams)))
+        return SearchOutcome(candidates=[ctx.candidate(leaf) for leaf in leaves], chosen=None)
+
+
+@pytest.fixture
+def beams_registry(monkeypatch):
+    registry = get_registry()
+    registry.components["search"]["test-beams"] = Registration(
+        "test-beams", lambda config, arg: FakeBeams(config, arg), "tests"
+    )
+    yield registry
+    registry.components["search"].pop("test-beams")
+
+
+def test_requests_made_together_share_one_backend_call(beams_registry):
+    steps = [f"Step {i}.\n\n" for i in range(10)]
+    backend = ScriptedBackend(steps_script(steps))
+    runtime = Runtime(Config(search="test-beams", verifier=None), backend=backend)
+    solutions = runtime.solve_many([f"question {i}" for i in range(5)])
+    assert len(solutions) == 5
+    # 5 searches x 3 beams, 4 rounds, all made in the same event-loop iterations: 4 calls
+    # of 15 requests each (a batch backend's next call is everything that arrived).
+    assert [len(call) for call in backend.calls] == [15, 15, 15, 15]
+    assert all(s.usage.model_calls == 4 for s in solutions)
+    assert all(s.tree.max_depth == 4 for s in solutions)
+
+
+def test_concurrency_bound_still_batches(beams_registry):
+    backend = ScriptedBackend(steps_script([f"s{i}\n\n" for i in range(10)]))
+    runtime = Runtime(Config(search="test-beams", verifier=None), backend=backend)
+    runtime.solve_many([f"q{i}" for i in range(4)], concurrency=2)
+    # two searches at a time, 3 beams each: every call carries 6 requests
+    assert [len(call) for call in backend.calls] == [6] * 8
+
+
+def test_tasks_started_together_share_a_call():
+    backend = ScriptedBackend()
+    runtime = Runtime(Config(search="best-of-n", n=3), backend=backend)
+    runtime.solve_many(["a", "b", "c"])
+    assert len(backend.calls) == 1 and len(backend.calls[0]) == 3
+    assert sum(r.n for r in backend.calls[0]) == 9
+
+
+def test_backend_failure_reaches_every_waiting_search():
+    class Broken(ScriptedBackend):
+        def generate(self, requests):
+            raise RuntimeError("out of memory")
+
+    runtime = Runtime(Config(search="best-of-n"), backend=Broken())
+    with pytest.raises(RuntimeError, match="out of memory"):
+        runtime.solve_many(["a", "b"])
+
+
+def test_stream_yields_events_in_order():
+    runtime = Runtime(Config(search="best-of-n", n=2), backend=ScriptedBackend())
+
+    async def collect():
+        return [event async for event in runtime.stream("2+2?")]
+
+    events = asyncio.run(collect())
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "SearchStarted" and kinds[-1] == "SearchFinished"
+    # a stream carries its own search's events (engine-wide ones go to subscribers)
+    assert "StepsGenerated" in kinds and "StepsScored" in kinds and kinds.count("AnswerFound") == 2
+    assert "BackendCalled" not in kinds and {e.task_id for e in events} == {"task-0"}
+    assert runtime.last_solution.answer == "4"
+    finished = events[-1]
+    assert finished.usage.completion_tokens > 0 and finished.to_dict()["usage"]["model_calls"] == 1
+
+
+def test_batch_queue_next_call_is_what_arrived_while_busy():
+    release = threading.Event()
+    calls = []
+
+    def fn(payloads):
+        calls.append(list(payloads))
+        if len(calls) == 1:
+            release.wait(5)
+        return [p * 10 for p in payloads]
+
+    async def main():
+        queue = BatchQueue(fn, name="test")
+        first = asyncio.create_task(queue.submit(1))
+        await asyncio.sleep(0.05)  # the first call is running now
+        later = [asyncio.create_task(queue.submit(p)) for p in (2, 3, 4)]
+        cancelled = asyncio.create_task(queue.submit(5))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()  # its caller gave up before its call started: dropped
+        release.set()
+        results = await asyncio.gather(first, *later)
+        queue.close()
+        return results
+
+    assert asyncio.run(main()) == [10, 20, 30, 40]
+    assert calls == [[1], [2, 3, 4]]
+
+
+class SlowAndFast(SearchPolicy):
+    """Task "slow" makes one long request; any other task makes five short rounds."""
+
+    async def run(self, ctx):
+        node = ctx.root
+        rounds = 1 if ctx.task.question == "slow" else 5
+        for _ in range(rounds):
+            (node,) = await ctx.generate(node, 1, SamplingParams(max_tokens=50 if rounds == 1 else 2, stop=("\n\n",)))
+        return SearchOutcome(candidates=[ctx.candidate(node)], chosen=None)
+
+
+@pytest.fixture
+def slow_fast_registry():
+    registry = get_registry()
+    registry.components["search"]["test-slow-fast"] = Registration(
+        "test-slow-fast", lambda config, arg: SlowAndFast(config, arg), "tests"
+    )
+    yield registry
+    registry.components["search"].pop("test-slow-fast")
+
+
+def test_no_global_tick_a_fast_search_runs_rounds_while_a_slow_one_decodes(slow_fast_registry):
+    steps = [f"Step {i}.\n\n" for i in range(10)]
+    backend = ContinuousScriptedBackend(steps_script(steps))
+    finished = []
+    with Runtime(Config(search="test-slow-fast", verifier=None), backend=backend) as rt:
+        rt.solve_many(["slow", "fast"], on_solution=lambda s: finished.append((s.task.question, time.perf_counter())))
+    assert [q for q, _ in finished] == ["fast", "slow"]
+    slow = [entry for entry in backend.log if entry[0].endswith("slow\n<assistant>")]
+    fast = [entry for entry in backend.log if "fast" in entry[0]]
+    assert len(slow) == 1 and len(fast) == 5
+    # all five rounds of the fast search started and ended while the slow request ran
+    (_, slow_start, slow_end) = slow[0]
+    assert all(slow_start <= start and end <= slow_end for _, start, end in fast)
+
+
+def test_many_threads_share_one_engine():
+    class Slow(ScriptedBackend):
+        def generate(self, requests):
+            time.sleep(0.3)  # long enough for every thread to submit meanwhile
+            return super().generate(requests)
+
+    backend = Slow()
+    with Runtime(Config(search="greedy", verifier=None), backend=backend) as rt:
+        barrier = threading.Barrier(8)
+        answers = []
+
+        def call(i):
+            barrier.wait()
+            answers.append(rt.solve(f"question {i}").answer)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert answers == ["4"] * 8
+    # eight solves, one engine: the requests rode on at most two calls (the first call
+    # may start before every thread has submitted; the rest join the next one)
+    assert sum(len(call) for call in backend.calls) == 8 and len(backend.calls) <= 2
+
+
+def test_cancelling_a_search_frees_its_slot():
+    backend = ContinuousScriptedBackend(delay=lambda request: 30.0)
+    with Runtime(Config(search="best-of-n", n=3, verifier=None), backend=backend) as rt:
+
+        async def start_then_cancel():
+            task = asyncio.create_task(rt.asolve("never finishes"))
+            while backend.in_flight < 1:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(100):  # cancellation crosses into the runtime's thread
+                if backend.in_flight == 0:
+                    break
+                await asyncio.sleep(0.01)
+
+        asyncio.run(start_then_cancel())
+        assert backend.cancelled == 1 and backend.in_flight == 0
+        # the engine still serves the next caller
+        backend.delay = lambda request: 0.0
+        assert rt.solve("2+2?").answer == "4"
+
+
+def test_a_stream_closed_early_cancels_its_search():
+    backend = ContinuousScriptedBackend(delay=lambda request: 30.0)
+    with Runtime(Config(search="best-of-n", n=2, verifier=None), backend=backend) as rt:
+
+        async def first_event_then_leave():
+            stream = rt.stream("q")
+            event = await anext(stream)
+            while backend.in_flight < 1:
+                await asyncio.sleep(0.01)
+            await stream.aclose()
+            for _ in range(100):
+                if backend.in_flight == 0:
+                    break
+                await asyncio.sleep(0.01)
+            return event
+
+        assert asyncio.run(first_event_then_leave()).kind == "SearchStarted"
+        assert backend.cancelled == 1 and backend.in_flight == 0
+
+
+def test_solutions_arrive_as_each_search_finishes():
+    # four tasks, concurrency 2, one task much slower: the quick ones are delivered first,
+    # and a new task starts as soon as a slot frees (not when the slow one is done)
+    backend = ContinuousScriptedBackend(delay=lambda request: 1.0 if "slow" in request.prompt else 0.02)
+    order = []
+    with Runtime(Config(search="greedy", verifier=None), backend=backend) as rt:
+        rt.solve_many(["slow", "a", "b", "c"], concurrency=2, on_solution=lambda s: order.append(s.task.question))
+    assert order == ["a", "b", "c", "slow"]
+
+
+def test_usage_counts_requests_made_together_once(beams_registry):
+    backend = ContinuousScriptedBackend(steps_script([f"Step {i}.\n\n" for i in range(10)]), delay=lambda r: 0.0)
+    with Runtime(Config(search="test-beams", verifier=None), backend=backend) as rt:
+        (solution,) = rt.solve_many(["q"])
+    # three beams per round, four rounds; the beams of a round resume together
+    assert solution.usage.sequences == 12 and solution.usage.model_calls == 4
+
+
+def test_generate_request_direct():
+    backend = ContinuousScriptedBackend(delay=lambda r: 0.0)
+    (completion,) = asyncio.run(backend.generate_async(GenerateRequest(prompt="x", n=1)))
+    assert completion.text and backend.continuous and not ScriptedBackend().continuous
