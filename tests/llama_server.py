@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -165,7 +166,9 @@ class FakeServer:
 
     ``script`` is consumed one behaviour per ``POST /v1/completions``; when it runs out,
     ``default`` answers. Every request body is kept in ``requests`` (and headers in
-    ``headers``) so tests can check what the backend sent.
+    ``headers``) so tests can check what the backend sent. ``in_flight`` /
+    ``max_in_flight`` count requests being worked on; a client that hangs up while its
+    request waits is noticed at once and counted in ``hangups``.
     """
 
     def __init__(self, script: list[Behaviour] | None = None, default: Behaviour | None = None,
@@ -179,6 +182,8 @@ class FakeServer:
         self.headers: list[dict[str, str]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.hangups = 0
+        """Requests whose client closed the connection before the answer (then dropped)."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         server = self
@@ -223,14 +228,39 @@ class FakeServer:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
-                    if delay:
-                        server._stop.wait(delay)
-                    self._send(code, payload)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
-                    pass
+                    stayed = self._wait_unless_hung_up(delay)
                 finally:
+                    # Before the answer is written: once the client has it, it may send
+                    # its next request, which must not count this one as still running.
                     with server._lock:
                         server.in_flight -= 1
+                if not stayed:  # like a real server: a request whose client left is dropped
+                    with server._lock:
+                        server.hangups += 1
+                    self.close_connection = True
+                    return
+                try:
+                    self._send(code, payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _wait_unless_hung_up(self, delay: float) -> bool:
+                """Wait ``delay`` seconds (less if the server stops); False as soon as the
+                client closes the connection (a timeout or a cancelled request)."""
+                deadline = time.monotonic() + delay
+                while not server._stop.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return True
+                    readable, _, _ = select.select([self.connection], [], [], min(left, 0.02))
+                    if readable:
+                        try:
+                            if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                                return False
+                        except OSError:
+                            return False
+                        time.sleep(min(left, 0.02))  # unexpected bytes: keep waiting, don't spin
+                return True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -9,6 +9,7 @@ strategy through it, the CLI, and the server killed mid-run.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -363,6 +364,163 @@ def test_runtime_through_the_fake_server_counts_usage():
     assert solution.usage.prompt_tokens == 5
 
 
+# -- continuous: generate_async ----------------------------------------------------------------
+
+
+def by_prompt(delays: dict[str, float]):
+    """Answer each prompt with its own text, after that prompt's delay."""
+    return lambda body: (200, completion_body(body["prompt"], body["n"]), delays.get(body["prompt"], 0.0))
+
+
+def test_the_backend_is_continuous():
+    assert backend("http://127.0.0.1:1/v1").continuous
+
+
+def test_requests_resolve_independently():
+    """A fast request submitted after a slow one resolves first, without waiting for it."""
+    with FakeServer(default=by_prompt({"slow": 1.5, "fast": 0.0})) as server:
+        b = backend(server.base_url, max_concurrency=4)
+        b.load()  # the /models check is not part of the race
+        finished: list[tuple[str, float]] = []
+
+        async def one(prompt: str) -> None:
+            start = time.monotonic()
+            (c,) = await b.generate_async(GenerateRequest(prompt=prompt, params=SamplingParams(max_tokens=4)))
+            finished.append((c.text, time.monotonic() - start))
+
+        async def main() -> None:
+            slow_task = asyncio.create_task(one("slow"))
+            await asyncio.sleep(0.05)  # the slow one is on the wire first
+            await asyncio.gather(slow_task, one("fast"))
+
+        asyncio.run(main())
+        b.close()
+    assert [text for text, _ in finished] == ["fast", "slow"]
+    (_, fast_s), (_, slow_s) = finished
+    assert fast_s < 0.7 and slow_s >= 1.4
+
+
+def test_max_concurrency_bounds_every_caller_together():
+    """Async callers on one loop and a blocking generate() in a thread share the bound."""
+    with FakeServer(default=lambda body: (200, completion_body(body["prompt"], body["n"]), 0.2)) as server:
+        b = backend(server.base_url, max_concurrency=2)
+        sync_out: list[list] = []
+        thread = threading.Thread(
+            target=lambda: sync_out.extend(
+                b.generate([GenerateRequest(prompt=f"s{i}", params=SamplingParams(max_tokens=4)) for i in range(4)])
+            )
+        )
+
+        async def main() -> list[list]:
+            thread.start()
+            reqs = [GenerateRequest(prompt=f"a{i}", params=SamplingParams(max_tokens=4)) for i in range(4)]
+            return await asyncio.gather(*(b.generate_async(r) for r in reqs))
+
+        async_out = asyncio.run(main())
+        thread.join(timeout=30)
+        b.close()
+    assert [cs[0].text for cs in async_out] == [f"a{i}" for i in range(4)]
+    assert [cs[0].text for cs in sync_out] == [f"s{i}" for i in range(4)]
+    assert len(server.requests) == 8
+    assert server.max_in_flight == 2  # bounded, and the bound was reached
+
+
+def test_cancelling_an_await_cancels_its_http_request():
+    with FakeServer(default=by_prompt({"slow": 10.0})) as server:
+        b = backend(server.base_url, max_concurrency=1)
+        b.load()
+
+        async def main() -> float:
+            task = asyncio.create_task(b.generate_async(GenerateRequest(prompt="slow", params=SamplingParams())))
+            deadline = time.monotonic() + 5
+            while server.in_flight == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert server.in_flight == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # the only slot is free again: a new request does not wait for the slow one
+            start = time.monotonic()
+            (c,) = await b.generate_async(GenerateRequest(prompt="fast", params=SamplingParams()))
+            assert c.text == "fast"
+            return time.monotonic() - start
+
+        elapsed = asyncio.run(main())
+        deadline = time.monotonic() + 5
+        while server.hangups == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        b.close()
+    assert elapsed < 2.0
+    assert server.hangups == 1 and server.in_flight == 0  # the server saw the connection close
+    assert [r["prompt"] for r in server.requests] == ["slow", "fast"]
+
+
+def test_a_failed_request_in_a_batch_cancels_the_rest():
+    def behave(body):
+        if body["prompt"] == "bad":
+            return 400, {"error": {"message": "prompt too long"}}, 0.2
+        return 200, completion_body(body["prompt"], body["n"]), 10.0
+
+    with FakeServer(default=behave) as server:
+        b = backend(server.base_url)
+        start = time.monotonic()
+        with pytest.raises(BackendError, match="HTTP 400: prompt too long"):
+            b.generate([GenerateRequest(prompt=p, params=SamplingParams()) for p in ("ok1", "bad", "ok2")])
+        elapsed = time.monotonic() - start
+        deadline = time.monotonic() + 5
+        while server.hangups < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        b.close()
+    assert elapsed < 5.0 and server.hangups == 2  # the slow ones were dropped, not waited for
+
+
+def test_sync_and_async_give_the_same_completions():
+    with FakeServer(default=ok(honour_n=False)) as server:
+        reqs = [request(n=3, seed=5), request(n=1, seed=9)]
+        b = backend(server.base_url)
+        sync_out = b.generate(reqs)
+        b.close()
+        sync_seeds = sorted(r["seed"] for r in server.requests if r["n"] == 1)
+        server.requests.clear()
+        a = backend(server.base_url)
+
+        async def main():
+            return await asyncio.gather(*(a.generate_async(r) for r in reqs))
+
+        async_out = asyncio.run(main())
+        a.close()
+        async_seeds = sorted(r["seed"] for r in server.requests if r["n"] == 1)
+    assert [[c.text for c in cs] for cs in sync_out] == [[c.text for c in cs] for cs in async_out]
+    assert [len(cs) for cs in async_out] == [3, 1] and not a.supports_n
+    assert sync_seeds == async_seeds == [6, 7, 9]  # sample j of a split request: seed + j
+
+
+def test_close_fails_what_is_in_flight_and_a_later_call_starts_afresh():
+    with FakeServer(default=by_prompt({"slow": 10.0})) as server:
+        b = backend(server.base_url)
+        b.load()
+        errors: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                b.generate([GenerateRequest(prompt="slow", params=SamplingParams())])
+            except BaseException as exc:  # noqa: BLE001 - the test inspects it
+                errors.append(exc)
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        deadline = time.monotonic() + 5
+        while server.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        b.close()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], BackendError) and "closed" in str(errors[0])
+        assert b.generate([GenerateRequest(prompt="again", params=SamplingParams())])[0][0].text == "again"
+        b.close()
+    assert not any(t.name == "reason-openai" for t in threading.enumerate())
+
+
 # -- the real llama.cpp server -----------------------------------------------------------------
 
 needs_server = pytest.mark.skipif(
@@ -433,6 +591,31 @@ def test_real_server_n_samples_and_model_check(llama):
     with pytest.raises(BackendError, match="no-such-model"):
         wrong.generate([GenerateRequest(prompt=prompt, params=params)])
     wrong.close()
+
+
+@pytest.mark.server
+@needs_server
+def test_real_server_async_matches_sync_and_survives_a_cancel(llama):
+    b = real(llama.base_url, max_concurrency=2)
+    prompts = [b.format_prompt([{"role": "user", "content": q}]) for q in ("Name a fruit.", "What is 2 + 2?")]
+    params = SamplingParams(temperature=0.0, max_tokens=12, logprobs=2)
+    reqs = [GenerateRequest(prompt=p, params=params) for p in prompts]
+    sync_out = b.generate(reqs)
+
+    async def main():
+        story = GenerateRequest(prompt=b.format_prompt([{"role": "user", "content": "Tell a long story."}]),
+                                params=SamplingParams(temperature=1.0, max_tokens=300))
+        long = asyncio.create_task(b.generate_async(story))
+        await asyncio.sleep(0.5)
+        long.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long
+        return await asyncio.gather(*(b.generate_async(r) for r in reqs))
+
+    async_out = asyncio.run(main())
+    b.close()
+    assert [[c.text for c in cs] for cs in async_out] == [[c.text for c in cs] for cs in sync_out]
+    assert all(len(cs) == 1 and cs[0].num_tokens >= 1 and len(cs[0].top_logprobs[0]) >= 1 for cs in async_out)
 
 
 def _strategies() -> list[str]:

@@ -1,7 +1,9 @@
 """The ``openai`` backend: any OpenAI-compatible server (``vllm serve``, SGLang, llama.cpp).
 
 This is how a user reaches a multi-GPU or multi-node deployment: the server does the
-batching and prefix caching, we send it the tick's requests side by side.
+batching and prefix caching. The backend is *continuous* (``generate_async``): each
+request goes to the server the moment a search makes it and resolves when its own
+completions are back, so the server's batch stays full while searches wait.
 
 - Prompts: the chat template is applied *here*, with the model's tokenizer
   (``--tokenizer DIR|ID``, else the served model's name when it loads as a tokenizer),
@@ -16,10 +18,14 @@ batching and prefix caching, we send it the tick's requests side by side.
 - Token ids: from the server when it gives them (vLLM ``return_token_ids`` /
   ``return_tokens_as_token_ids``); otherwise each logprob token's text is mapped back to
   an id with the tokenizer (the id whose text it is; -1 for a piece no single id gives).
-- HTTP: ``httpx`` with a bounded thread pool (``max_concurrency``), retries with
-  exponential backoff on timeouts, connection errors, 429 and 5xx (honouring
-  ``Retry-After``); ``n`` is sent as is, and a server that returns fewer choices than
-  asked (it ignores ``n``) gets one request per sample from then on.
+- HTTP: one ``httpx.AsyncClient`` on the backend's own event-loop thread (the client is
+  bound to one loop; callers come from the runtime's loop and from plain threads), at
+  most ``max_concurrency`` requests in flight from all callers together; cancelling a
+  ``generate_async`` await drops its HTTP request. The blocking ``generate(requests)``
+  sends its whole batch through the same loop. Retries with exponential backoff on
+  timeouts, connection errors, 429 and 5xx (honouring ``Retry-After``); ``n`` is sent as
+  is, and a server that returns fewer choices than asked (it ignores ``n``) gets one
+  request per sample from then on.
 
 Settings: ``config.model`` (server model name; default the first of ``/v1/models``) and
 options ``base_url`` (``$OPENAI_BASE_URL``, default ``http://127.0.0.1:8000/v1``),
@@ -30,13 +36,14 @@ on each retry).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import random
 import threading
-import time
-from collections.abc import Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Any
+import weakref
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from reason.components import Backend
@@ -45,6 +52,7 @@ from reason.log import get_logger
 from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams
 
 log = get_logger()
+T = TypeVar("T")
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -82,6 +90,48 @@ def normalize_base_url(url: str) -> str:
     return url
 
 
+class _LoopThread:
+    """The backend's own event loop, in a daemon thread, and what is bound to it.
+
+    An ``httpx.AsyncClient`` (like an asyncio lock or semaphore) belongs to the loop it is
+    used on, while the backend is called from the runtime's loop (``generate_async``) and
+    from plain threads (``generate``): all its HTTP therefore lives on this one loop, and
+    callers hand coroutines over with :meth:`submit`.
+    """
+
+    def __init__(self, max_concurrency: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.slots = asyncio.Semaphore(max_concurrency)
+        """At most ``max_concurrency`` HTTP requests in flight, from every caller together."""
+        self.ready_lock = asyncio.Lock()
+        self.client: Any = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.closing = False
+        self.thread = threading.Thread(target=self._run, name="reason-openai", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            try:
+                self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            finally:
+                self.loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:  # already closed
+            return
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout)
+
+
 class OpenAIBackend(Backend):
     """Policy backend on an OpenAI-compatible ``/v1/completions`` endpoint."""
 
@@ -99,8 +149,9 @@ class OpenAIBackend(Backend):
         self._model: str | None = arg or config.model or None
         self._served: list[str] | None = None
         self._owners: dict[str, str] = {}
-        self._client: Any = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._io: _LoopThread | None = None
+        self._io_lock = threading.Lock()
+        """Guards starting and closing the loop thread (a submit waits for a close)."""
         self._tokenizer: Any = None
         self._token_ids: dict[str, int] | None = None
         self._lock = threading.RLock()
@@ -112,22 +163,62 @@ class OpenAIBackend(Backend):
         self.http_requests = 0
         self.retries = 0
 
+    # -- the loop thread ----------------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> concurrent.futures.Future[T]:
+        """Run ``fn(*args)`` on the backend's loop (started on first use)."""
+        with self._io_lock:
+            if self._io is None:
+                self._io = _LoopThread(self.max_concurrency)
+                # A backend dropped without close() must not leave its thread behind.
+                weakref.finalize(self, self._io.stop, 5.0)
+            io = self._io
+            return io.submit(self._tracked(io, fn(*args)))
+
+    def _call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """Run ``fn(*args)`` on the backend's loop and wait for it (from any other thread)."""
+        io = self._io
+        if io is not None and threading.current_thread() is io.thread:
+            raise RuntimeError("OpenAIBackend: a blocking call on the backend's own loop thread would deadlock")
+        future = self._submit(fn, *args)
+        try:
+            return future.result()
+        except BaseException:  # e.g. KeyboardInterrupt while waiting: drop the requests
+            future.cancel()
+            raise
+
+    async def _tracked(self, io: _LoopThread, coro: Coroutine[Any, Any, T]) -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        io.tasks.add(task)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if io.closing:  # close() cancelled it: the caller gets a reason, not a bare cancel
+                raise BackendError(
+                    f"the openai backend for {self.base_url} was closed while a request was in flight"
+                ) from None
+            raise
+        finally:
+            io.tasks.discard(task)
+
+    def _http(self) -> Any:
+        """The loop's ``httpx.AsyncClient`` (created on the loop, on first use)."""
+        io = self._io
+        assert io is not None
+        if io.client is None:
+            import httpx
+
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            io.client = httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=headers,
+                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                limits=httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
+            )
+        return io.client
+
     # -- connection -------------------------------------------------------------------
-
-    @property
-    def client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                import httpx
-
-                headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-                self._client = httpx.Client(
-                    base_url=self.base_url,
-                    headers=headers,
-                    timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                    limits=httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
-                )
-            return self._client
 
     @property
     def model_name(self) -> str:
@@ -140,10 +231,17 @@ class OpenAIBackend(Backend):
     def _ensure_ready(self) -> None:
         """Check the server answers and serves the model (once); pick the model when the
         user named none."""
-        with self._lock:
+        if not self._ready:
+            self._call(self._ready_async)
+
+    async def _ready_async(self) -> None:
+        if self._ready:
+            return
+        assert self._io is not None
+        async with self._io.ready_lock:
             if self._ready:
                 return
-            served = self.served_models()
+            served = await self._served_models_async()
             if self._model is None:
                 if not served:
                     raise BackendError(
@@ -161,31 +259,39 @@ class OpenAIBackend(Backend):
     def served_models(self) -> list[str] | None:
         """The model ids on ``/v1/models`` (``None`` when the server has no such route)."""
         if self._served is None:
-            response = self._request("GET", "/models")
+            return self._call(self._served_models_async)
+        return self._served
+
+    async def _served_models_async(self) -> list[str] | None:
+        if self._served is None:
+            response = await self._request("GET", "/models")
             if response.status_code == 404:
                 return None
             self._check_status(response, "/models")
             data = response.json().get("data") or []
             items = [item for item in data if isinstance(item, dict) and item.get("id")]
-            self._served = [str(item["id"]) for item in items]
             self._owners = {str(item["id"]): str(item.get("owned_by") or "") for item in items}
+            self._served = [str(item["id"]) for item in items]
         return self._served
 
-    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+    async def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         """One HTTP call with retries; returns the final response (any status that is not
         retryable) or raises :class:`BackendError` when the retries are spent."""
         import httpx
 
+        assert self._io is not None
         attempt = 0
         while True:
             try:
-                self.http_requests += 1
-                try:
-                    response = self.client.request(method, path, json=payload)
-                except httpx.TimeoutException as exc:
-                    raise _Retryable(f"no answer within {self.timeout:g}s ({type(exc).__name__})") from exc
-                except httpx.TransportError as exc:
-                    raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+                # The slot is held for the attempt only, not for the backoff sleep.
+                async with self._io.slots:
+                    self.http_requests += 1
+                    try:
+                        response = await self._http().request(method, path, json=payload)
+                    except httpx.TimeoutException as exc:
+                        raise _Retryable(f"no answer within {self.timeout:g}s ({type(exc).__name__})") from exc
+                    except httpx.TransportError as exc:
+                        raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
                 if response.status_code in RETRY_STATUS:
                     raise _Retryable(
                         f"HTTP {response.status_code}: {_error_text(response)}", _retry_after(response)
@@ -204,7 +310,7 @@ class OpenAIBackend(Backend):
                 self.retries += 1
                 log.warning("openai request failed, retrying", url=self.base_url + path, error=str(exc),
                             attempt=attempt, delay=round(delay, 2))
-                time.sleep(delay)
+                await asyncio.sleep(delay)
 
     def _check_status(self, response: Any, path: str) -> None:
         if response.status_code < 400:
@@ -282,55 +388,43 @@ class OpenAIBackend(Backend):
         return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
+        """All requests at once (up to ``max_concurrency`` HTTP requests in flight); blocks
+        until every one is done. The first failure cancels the rest and is raised."""
         if not requests:
             return []
-        self._ensure_ready()
-        results: list[list[Completion]] = [[] for _ in requests]
-        # Each job: (request index, samples it asks for, sample offset for the seed).
-        jobs = [(i, r.n, 0) for i, r in enumerate(requests)] if self.supports_n else [
-            (i, 1, j) for i, r in enumerate(requests) for j in range(r.n)
-        ]
-        while jobs:
-            done = self._run_jobs(requests, jobs)
-            jobs = []
-            for (index, asked, offset), completions in done:
-                results[index].extend(completions)
-                if len(completions) < asked:
-                    if not completions:
-                        raise BackendError(f"the server at {self.base_url} returned no choice for a completion request")
-                    if self.supports_n:
-                        log.info("server ignores n; sending one request per sample", base_url=self.base_url)
-                    self.supports_n = False
-                    jobs.extend((index, 1, offset + j) for j in range(len(completions), asked))
-        for request, completions in zip(requests, results):
-            del completions[request.n :]
-        return results
+        return self._call(self._generate_all, list(requests))
 
-    def _run_jobs(
-        self, requests: Sequence[GenerateRequest], jobs: list[tuple[int, int, int]]
-    ) -> list[tuple[tuple[int, int, int], list[Completion]]]:
-        if len(jobs) == 1:
-            index, asked, offset = jobs[0]
-            return [(jobs[0], self._complete(requests[index], asked, offset))]
-        pool = self._executor()
-        futures: list[Future[list[Completion]]] = [
-            pool.submit(self._complete, requests[index], asked, offset) for index, asked, offset in jobs
-        ]
-        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        if pending:  # one failed: don't start the rest, wait for those already running
-            for future in pending:
-                future.cancel()
-            wait(pending)
-        for future in futures:
-            if not future.cancelled() and future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
-        return [(job, future.result()) for job, future in zip(jobs, futures)]
+    async def generate_async(self, request: GenerateRequest) -> list[Completion]:
+        """One request, resolved as soon as its own completions are back, whatever else is
+        in flight. Cancelling the await cancels its HTTP request(s)."""
+        # wrap_future: cancelling this await cancels the concurrent future, which cancels
+        # the task on the backend's loop, which drops the HTTP connection.
+        return await asyncio.wrap_future(self._submit(self._generate_one, request))
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="reason-openai")
-            return self._pool
+    async def _generate_all(self, requests: list[GenerateRequest]) -> list[list[Completion]]:
+        return await _all_or_first_error([self._generate_one(r) for r in requests])
+
+    async def _generate_one(self, request: GenerateRequest) -> list[Completion]:
+        await self._ready_async()
+        completions: list[Completion] = []
+        if self.supports_n:
+            completions = await self._complete(request, request.n, 0)
+            if len(completions) >= request.n:
+                return completions[: request.n]
+            if not completions:
+                raise BackendError(f"the server at {self.base_url} returned no choice for a completion request")
+            if self.supports_n:
+                log.info("server ignores n; sending one request per sample", base_url=self.base_url)
+            self.supports_n = False
+        # One request per missing sample; sample j gets seed + j so seeded samples differ.
+        singles = await _all_or_first_error(
+            [self._complete(request, 1, j) for j in range(len(completions), request.n)]
+        )
+        for got in singles:
+            if not got:
+                raise BackendError(f"the server at {self.base_url} returned no choice for a completion request")
+            completions.append(got[0])
+        return completions
 
     def payload(self, request: GenerateRequest, n: int, seed_offset: int = 0) -> dict[str, Any]:
         """The exact body this backend POSTs for ``n`` samples of ``request``."""
@@ -341,35 +435,77 @@ class OpenAIBackend(Backend):
             payload.update(LLAMA_CPP_PYTHON_NEUTRAL)
         return payload
 
-    def _complete(self, request: GenerateRequest, n: int, seed_offset: int) -> list[Completion]:
+    async def _complete(self, request: GenerateRequest, n: int, seed_offset: int) -> list[Completion]:
         """POST one completion request for ``n`` samples; parse its choices."""
         payload = self.payload(request, n, seed_offset)
-        response = self._request("POST", "/completions", payload)
+        response = await self._request("POST", "/completions", payload)
         if response.status_code in (400, 422) and self.send_extras and _mentions_extras(response):
             log.info("server rejects vLLM's extra parameters; sending plain OpenAI requests", base_url=self.base_url)
             self.send_extras = False
             payload = self.payload(request, n, seed_offset)
-            response = self._request("POST", "/completions", payload)
+            response = await self._request("POST", "/completions", payload)
         self._check_status(response, "/completions")
         try:
             body = response.json()
             choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
         except (ValueError, KeyError, TypeError) as exc:
             raise BackendError(f"the server at {self.base_url} sent an unreadable completion: {exc}") from exc
+        # Off the loop: the first parse may load the tokenizer and build its id table
+        # (seconds), which would stall every other request's I/O.
+        return await asyncio.to_thread(self._parse, request, body, choices[:n])
+
+    def _parse(self, request: GenerateRequest, body: dict[str, Any], choices: list[Any]) -> list[Completion]:
         usage = body.get("usage") or {}
         prompt_tokens = usage.get("prompt_tokens")
         if not isinstance(prompt_tokens, int):
             prompt_tokens = self.count_tokens(request.prompt)
-        return [parse_choice(choice, request.params, prompt_tokens, self) for choice in choices[:n]]
+        return [parse_choice(choice, request.params, prompt_tokens, self) for choice in choices]
 
     def close(self) -> None:
-        with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+        """Cancel what is in flight (its callers get a :class:`BackendError`), close the
+        HTTP client and stop the loop thread. The backend starts a new one if used again."""
+        with self._io_lock:
+            io, self._io = self._io, None
+            if io is None:
+                return
+            if threading.current_thread() is io.thread:
+                raise RuntimeError("OpenAIBackend.close() cannot run on the backend's own loop thread")
+            io.closing = True
+            try:
+                io.submit(_shutdown(io)).result(timeout=30)
+            except Exception as exc:  # a client that fails to close is not worth a crash at exit
+                log.debug("openai backend: shutdown incomplete", error=str(exc))
+            io.stop()
+
+
+async def _shutdown(io: _LoopThread) -> None:
+    tasks = list(io.tasks)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if io.client is not None:
+        await io.client.aclose()
+        io.client = None
+
+
+async def _all_or_first_error(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run ``coros`` concurrently; their results in order. The first failure cancels the
+    others (dropping their HTTP requests) and is raised; so is a cancellation of the whole."""
+    tasks = [asyncio.ensure_future(coro) for coro in coros]
+    if not tasks:
+        return []
+    pending = set(tasks)
+    try:
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:  # also when this is cancelled: nothing is left running behind it
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    return [task.result() for task in tasks]
 
 
 # -- request and response mapping (pure functions, unit-tested) --------------------------------
