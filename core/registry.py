@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "reason.plugins.reflection",
     "reason.plugins.datasets",
     "reason.plugins.commands",
+    "reason.plugins.viewer",
 )
 """Modules of the built-in plugins. Each is registered exactly like a third-party plugin."""
 
