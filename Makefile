@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 SERVER_STAMP := $(VENV)/.server-installed
 QUESTION ?= Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?
 
-.PHONY: install demo test test-fast server-deps docker-engine sandbox-image clean
+.PHONY: install demo test test-fast server-deps docker-engine sandbox-image browser clean
 
 install: $(STAMP)
 
@@ -35,13 +35,18 @@ $(SERVER_STAMP): $(STAMP)
 	bash scripts/install-server.sh $(PY)
 	touch $@
 
+# Debian's chromium for the `browser` tests (the `reason view` page in a real headless
+# browser); idempotent: a no-op once installed.
+browser:
+	bash scripts/ensure-chromium.sh
+
 docker-engine:
 	bash scripts/ensure-docker.sh
 
 sandbox-image: install docker-engine
 	$(REASON) sandbox build
 
-test: install server-deps sandbox-image
+test: install server-deps sandbox-image browser
 	bash scripts/run-tests.sh $(PY)
 
 # Unit tests only: no model, no Docker, no server.
