@@ -334,12 +334,16 @@ class Browser:
             raise RuntimeError(f"{method}: {reply['error']}")
         return reply["result"]
 
-    def open(self, path: Path, timeout: float = 60) -> None:
-        """Load a page and wait for its load event (the viewer renders before it)."""
+    def open(self, path: Path | str, fragment: str = "", timeout: float = 60) -> None:
+        """Load a page and wait for its load event (the viewer renders before it).
+        With a fragment, about:blank comes first: a change of fragment alone loads nothing."""
+        if fragment:
+            self.open("about:blank", timeout=timeout)
         while not self.events.empty():
             self.events.get_nowait()
         self.errors.clear()
-        self.call("Page.navigate", page=True, url=Path(path).resolve().as_uri())
+        url = path if str(path).startswith("about:") else Path(path).resolve().as_uri()
+        self.call("Page.navigate", page=True, url=url + (f"#{fragment}" if fragment else ""))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -615,4 +619,47 @@ def test_hostile_step_text_is_shown_as_text(browser, tmp_path):
     assert browser.js("document.querySelectorAll('#rows img, #rows b:not(.bg):not(.ans)').length") == 0
     browser.js("reasonView.select(3)")
     assert nasty in browser.js("document.querySelector('#dbody').textContent")
+    assert browser.errors == []
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_collapse_expand_text_keyboard_and_deep_link(browser, tmp_path):
+    tree, solution = synthetic_tree(120, seed=11)
+    tree_file, sol_file = write_pair(tmp_path, "t", tree, solution)
+    out, _ = write_view(tree_file, solution=sol_file)
+    browser.open(out)
+    visible = "[...document.querySelectorAll('#rows .row')].filter(r => !r.hidden).length"
+    assert browser.js(visible) == 120
+    # folding the root hides every other row; unfolding brings them back
+    browser.js("document.querySelector('#rows .row[data-i=\"0\"] .tw').click()")
+    assert browser.js(visible) == 1
+    browser.js("document.querySelector('#rows .row[data-i=\"0\"] .tw').click()")
+    assert browser.js(visible) == 120
+    # "fold to chosen" keeps the chosen path and its siblings
+    chosen = next(c["node_id"] for c in solution["candidates"] if c["text"] == solution["text"])
+    browser.js("document.getElementById('b-focus').click()")
+    on_path = path_ids(tree, chosen)
+    kids = {n["id"]: [m["id"] for m in tree["nodes"] if m["parent"] == n["id"]] for n in tree["nodes"]}
+    want = {0} | {k for i in on_path for k in kids[i]}
+    shown = browser.js("[...document.querySelectorAll('#rows .row')].filter(r => !r.hidden).map(r => +r.dataset.i)")
+    assert set(shown) == want
+    # a selected row's text expands to the whole step on a second click
+    node = next(n for n in tree["nodes"] if n["id"] in shown and n["id"] != 0)
+    row = f"document.querySelector('#rows .row[data-i=\"{node['id']}\"]')"
+    browser.js(f"{row}.querySelector('.tx').click()")
+    browser.js(f"{row}.querySelector('.tx').click()")
+    assert browser.js(f"{row}.classList.contains('open')")
+    assert browser.js(f"{row}.querySelector('.tx').textContent") == node["text"]
+    # keyboard: down moves the selection to the next visible row
+    browser.js("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowDown'}))")
+    following = shown[shown.index(node["id"]) + 1]
+    assert browser.js("[...document.querySelectorAll('#rows .row.sel')].map(r => +r.dataset.i)") == [following]
+    # the selection is in the address: reopening it selects the same node
+    url = browser.js("location.href")
+    assert url.endswith(f"#p=0&n={following}")
+    browser.open(out)  # a fresh load without the fragment selects the chosen leaf
+    assert browser.js("[...document.querySelectorAll('#rows .row.sel')].map(r => +r.dataset.i)") == [chosen]
+    browser.open(out, fragment="p=0&n=7")
+    assert browser.js("[...document.querySelectorAll('#rows .row.sel')].map(r => +r.dataset.i)") == [7]
     assert browser.errors == []
