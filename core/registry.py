@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "reason.plugins.datasets",
     "reason.plugins.commands",
     "reason.plugins.viewer",
+    "reason.plugins.serve",
 )
 """Modules of the built-in plugins. Each is registered exactly like a third-party plugin."""
 

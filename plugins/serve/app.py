@@ -1,0 +1,460 @@
+"""The ASGI app behind ``reason serve`` (FastAPI on uvicorn; SSE with sse-starlette).
+
+One :class:`~reason.Runtime` lives as long as the app: created and its model loaded at
+startup, closed at shutdown. Every request runs its searches on it (``await
+rt.asolve(...)``, ``rt.stream(...)``), so concurrent requests share one engine and one
+batch. Routes:
+
+- ``POST /v1/chat/completions``, ``POST /v1/completions``: OpenAI's APIs; the strategy
+  comes from the server's recipe, the model name (``STRATEGY/MODEL``) or the request's
+  ``reason`` extension (see :mod:`.selection`); ``stream=true`` sends SSE chunks.
+- ``GET /v1/models``: the served model with every strategy that can be asked for.
+- ``GET /health``: liveness plus what is in flight: requests, searches, engine rows
+  (the disconnect tests read it), and engine statistics since start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from reason import Backend, Config, ReasonError, Runtime, UsageError
+from reason.log import get_logger
+from reason.prompts import messages_for
+
+from .protocol import APIError, ChatCompletionRequest, CompletionRequest, new_id, now, usage_dict
+from .runner import Choice, ClientGone, Counter, Item, solve_all, stream_all, total_usage
+from .selection import Selection, make_task, model_ids, question_from_messages, searches, select
+
+log = get_logger()
+
+Job = list[tuple[int, Any, dict[str, Any]]]
+
+
+class EngineStats:
+    """Engine statistics since start, from the runtime's ``EngineStep`` events (a
+    continuous backend) or ``BackendCalled`` events (a batch backend). Called in the
+    runtime's event-loop thread; plain counters, read by /health."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.rows = 0
+        self.max_rows = 0
+        self.shared_steps = 0
+        self.decode_tokens = 0
+        self.last: dict[str, int] = {}
+
+    def __call__(self, event: Any) -> None:
+        kind = event.kind
+        if kind == "EngineStep":
+            rows = event.running
+            self.decode_tokens += event.decode_tokens
+            self.last = {"running": event.running, "waiting": event.waiting, "max_batch": event.max_batch}
+        elif kind == "BackendCalled":
+            rows = event.sequences
+            self.decode_tokens += event.completion_tokens
+        else:
+            return
+        self.steps += 1
+        self.rows += rows
+        self.max_rows = max(self.max_rows, rows)
+        self.shared_steps += rows > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "mean_rows": round(self.rows / self.steps, 3) if self.steps else 0.0,
+            "max_rows": self.max_rows,
+            "steps_with_several_rows": self.shared_steps,
+            "decode_tokens": self.decode_tokens,
+            "last_step": self.last,
+        }
+
+
+class Server:
+    """The app's state: the runtime, the name it serves under, counters."""
+
+    def __init__(self, config: Config, served_model_name: str | None = None, backend: Backend | None = None) -> None:
+        self.config = config
+        self._served = served_model_name
+        self._backend = backend
+        self.runtime: Runtime | None = None
+        self.served = served_model_name or ""
+        self.counter = Counter()
+        self.stats = EngineStats()
+        self.started = now()
+
+    async def start(self) -> None:
+        runtime = Runtime(self.config, backend=self._backend)
+        self.runtime = runtime
+        runtime.subscribe(self.stats)
+        await asyncio.to_thread(lambda: runtime.backend.load())
+        self.served = self._served or runtime.backend.model_name or self.config.backend
+        log.info("reason serve ready", model=self.served, search=self.config.search)
+
+    async def stop(self) -> None:
+        if self.runtime is not None:
+            runtime, self.runtime = self.runtime, None
+            await asyncio.to_thread(runtime.close)
+
+    @property
+    def rt(self) -> Runtime:
+        if self.runtime is None:
+            raise APIError("the server is starting or stopping", 503, type="server_error")
+        return self.runtime
+
+    # -- requests -----------------------------------------------------------------------
+
+    def prepare(self, body: Any, questions: list[str], system_prompt: str | None, param: str) -> tuple[Selection, Job]:
+        """Check the request and turn it into jobs: ``(choice index, task, overrides)``,
+        ``body.n`` per question. Raises :class:`APIError` for anything wrong."""
+        for name, why in body.unsupported():
+            raise APIError(why, param=name)
+        rt = self.rt
+        sampling = {
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "max_tokens": getattr(body, "max_completion_tokens", None) or body.max_tokens,
+            "seed": body.seed,
+            "system_prompt": system_prompt,
+        }
+        selection = select(rt, self.served, body.model, sampling, body.reason)
+        request_id = new_id("req")
+        jobs: Job = []
+        for p, question in enumerate(questions):
+            for j in range(body.n):
+                index = p * body.n + j
+                task = make_task(question, f"{request_id}-{index}", selection.kind)
+                if j == 0:
+                    self.check_context(task, selection, param)
+                overrides = dict(selection.overrides)
+                if selection.config.seed is not None and index:
+                    overrides["seed"] = selection.config.seed + index  # n searches, not n copies
+                jobs.append((index, task, overrides))
+        return selection, jobs
+
+    def check_context(self, task: Any, selection: Selection, param: str) -> None:
+        """400 ``context_length_exceeded`` when the prompt does not fit the model (on
+        backends that can count tokens)."""
+        backend = self.rt.backend
+        limit = getattr(backend, "max_positions", None)
+        encode = getattr(backend, "encode", None)
+        if not limit or encode is None:
+            return
+        prompt = backend.format_prompt(messages_for(task, selection.config.system_prompt))
+        count = len(encode(prompt))
+        if count >= limit:
+            raise APIError(
+                f"This model's maximum context length is {limit} tokens. However, your messages resulted in "
+                f"{count} tokens. Please reduce the length of the messages.",
+                param=param,
+                code="context_length_exceeded",
+            )
+
+    async def respond(self, request: Request, body: Any, selection: Selection, jobs: Job, fmt: Format) -> Response:
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = self.sse(jobs, fmt, include_usage, selection.progress)
+            return EventSourceResponse(events, sep="\n", ping=15, headers={"Cache-Control": "no-cache"})
+        with self.counter.request():
+            try:
+                choices = await solve_all(self.rt, jobs, request.receive, self.counter)
+            except ClientGone:
+                return Response(status_code=499)
+            except Exception as exc:
+                raise to_api_error(exc) from exc
+        choices.sort(key=lambda c: c.index)
+        return JSONResponse(fmt.response(choices))
+
+    async def sse(self, jobs: Job, fmt: Format, include_usage: bool, progress: bool) -> AsyncIterator[str]:
+        with self.counter.request():
+            for index, _, _ in jobs:
+                first = fmt.start(index)
+                if first is not None:
+                    yield dumps(first)
+            choices: list[Choice] = []
+            items = stream_all(self.rt, jobs, progress_events=progress, counter=self.counter, to_error=to_api_error)
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    chunk = self._chunk(fmt, item, choices, len(jobs), include_usage)
+                    if chunk is not None:
+                        yield dumps(chunk)
+                    if item.kind == "error":
+                        yield "[DONE]"
+                        return
+            if include_usage:
+                yield dumps(fmt.usage_chunk(usage_dict(*total_usage(choices))))
+            yield "[DONE]"
+
+    def _chunk(self, fmt: Format, item: Item, choices: list[Choice], total: int, include_usage: bool) -> dict[str, Any] | None:
+        if item.kind == "progress":
+            return fmt.chunk(item.index, "", extension=item.data)
+        if item.kind == "content":
+            return fmt.chunk(item.index, item.data)
+        if item.kind == "error":
+            return item.data.to_dict()
+        choice: Choice = item.data
+        choices.append(choice)
+        usage = usage_dict(*total_usage(choices)) if len(choices) == total and not include_usage else None
+        return fmt.chunk(item.index, None, finish=choice.finish_reason, extension=choice.extension(), usage=usage)
+
+    # -- reports ------------------------------------------------------------------------
+
+    def models(self) -> dict[str, Any]:
+        rt = self.rt
+        default = self.config.search
+        data = []
+        for model_id in model_ids(rt, self.served):
+            search = model_id.partition("/")[0] if model_id != self.served else default
+            data.append(
+                {
+                    "id": model_id,
+                    "object": "model",
+                    "created": self.started,
+                    "owned_by": "reason-runtime",
+                    "root": self.served,
+                    "reason": {"search": search, "default": model_id == self.served},
+                }
+            )
+        registry = rt.registry
+        return {
+            "object": "list",
+            "data": data,
+            "reason": {
+                "default": {k: v for k, v in self.config.to_dict().items() if k not in ("options",)},
+                "searches": searches(rt),
+                "verifiers": registry.names("verifier"),
+                "splitters": registry.names("splitter"),
+                "reflections": registry.names("reflection"),
+            },
+        }
+
+    def health(self) -> dict[str, Any]:
+        rt = self.runtime
+        backend = rt.backend if rt is not None else None
+        stats = getattr(backend, "stats", None)
+        engine: dict[str, Any] = {
+            "rows_in_flight": getattr(backend, "rows_in_flight", None),
+            "cancelled_rows": getattr(stats, "cancelled", None),
+            **self.stats.to_dict(),
+        }
+        return {
+            "status": "ok" if rt is not None else "stopping",
+            "model": self.served,
+            "search": self.config.search,
+            "requests_in_flight": self.counter.requests,
+            "searches_in_flight": self.counter.searches,
+            "searches_cancelled": self.counter.cancelled,
+            "requests_served": self.counter.served,
+            "engine": engine,
+        }
+
+
+def dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def to_api_error(exc: BaseException) -> APIError:
+    """A failure inside a search as the error the client gets."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, UsageError):
+        return APIError(str(exc))
+    if isinstance(exc, ReasonError):
+        return APIError(str(exc), 500, type="server_error")
+    log.warning("search failed", error=f"{type(exc).__name__}: {exc}")
+    return APIError(f"the search failed: {type(exc).__name__}: {exc}", 500, type="server_error")
+
+
+# -- response shapes -----------------------------------------------------------------
+
+
+class Format:
+    """Response objects of one endpoint for one request."""
+
+    object = ""
+    chunk_object = ""
+
+    def __init__(self, model: str) -> None:
+        self.id = new_id(self.prefix)
+        self.model = model
+        self.created = now()
+
+    prefix = "cmpl"
+
+    def _head(self, object_: str) -> dict[str, Any]:
+        return {"id": self.id, "object": object_, "created": self.created, "model": self.model}
+
+    def response(self, choices: list[Choice]) -> dict[str, Any]:
+        return {
+            **self._head(self.object),
+            "choices": [self.whole_choice(c) for c in choices],
+            "usage": usage_dict(*total_usage(choices)),
+        }
+
+    def chunk(
+        self,
+        index: int,
+        text: str | None,
+        *,
+        finish: str | None = None,
+        extension: dict[str, Any] | None = None,
+        usage: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        choice = {"index": index, **self.delta(text), "logprobs": None, "finish_reason": finish}
+        if extension is not None and finish is not None:
+            choice["reason"] = extension
+        data = {**self._head(self.chunk_object), "choices": [choice]}
+        if extension is not None and finish is None:
+            data["reason"] = extension
+        if usage is not None:
+            data["usage"] = usage
+        return data
+
+    def usage_chunk(self, usage: dict[str, Any]) -> dict[str, Any]:
+        return {**self._head(self.chunk_object), "choices": [], "usage": usage}
+
+    def start(self, index: int) -> dict[str, Any] | None:
+        return None
+
+    def delta(self, text: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def whole_choice(self, choice: Choice) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ChatFormat(Format):
+    object = "chat.completion"
+    chunk_object = "chat.completion.chunk"
+    prefix = "chatcmpl"
+
+    def start(self, index: int) -> dict[str, Any]:
+        chunk = self.chunk(index, "")
+        chunk["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+        return chunk
+
+    def delta(self, text: str | None) -> dict[str, Any]:
+        return {"delta": {"content": text} if text else {}}
+
+    def whole_choice(self, choice: Choice) -> dict[str, Any]:
+        return {
+            "index": choice.index,
+            "message": {"role": "assistant", "content": choice.solution.text},
+            "logprobs": None,
+            "finish_reason": choice.finish_reason,
+            "reason": choice.extension(),
+        }
+
+
+class CompletionFormat(Format):
+    object = "text_completion"
+    chunk_object = "text_completion"
+    prefix = "cmpl"
+
+    def delta(self, text: str | None) -> dict[str, Any]:
+        return {"text": text or ""}
+
+    def whole_choice(self, choice: Choice) -> dict[str, Any]:
+        return {
+            "index": choice.index,
+            "text": choice.solution.text,
+            "logprobs": None,
+            "finish_reason": choice.finish_reason,
+            "reason": choice.extension(),
+        }
+
+
+# -- the app -------------------------------------------------------------------------
+
+
+def create_app(config: Config, *, served_model_name: str | None = None, backend: Backend | None = None) -> FastAPI:
+    """The app for ``config`` (the server's defaults). ``backend``: an already-built
+    backend to serve (tests); by default the config's is built and loaded at startup."""
+    server = Server(config, served_model_name, backend)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    from reason import __version__
+
+    app = FastAPI(
+        title="reason serve",
+        version=__version__,
+        description="OpenAI-compatible API; every answer comes from a test-time search (reason-runtime).",
+        lifespan=lifespan,
+    )
+    app.state.server = server
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(validation_error(exc.errors()).to_dict(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        error = APIError(f"{exc.detail}: {request.method} {request.url.path}", exc.status_code, type=kind)
+        return JSONResponse(error.to_dict(), status_code=exc.status_code)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        question, system = question_from_messages(body.messages)
+        selection, jobs = server.prepare(body, [question], system, "messages")
+        return await server.respond(request, body, selection, jobs, ChatFormat(body.model or server.served))
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        if not prompts:
+            raise APIError("prompt is empty", param="prompt")
+        selection, jobs = server.prepare(body, prompts, None, "prompt")
+        return await server.respond(request, body, selection, jobs, CompletionFormat(body.model or server.served))
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return server.models()
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        for model in server.models()["data"]:
+            if model["id"] == model_id:
+                return model
+        raise APIError(f"The model {model_id!r} does not exist", 404, param="model", code="model_not_found")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return server.health()
+
+    return app
+
+
+def validation_error(errors: Any) -> APIError:
+    """FastAPI's validation errors (malformed JSON included) as one OpenAI-style 400."""
+    first = errors[0] if errors else {}
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return APIError(f"malformed JSON body: {first.get('msg', 'invalid JSON')}", code="invalid_json")
+    param = ".".join(loc) or None
+    message = f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid request body")
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return APIError(message, param=param)
+

@@ -1,0 +1,195 @@
+"""From an OpenAI request to what the runtime runs: the strategy and its settings, and
+the task.
+
+Precedence, lowest first: the server's recipe and flags; the strategy named by the
+model (``beam/SmolLM2-135M-Instruct``, or a bare ``beam``); OpenAI's own fields
+(``temperature``, ``top_p``, ``max_tokens``, ``seed``); the ``reason`` extension
+(``extra_body={"reason": {...}}`` in the ``openai`` client). Every name is checked
+against the registry before anything runs, and a bad one becomes a 400 that lists the
+available ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from attrs import frozen
+
+from reason import Config, Runtime, Task, UsageError
+
+from .protocol import APIError, ChatMessage
+
+SERVER_FIELDS = ("backend", "model", "device", "dtype")
+"""Config fields fixed when the server starts: one model is loaded, for every request."""
+
+EXTENSION_KEYS = ("kind", "progress")
+"""``reason`` keys that are not Config fields: the task kind (``math`` | ``code``) and
+whether a stream carries progress events."""
+
+TASK_KINDS = ("math", "code")
+
+
+@frozen
+class Selection:
+    """What one request runs: Config overrides for ``Runtime.asolve`` / ``stream`` (already
+    validated against the registry), the resulting config, and the server-level extras."""
+
+    overrides: dict[str, Any]
+    config: Config
+    kind: str = "math"
+    progress: bool = True
+
+    @property
+    def search(self) -> str:
+        return self.config.search
+
+
+def searches(runtime: Runtime) -> list[str]:
+    return runtime.registry.names("search")
+
+
+def model_ids(runtime: Runtime, served: str) -> list[str]:
+    """Every model id a request may name: the served model (the server's default
+    strategy) and STRATEGY/MODEL for each registered strategy."""
+    return [served, *(f"{name}/{served}" for name in searches(runtime))]
+
+
+def strategy_from_model(runtime: Runtime, served: str, model: str | None) -> str | None:
+    """The strategy a model name asks for (None: the server's default)."""
+    if not model or model.lower() == served.lower():
+        return None
+    prefix, sep, rest = model.partition("/")
+    if sep and rest.lower() == served.lower():
+        return prefix  # checked against the registry with the rest of the config
+    try:
+        runtime.registry.lookup("search", model)
+        return model  # a bare strategy name: "beam", "best-of-n"
+    except UsageError:
+        pass
+    available = ", ".join(model_ids(runtime, served))
+    raise APIError(
+        f"The model {model!r} does not exist. This server runs {served!r}; ask for one of: {available}"
+        f" (or set the strategy with extra_body={{'reason': {{'search': ...}}}}).",
+        404,
+        param="model",
+        code="model_not_found",
+    )
+
+
+def select(
+    runtime: Runtime,
+    served: str,
+    model: str | None,
+    sampling: dict[str, Any],
+    extension: dict[str, Any] | None,
+) -> Selection:
+    """Resolve and validate a request's strategy and settings (see the module docstring).
+    ``sampling`` holds the OpenAI fields that were set (temperature, top_p, max_tokens,
+    seed)."""
+    overrides: dict[str, Any] = {}
+    strategy = strategy_from_model(runtime, served, model)
+    if strategy is not None:
+        overrides["search"] = strategy
+    overrides.update({k: v for k, v in sampling.items() if v is not None})
+    kind, progress = "math", True
+    if extension is not None:
+        if not isinstance(extension, dict):
+            raise APIError("'reason' must be an object, e.g. {\"search\": \"beam\", \"n\": 8}", param="reason")
+        allowed = sorted(Config.field_names() - set(SERVER_FIELDS)) + list(EXTENSION_KEYS)
+        for key, value in extension.items():
+            if key in SERVER_FIELDS:
+                raise APIError(
+                    f"reason.{key} is fixed when the server starts (reason serve --{key} ...); "
+                    "a request picks the strategy, not the model",
+                    param=f"reason.{key}",
+                )
+            if key not in allowed:
+                raise APIError(f"unknown field reason.{key}; known fields: {', '.join(allowed)}", param=f"reason.{key}")
+            if key == "kind":
+                if value not in TASK_KINDS:
+                    raise APIError(f"reason.kind must be one of {', '.join(TASK_KINDS)}, got {value!r}", param="reason.kind")
+                kind = value
+            elif key == "progress":
+                if not isinstance(value, bool):
+                    raise APIError("reason.progress must be true or false", param="reason.progress")
+                progress = value
+            elif key == "reflect" and isinstance(value, str):
+                overrides[key] = (value,)
+            else:
+                overrides[key] = value
+    try:
+        config = runtime.config.replace(**overrides)
+        runtime.validate(config)
+    except UsageError as exc:
+        param = _param_of(str(exc), overrides)
+        if param == "reason.search" and strategy is not None and "search" not in (extension or {}):
+            param = "model"  # the strategy came from the model name
+        raise APIError(str(exc), param=param) from None
+    except (TypeError, ValueError) as exc:
+        raise APIError(f"invalid reason settings: {exc}", param="reason") from None
+    return Selection(overrides=overrides, config=config, kind=kind, progress=progress)
+
+
+def _param_of(message: str, overrides: dict[str, Any]) -> str | None:
+    """The request field a UsageError is about, when its message names one."""
+    for kind in ("search", "verifier", "splitter", "reflection"):
+        if message.startswith(f"unknown {kind} "):
+            return "reason.reflect" if kind == "reflection" else f"reason.{kind}"
+    for key in overrides:
+        if f"--{key.replace('_', '-')}" in message:
+            return f"reason.{key}"
+    return None
+
+
+# -- tasks ---------------------------------------------------------------------------
+
+
+def _text(message: ChatMessage, index: int) -> str:
+    content = message.content
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        if part.get("type") in ("text", "input_text") and isinstance(part.get("text"), str):
+            parts.append(part["text"])
+        else:
+            raise APIError(
+                f"messages[{index}]: only text content is supported, got a {part.get('type')!r} part",
+                param=f"messages.{index}.content",
+            )
+    return "".join(parts)
+
+
+def question_from_messages(messages: Sequence[ChatMessage]) -> tuple[str, str | None]:
+    """The question to solve and the client's system prompt (None: the server's).
+
+    A search answers the user's last message. Earlier turns are kept as a transcript in
+    front of it (the runtime's task is one question, so history travels inside it);
+    system and developer messages replace the server's system prompt."""
+    system = [_text(m, i) for i, m in enumerate(messages) if m.role in ("system", "developer")]
+    turns = [(i, m) for i, m in enumerate(messages) if m.role not in ("system", "developer")]
+    for i, m in turns:
+        if m.role in ("tool", "function"):
+            raise APIError(f"messages[{i}]: {m.role} messages are not supported (no tools)", param=f"messages.{i}.role")
+    if not turns or turns[-1][1].role != "user":
+        raise APIError(
+            "the last message must be the user's: reason serve answers the user's last message",
+            param="messages",
+        )
+    last_index, last = turns[-1]
+    question = _text(last, last_index)
+    if not question.strip():
+        raise APIError("the user's last message is empty", param=f"messages.{last_index}.content")
+    history = [f"{m.role.capitalize()}: {_text(m, i)}" for i, m in turns[:-1]]
+    if history:
+        question = "Conversation so far:\n\n" + "\n\n".join(history) + f"\n\nUser: {question}"
+    return question, ("\n\n".join(system) if system else None)
+
+
+def make_task(question: str, task_id: str, kind: str) -> Task:
+    if not question or not question.strip():
+        raise APIError("the prompt is empty", param="prompt")
+    return Task(question=question, id=task_id, kind=kind)
