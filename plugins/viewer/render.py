@@ -21,6 +21,7 @@ shown) and declares a content security policy that forbids any network access.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import math
@@ -154,7 +155,7 @@ def problem_data(tree: dict[str, Any], solution: dict[str, Any] | None = None, l
     raw = sorted(tree["nodes"], key=lambda n: n["id"])
     if [n["id"] for n in raw] != list(range(len(raw))):
         raise UsageError("the tree's node ids are not 0..N-1: expected Tree.to_dict() output")
-    texts = _path_texts(raw)
+    texts = _PathIndex(raw)
     candidates, how_candidates = _candidates(raw, texts, solution)
     chosen, how = _chosen(tree, raw, texts, solution, candidates)
     data.update(
@@ -187,27 +188,47 @@ def _summary(solution: dict[str, Any], label: str, config: dict[str, Any] | None
     }
 
 
-def _path_texts(raw: list[dict[str, Any]]) -> list[str]:
-    """Each node's path text (the root excluded), as Node.text() computes it."""
-    texts: list[str] = []
-    for node in raw:
-        parent = node.get("parent")
-        texts.append((texts[parent] if parent is not None else "") + (node.get("text") or ""))
-    return texts
+class _PathIndex:
+    """Find the node whose path text (every step from the root, concatenated, as
+    Node.text() gives it) is a given text. Path texts are hashed incrementally (a node's
+    hash extends its parent's), so none is built: a deep tree's path texts add up to
+    depth times its size. A hash hit is confirmed on the real text."""
+
+    def __init__(self, raw: list[dict[str, Any]]) -> None:
+        self.raw = raw
+        self._ids: dict[bytes, list[int]] | None = None
+
+    def _build(self) -> dict[bytes, list[int]]:
+        hashers: list[Any] = []
+        ids: dict[bytes, list[int]] = {}
+        for node in self.raw:
+            parent = node.get("parent")
+            h = hashers[parent].copy() if parent is not None else hashlib.sha1()
+            h.update((node.get("text") or "").encode("utf-8", "surrogatepass"))
+            hashers.append(h)
+            if node.get("kind") != "root":
+                ids.setdefault(h.digest(), []).append(node["id"])
+        return ids
+
+    def text(self, node_id: int) -> str:
+        parts, node = [], node_id
+        while node is not None:
+            parts.append(self.raw[node].get("text") or "")
+            node = self.raw[node].get("parent")
+        return "".join(reversed(parts))
+
+    def find(self, text: str | None) -> int | None:
+        """A terminal (or answered) node first, then any; the first in id order."""
+        if text is None:
+            return None
+        if self._ids is None:
+            self._ids = self._build()
+        matches = [i for i in self._ids.get(hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest(), []) if self.text(i) == text]
+        terminal = [i for i in matches if self.raw[i].get("terminal") or self.raw[i].get("answer") is not None]
+        return (terminal or matches or [None])[0]
 
 
-def _node_of_text(raw: list[dict[str, Any]], texts: list[str], text: str | None) -> int | None:
-    """The node whose path text is ``text``: a terminal one first, then any, deepest last."""
-    if text is None:
-        return None
-    matches = [i for i, t in enumerate(texts) if t == text and raw[i].get("kind") != "root"]
-    if not matches:
-        return None
-    terminal = [i for i in matches if raw[i].get("terminal") or raw[i].get("answer") is not None]
-    return (terminal or matches)[0]
-
-
-def _candidates(raw: list[dict[str, Any]], texts: list[str], solution: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+def _candidates(raw: list[dict[str, Any]], texts: _PathIndex, solution: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     """The candidates, each tied to its node where it can be."""
     given = solution.get("candidates")
     if isinstance(given, list) and given:
@@ -215,7 +236,7 @@ def _candidates(raw: list[dict[str, Any]], texts: list[str], solution: dict[str,
         for cand in given:
             node = cand.get("node_id")
             if not (isinstance(node, int) and 0 <= node < len(raw)):
-                node = _node_of_text(raw, texts, cand.get("text"))
+                node = texts.find(cand.get("text"))
             out.append(
                 {
                     "node": node,
@@ -235,7 +256,7 @@ def _candidates(raw: list[dict[str, Any]], texts: list[str], solution: dict[str,
     return out, "tree"
 
 
-def _chosen(tree: dict[str, Any], raw: list[dict[str, Any]], texts: list[str], solution: dict[str, Any], candidates: list[dict[str, Any]]) -> tuple[int | None, str]:
+def _chosen(tree: dict[str, Any], raw: list[dict[str, Any]], texts: _PathIndex, solution: dict[str, Any], candidates: list[dict[str, Any]]) -> tuple[int | None, str]:
     recorded = tree.get("chosen")
     if isinstance(recorded, int) and 0 <= recorded < len(raw):
         return recorded, "recorded in the tree"
@@ -248,7 +269,7 @@ def _chosen(tree: dict[str, Any], raw: list[dict[str, Any]], texts: list[str], s
         node = cand.get("node_id")
         if isinstance(node, int) and 0 <= node < len(raw) and text is not None and cand.get("text") == text:
             return node, "the solution's candidate with the chosen text"
-    node = _node_of_text(raw, texts, text)
+    node = texts.find(text)
     if node is not None:
         return node, "the node whose path text is the solution's text"
     # an eval record: the candidate with the chosen answer and score, found by its text

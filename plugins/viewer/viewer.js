@@ -381,7 +381,7 @@
 
   function renderCandidates() {
     var gs = S.groups, d = S.data;
-    $("cnote").textContent = gs.length ? (d.candidates || []).length + " paths, " + gs.length + " answers" + (d.candidates_from === "tree" ? " (from the tree's answers)" : "") : "";
+    $("cnote").textContent = gs.length ? (d.candidates || []).length + " path" + ((d.candidates || []).length === 1 ? "" : "s") + ", " + gs.length + " answer" + (gs.length === 1 ? "" : "s") + (d.candidates_from === "tree" ? " (from the tree's answers)" : "") : "";
     var known = gs.some(function (g) { return g.correct === true || g.correct === false; });
     var maxVotes = gs.reduce(function (m, g) { return Math.max(m, g.votes); }, 1);
     var h = '<table class="ct"><thead><tr><th>answer</th><th class="num">votes</th><th class="num">best</th><th class="num" title="sum of the scores">sum</th>' + (known ? "<th>ok</th>" : "") + "<th>nodes</th></tr></thead><tbody>";
