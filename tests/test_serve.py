@@ -119,6 +119,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client):
     assert error_of(chat(client, reason={"n": 0}))["param"] == "reason.n"
     assert error_of(chat(client, reason={"bogus": 1}))["param"] == "reason.bogus"
     assert "fixed when the server starts" in error_of(chat(client, reason={"model": "other"}))["message"]
+    assert "--request-options" in error_of(chat(client, reason={"options": {"iterations": 2}}))["message"]
     assert error_of(chat(client, stop=["\n"]))["param"] == "stop"
     assert error_of(chat(client, tools=[{"type": "function", "function": {"name": "f"}}]))["param"] == "tools"
     assert error_of(chat(client, messages=[]))["param"] == "messages"
@@ -130,6 +131,18 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client):
 
     assert chat(client).status_code == 200
     assert client.get("/health").json()["searches_in_flight"] == 0
+
+
+def test_plugin_options_only_when_the_server_allows_them():
+    from starlette.testclient import TestClient
+
+    from reason.plugins.serve.app import create_app
+
+    app = create_app(Config(), backend=ScriptedBackend(), served_model_name="toy", request_options=True)
+    with TestClient(app) as c:
+        r = chat(c, model="mcts/toy", reason={"options": {"iterations": 2}})
+        assert r.status_code == 200, r.text
+        assert error_of(chat(c, reason={"options": {"iterations": 0}, "search": "mcts"}))["param"] == "reason.options.iterations"
 
 
 def test_prompt_over_the_context_is_a_400():

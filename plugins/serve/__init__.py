@@ -33,8 +33,17 @@ Then, with any OpenAI client (base URL http://127.0.0.1:8000/v1):
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
 @click.option("--served-model-name", default=None, help="The model name clients use [the model's own name].")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="One line per request on stderr.")
+@click.option(
+    "--request-options/--no-request-options",
+    default=False,
+    show_default=True,
+    help="Let requests set plugin options (reason.options). Trusted clients only: a verifier or splitter "
+    "keeps the options of the first request that used it.",
+)
 @run_options
-def serve_command(host: str, port: int, served_model_name: str | None, access_log: bool, **params: Any) -> None:
+def serve_command(
+    host: str, port: int, served_model_name: str | None, access_log: bool, request_options: bool, **params: Any
+) -> None:
     """Serve the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models,
     /health) with test-time search behind every answer.
 
@@ -50,7 +59,7 @@ def serve_command(host: str, port: int, served_model_name: str | None, access_lo
     from .app import create_app
 
     Runtime(config).close()  # a bad component name stops here, before the model loads
-    app = create_app(config, served_model_name=served_model_name)
+    app = create_app(config, served_model_name=served_model_name, request_options=request_options)
     click.echo(f"reason serve: http://{host}:{port}/v1 (default search: {config.search}; loading the model ...)", err=True)
     uvicorn.run(
         app,

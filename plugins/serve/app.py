@@ -83,8 +83,15 @@ class EngineStats:
 class Server:
     """The app's state: the runtime, the name it serves under, counters."""
 
-    def __init__(self, config: Config, served_model_name: str | None = None, backend: Backend | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        served_model_name: str | None = None,
+        backend: Backend | None = None,
+        request_options: bool = False,
+    ) -> None:
         self.config = config
+        self.request_options = request_options
         self._served = served_model_name
         self._backend = backend
         self.runtime: Runtime | None = None
@@ -127,7 +134,7 @@ class Server:
             "seed": body.seed,
             "system_prompt": system_prompt,
         }
-        selection = select(rt, self.served, body.model, sampling, body.reason)
+        selection = select(rt, self.served, body.model, sampling, body.reason, self.request_options)
         request_id = new_id("req")
         jobs: Job = []
         for p, question in enumerate(questions):
@@ -377,10 +384,18 @@ class CompletionFormat(Format):
 # -- the app -------------------------------------------------------------------------
 
 
-def create_app(config: Config, *, served_model_name: str | None = None, backend: Backend | None = None) -> FastAPI:
+def create_app(
+    config: Config,
+    *,
+    served_model_name: str | None = None,
+    backend: Backend | None = None,
+    request_options: bool = False,
+) -> FastAPI:
     """The app for ``config`` (the server's defaults). ``backend``: an already-built
-    backend to serve (tests); by default the config's is built and loaded at startup."""
-    server = Server(config, served_model_name, backend)
+    backend to serve (tests); by default the config's is built and loaded at startup.
+    ``request_options``: let requests set plugin options (``reason.options``; trusted
+    clients only, see :func:`.selection.select`)."""
+    server = Server(config, served_model_name, backend, request_options)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -83,10 +83,13 @@ def select(
     model: str | None,
     sampling: dict[str, Any],
     extension: dict[str, Any] | None,
+    allow_options: bool = False,
 ) -> Selection:
     """Resolve and validate a request's strategy and settings (see the module docstring).
     ``sampling`` holds the OpenAI fields that were set (temperature, top_p, max_tokens,
-    seed)."""
+    seed). ``reason.options`` (plugin settings) only with ``allow_options``: a verifier
+    or splitter is built once, with the options of the first request that uses it, and
+    serves every later request with them, so only trusted clients may set them."""
     overrides: dict[str, Any] = {}
     strategy = strategy_from_model(runtime, served, model)
     if strategy is not None:
@@ -106,6 +109,12 @@ def select(
                 )
             if key not in allowed:
                 raise APIError(f"unknown field reason.{key}; known fields: {', '.join(allowed)}", param=f"reason.{key}")
+            if key == "options" and value and not allow_options:
+                raise APIError(
+                    "reason.options (plugin settings) are refused: this server was started without "
+                    "--request-options; its own options apply to every request",
+                    param="reason.options",
+                )
             if key == "kind":
                 if value not in TASK_KINDS:
                     raise APIError(f"reason.kind must be one of {', '.join(TASK_KINDS)}, got {value!r}", param="reason.kind")
@@ -136,6 +145,8 @@ def _param_of(message: str, overrides: dict[str, Any]) -> str | None:
     for kind in ("search", "verifier", "splitter", "reflection"):
         if message.startswith(f"unknown {kind} "):
             return "reason.reflect" if kind == "reflection" else f"reason.{kind}"
+    if message.startswith("-o ") and "=" in message:
+        return "reason.options." + message[3:].partition("=")[0]
     for key in overrides:
         if f"--{key.replace('_', '-')}" in message:
             return f"reason.{key}"
