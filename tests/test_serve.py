@@ -145,6 +145,27 @@ def test_plugin_options_only_when_the_server_allows_them():
         assert error_of(chat(c, reason={"options": {"iterations": 0}, "search": "mcts"}))["param"] == "reason.options.iterations"
 
 
+def test_a_failing_search_is_a_500_whole_or_mid_stream_and_the_server_goes_on():
+    from starlette.testclient import TestClient
+
+    from reason.plugins.serve.app import create_app
+
+    class Flaky(ScriptedBackend):
+        def generate(self, requests):
+            if any("explode" in r.prompt for r in requests):
+                raise RuntimeError("boom")
+            return super().generate(requests)
+
+    with TestClient(create_app(Config(), backend=Flaky(), served_model_name="toy")) as c:
+        boom = [{"role": "user", "content": "explode"}]
+        error = error_of(chat(c, messages=boom), 500)
+        assert error["type"] == "server_error" and "boom" in error["message"]
+        lines = sse_lines(c, "/v1/chat/completions", {"model": "toy", "messages": boom, "stream": True})
+        assert lines[-1] == "[DONE]" and "boom" in json.loads(lines[-2])["error"]["message"]
+        assert chat(c).status_code == 200
+        assert c.get("/health").json()["searches_in_flight"] == 0
+
+
 def test_prompt_over_the_context_is_a_400():
     from starlette.testclient import TestClient
 

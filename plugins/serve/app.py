@@ -21,6 +21,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -36,6 +37,10 @@ from .runner import Choice, ClientGone, Counter, Item, solve_all, stream_all, to
 from .selection import Selection, make_task, model_ids, question_from_messages, searches, select
 
 log = get_logger()
+
+SHUTDOWN_GRACE_SECONDS = 3.0
+"""Streams still open when the server stops get this long to send their clients an error
+and ``[DONE]`` (less than uvicorn's graceful-shutdown timeout in ``reason serve``)."""
 
 Job = list[tuple[int, Any, dict[str, Any]]]
 
@@ -170,8 +175,16 @@ class Server:
     async def respond(self, request: Request, body: Any, selection: Selection, jobs: Job, fmt: Format) -> Response:
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = self.sse(jobs, fmt, include_usage, selection.progress)
-            return EventSourceResponse(events, sep="\n", ping=15, headers={"Cache-Control": "no-cache"})
+            shutdown = anyio.Event()
+            events = self.sse(jobs, fmt, include_usage, selection.progress, shutdown)
+            return EventSourceResponse(
+                events,
+                sep="\n",
+                ping=15,
+                headers={"Cache-Control": "no-cache"},
+                shutdown_event=shutdown,
+                shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
+            )
         with self.counter.request():
             try:
                 choices = await solve_all(self.rt, jobs, request.receive, self.counter)
@@ -182,14 +195,18 @@ class Server:
         choices.sort(key=lambda c: c.index)
         return JSONResponse(fmt.response(choices))
 
-    async def sse(self, jobs: Job, fmt: Format, include_usage: bool, progress: bool) -> AsyncIterator[str]:
+    async def sse(
+        self, jobs: Job, fmt: Format, include_usage: bool, progress: bool, shutdown: Any = None
+    ) -> AsyncIterator[str]:
         with self.counter.request():
             for index, _, _ in jobs:
                 first = fmt.start(index)
                 if first is not None:
                     yield dumps(first)
             choices: list[Choice] = []
-            items = stream_all(self.rt, jobs, progress_events=progress, counter=self.counter, to_error=to_api_error)
+            items = stream_all(
+                self.rt, jobs, progress_events=progress, counter=self.counter, to_error=to_api_error, shutdown=shutdown
+            )
             async with contextlib.aclosing(items):
                 async for item in items:
                     chunk = self._chunk(fmt, item, choices, len(jobs), include_usage)

@@ -170,9 +170,12 @@ async def stream_all(
     progress_events: bool,
     counter: Counter,
     to_error: Callable[[BaseException], APIError],
+    shutdown: Any = None,
 ) -> AsyncIterator[Item]:
     """Run every job as a stream and yield :class:`Item` s as they happen, choices
-    interleaved. Closing this iterator (a client gone) cancels every search."""
+    interleaved. Closing this iterator (a client gone) cancels every search; so does
+    ``shutdown`` (an event with ``wait()``, set when the server stops), after an error
+    item that tells the client why."""
     queue: asyncio.Queue[Item] = asyncio.Queue()
     tokens_ok = stream_supports_tokens(runtime)
 
@@ -202,9 +205,16 @@ async def stream_all(
         except Exception as exc:
             queue.put_nowait(Item("error", index, to_error(exc)))
 
+    async def stopping() -> None:
+        await shutdown.wait()
+        error = APIError("the server is shutting down; the search was cancelled", 503, type="server_error", code="server_shutdown")
+        queue.put_nowait(Item("error", jobs[0][0], error))
+
     workers = [asyncio.create_task(one(*job)) for job in jobs]
+    if shutdown is not None:
+        workers.append(asyncio.create_task(stopping()))
     try:
-        remaining = len(workers)
+        remaining = len(jobs)
         while remaining:
             item = await queue.get()
             if item.kind in ("done", "error"):
