@@ -75,6 +75,10 @@ class Backend(Component, ABC):
         default only exists so that the method can be named."""
         raise NotImplementedError(f"{type(self).__name__} has no continuous engine; the runtime batches its generate()")
 
+    streams_text: bool = False
+    """True when :meth:`generate_async` also takes ``on_text``: a callable
+    ``on_text(sample_index, text_so_far)`` it calls (from any thread) as tokens come."""
+
     @property
     def continuous(self) -> bool:
         """Whether the runtime should submit requests one by one to :meth:`generate_async`

@@ -16,7 +16,7 @@ from . import answers
 from .components import ReflectionTrigger, Splitter, Verifier
 from .config import Config
 from .engine import gather_all
-from .events import AnswerFound, Event, NodesPruned, ReflectionInjected, StepsGenerated, StepsScored
+from .events import AnswerFound, Event, NodesPruned, ReflectionInjected, StepsGenerated, StepsScored, TextGenerated
 from .tree import Node, Tree
 from .types import Candidate, GenerateRequest, SamplingParams, Score, ScoreRequest, Step, Task, Usage, aggregate
 
@@ -47,6 +47,8 @@ class SearchContext:
         self.reflections = list(reflections)
         self.tree = Tree(prompt=prompt)
         self.usage = Usage()
+        self.stream_text = False
+        """Emit :class:`TextGenerated` as tokens come (``Runtime.stream(tokens=True)``)."""
         self._engines = engines
         self._emit = emit
         self._start = time.perf_counter()
@@ -130,7 +132,13 @@ class SearchContext:
     async def _generate(self, node: Node, n: int, params: SamplingParams, whole: bool = False) -> list[Node]:
         request = GenerateRequest(prompt=self.prompt + node.text(), params=params, n=n)
         start = time.perf_counter()
-        completions = await self._engines.generate(self, request)
+        on_text = None
+        if self.stream_text:
+
+            def on_text(sample: int, text: str) -> None:
+                self.emit(TextGenerated(task_id=self.task.id, parent_id=node.id, sample=sample, text=text))
+
+        completions = await self._engines.generate(self, request, on_text)
         children = []
         for completion in completions:
             child = self.tree.add(node, Step.from_completion(completion))

@@ -120,12 +120,22 @@ class Engines:
 
     # -- generation -----------------------------------------------------------------
 
-    async def generate(self, owner: Any, request: GenerateRequest) -> list[Completion]:
+    async def generate(
+        self, owner: Any, request: GenerateRequest, on_text: Callable[[int, str], None] | None = None
+    ) -> list[Completion]:
         """``request.n`` completions of ``request``, counted against ``owner`` (a search
-        context with ``add_usage``, or None)."""
+        context with ``add_usage``, or None). ``on_text(sample, text_so_far)`` is called
+        in this event loop as tokens come, where the backend streams text."""
         backend = self._backend_factory()
         first = self._new_wait("generate", owner)
-        if backend.continuous:
+        if backend.continuous and on_text is not None and backend.streams_text:
+            loop = asyncio.get_running_loop()
+
+            def from_engine(sample: int, text: str) -> None:
+                loop.call_soon_threadsafe(on_text, sample, text)
+
+            completions = await backend.generate_async(request, on_text=from_engine)  # type: ignore[call-arg]
+        elif backend.continuous:
             completions = await backend.generate_async(request)
         else:
             completions = await self._batch_queue(backend).submit(request)

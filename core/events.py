@@ -56,6 +56,17 @@ class StepsGenerated(Event):
 
 
 @frozen(kw_only=True)
+class TextGenerated(Event):
+    """The text so far of one sample being generated after node ``parent_id``. Only for
+    ``Runtime.stream(..., tokens=True)`` and backends that stream (transformers); the
+    sample's finished step arrives as :class:`StepsGenerated` as usual."""
+
+    parent_id: int
+    sample: int
+    text: str
+
+
+@frozen(kw_only=True)
 class StepsScored(Event):
     verifier: str
     node_ids: tuple[int, ...]

@@ -270,14 +270,17 @@ class Runtime:
         solutions = await asyncio.wrap_future(self._submit(self._solve_all(task_list, config, concurrency, deliver)))
         return solutions
 
-    async def stream(self, task: Task | str, **overrides: Any) -> AsyncIterator[Event]:
+    async def stream(self, task: Task | str, *, tokens: bool = False, **overrides: Any) -> AsyncIterator[Event]:
         """Solve ``task`` and yield its events as they happen. The last event is
         :class:`SearchFinished`; the solution is then in ``runtime.last_solution``.
-        Closing the iterator early cancels the search."""
+        Closing the iterator early cancels the search. ``tokens=True`` adds
+        :class:`TextGenerated` events with each sample's text as it grows (on backends
+        that stream text)."""
         config, (one,) = self._prepare([task], 1, overrides)
         caller = asyncio.get_running_loop()
         events: asyncio.Queue[Event | None] = asyncio.Queue()
-        future = self._submit(self._run_one(one, config, observe=lambda e: _call_in(caller, events.put_nowait, e)))
+        observe = lambda e: _call_in(caller, events.put_nowait, e)  # noqa: E731
+        future = self._submit(self._run_one(one, config, observe=observe, stream_text=tokens))
         future.add_done_callback(lambda _: _call_in(caller, events.put_nowait, None))
         try:
             while (event := await events.get()) is not None:
@@ -311,7 +314,9 @@ class Runtime:
         await gather_all(*(one(i, t) for i, t in enumerate(tasks)))
         return [s for s in solutions if s is not None]
 
-    async def _run_one(self, task: Task, config: Config, observe: Callable[[Event], None] | None = None) -> Solution:
+    async def _run_one(
+        self, task: Task, config: Config, observe: Callable[[Event], None] | None = None, stream_text: bool = False
+    ) -> Solution:
         start = time.perf_counter()
         assert self._engines is not None
         search: SearchPolicy = self.registry.create("search", config.search, config)
@@ -332,6 +337,7 @@ class Runtime:
             reflections=self.reflections(config),
             emit=emit,
         )
+        ctx.stream_text = stream_text
         emit(SearchStarted(task_id=task.id, search=config.search, config=_summary(config)))
         try:
             outcome = await search.run(ctx)

@@ -1,7 +1,9 @@
 """Embedding reason-runtime in an application.
 
-Solves a few MultiArith problems in one batched run (requests of all problems share
-model calls), streams the events of one more, and prints accuracy and cost.
+Solves a few MultiArith problems at once (the requests of all problems share the
+engine's batch; each solution is printed as it finishes), streams the events of one
+more, answers two questions from two threads on the same runtime, and prints accuracy
+and cost.
 
     python examples/embed_app.py [--limit 5] [--n 4]
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from reason import Config, Runtime, Task
@@ -33,7 +36,7 @@ def main() -> None:
     tasks = load(args.limit + 1)
     config = Config(search="best-of-n", n=args.n, verifier="confidence", weighted=True, max_tokens=256, seed=0)
     with Runtime(config) as runtime:
-        # 1. many problems at once: one backend call serves every problem's samples
+        # 1. many problems at once: their samples decode in one batch
         solutions = runtime.solve_many(tasks[:-1], on_solution=lambda s: print(f"  {s.task.id}: {s.answer}"))
         correct = sum(is_equivalent(s.answer, s.task.reference) for s in solutions if s.answer)
         tokens = sum(s.usage.completion_tokens for s in solutions)
@@ -42,11 +45,16 @@ def main() -> None:
         # 2. one problem, watching it think
         async def watch() -> None:
             async for event in runtime.stream(tasks[-1]):
-                if event.kind in ("BackendCalled", "AnswerFound", "SearchFinished"):
+                if event.kind in ("StepsGenerated", "AnswerFound", "SearchFinished"):
                     print(f"  event {event.kind}: {json.dumps(event.to_dict(), default=str)[:120]}")
 
         asyncio.run(watch())
         print("streamed answer:", runtime.last_solution.answer, "reference:", tasks[-1].reference)
+
+        # 3. an application's threads share the runtime (and its batch)
+        with ThreadPoolExecutor(2) as pool:
+            for solution in pool.map(runtime.solve, ["What is 6 * 7?", "What is 100 - 58?"]):
+                print(f"  {solution.task.question} -> {solution.answer}")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,10 @@ def test_dvts(tmp_path):
             while node["parent"] is not None and node["parent"] != 0:
                 assert node["meta"]["subtree"] == index
                 node = nodes[node["parent"]]
-    assert solution["usage"]["model_calls"] == solution["meta"]["rounds"]  # subtrees share ticks
+    # subtrees advance on their own (no global tick): the search waited on the model once
+    # per round when both subtrees asked together, at most once per subtree per round
+    rounds = solution["meta"]["rounds"]
+    assert rounds <= solution["usage"]["model_calls"] <= rounds * len(groups)
 
 
 def test_mcts(tmp_path):

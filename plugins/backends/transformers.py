@@ -38,7 +38,7 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from attrs import asdict, define, field
@@ -178,6 +178,7 @@ class _Request:
 
     request: GenerateRequest
     future: concurrent.futures.Future[list[Completion]]
+    on_text: Callable[[int, str], None] | None = None
     sequences: list[_Sequence] | None = None
     done: int = 0
 
@@ -346,27 +347,38 @@ class TransformersBackend(Backend):
     def continuous(self) -> bool:
         return self._continuous
 
-    async def generate_async(self, request: GenerateRequest) -> list[Completion]:
-        return await asyncio.wrap_future(self.submit(request))
+    streams_text = True
+
+    async def generate_async(
+        self, request: GenerateRequest, on_text: Callable[[int, str], None] | None = None
+    ) -> list[Completion]:
+        return await asyncio.wrap_future(self.submit(request, on_text))
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
-        futures = [self.submit(request) for request in requests]
+        """Blocking: the requests arrive together, so they are admitted together."""
+        futures = self._enqueue([_Request(request, concurrent.futures.Future()) for request in requests])
         return [future.result() for future in futures]
 
-    def submit(self, request: GenerateRequest) -> concurrent.futures.Future[list[Completion]]:
+    def submit(
+        self, request: GenerateRequest, on_text: Callable[[int, str], None] | None = None
+    ) -> concurrent.futures.Future[list[Completion]]:
         """Queue ``request`` for the decode loop; the future resolves when its ``n``
-        samples are done. Cancelling the future drops its sequences from the batch."""
-        future: concurrent.futures.Future[list[Completion]] = concurrent.futures.Future()
+        samples are done. Cancelling the future drops its sequences from the batch.
+        ``on_text(sample, text_so_far)`` is called from the loop's thread after each token."""
+        (future,) = self._enqueue([_Request(request, concurrent.futures.Future(), on_text)])
+        return future
+
+    def _enqueue(self, pending: list[_Request]) -> list[concurrent.futures.Future[list[Completion]]]:
         with self._wake:
             if self._closed:
                 raise BackendError("the transformers backend is closed")
-            self._arrivals.append(_Request(request, future))
+            self._arrivals.extend(pending)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._serve, name="reason-transformers", daemon=True)
                 self._worker.start()
             self._wake.notify()
-        self.stats.requests += 1
-        return future
+            self.stats.requests += len(pending)
+        return [p.future for p in pending]
 
     def _serve(self) -> None:
         """The decode loop (one thread): admit waiting sequences into free rows, pick one
@@ -661,6 +673,9 @@ class TransformersBackend(Backend):
             seq.logprobs.append(float(logprobs[i, token]))
             seq.top_logprobs.append(tuple(top_values[i][: params.logprobs]) if top_values else ())
             self._settle(seq, len(seq.prompt_ids) + len(seq.token_ids))
+            if seq.owner.on_text is not None:
+                text = seq.text if seq.finish else self._tokenizer.decode(seq.token_ids, skip_special_tokens=True)
+                seq.owner.on_text(seq.index, text)
         self.stats.decode_tokens += len(active)
         return tokens
 
