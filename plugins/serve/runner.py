@@ -254,9 +254,12 @@ class SearchView:
                     out.append(("content", delta))
             return out
         if kind == "StepsGenerated":
+            known = getattr(event, "texts", None)  # where the event carries the steps' texts
             for sample, node_id in enumerate(event.node_ids):
                 self.parents[node_id] = event.parent_id
                 text = self.growing.pop((event.parent_id, sample), None)
+                if known is not None and sample < len(known):
+                    text = known[sample]
                 if text is not None:
                     self.texts[node_id] = text
             if self.stream_tokens and len(event.node_ids) == 1:
