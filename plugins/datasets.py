@@ -164,17 +164,25 @@ class Math500(FileDataset):
 
 
 class HumanEval(FileDataset):
-    """HumanEval: 164 Python functions to complete, graded by running their tests in the
-    Docker sandbox (the ``sandbox`` verifier; ``-o grading_verifier=NAME`` picks another)."""
+    """HumanEval: 164 Python functions to complete.
+
+    Each task carries two sets of tests. ``public_tests``: the examples in the prompt's
+    docstring as asserts (:mod:`reason.plugins.public_tests`; 156 of the 164 prompts have
+    some), what a user has and what the ``sandbox`` verifier runs. ``test``: HumanEval's
+    hidden tests, which only grading runs (in the Docker sandbox, through
+    :class:`reason.plugins.verifiers.sandbox.HiddenTestGrader`; ``-o grading_verifier=NAME``
+    grades by that verifier's verdict instead)."""
 
     name = "humaneval"
     relative_path = "humaneval/HumanEval.jsonl.gz"
 
     def __init__(self, config: Config, arg: str | None = None) -> None:
         super().__init__(config, arg)
-        self._grader: grading.CodeGrader | None = None
+        self._grader: Any = None
 
     def task(self, index: int, record: dict[str, Any]) -> Task:
+        from .public_tests import public_test_sources
+
         return Task(
             question=record["prompt"],
             id=record["task_id"],
@@ -184,13 +192,21 @@ class HumanEval(FileDataset):
                 "prompt": record["prompt"],
                 "test": record["test"],
                 "entry_point": record["entry_point"],
+                "public_tests": public_test_sources(record["prompt"], record["entry_point"]),
             },
         )
 
     @property
-    def grader(self) -> grading.CodeGrader:
+    def grader(self) -> Any:
+        """Grades with the hidden tests (or with ``-o grading_verifier=NAME``'s verdict)."""
         if self._grader is None:
-            self._grader = grading.CodeGrader(self.config, self.config.option("grading_verifier", "sandbox"))
+            chosen = self.config.option("grading_verifier")
+            if chosen:
+                self._grader = grading.CodeGrader(self.config, str(chosen))
+            else:
+                from .verifiers.sandbox import HiddenTestGrader
+
+                self._grader = HiddenTestGrader(self.config)
         return self._grader
 
     def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:

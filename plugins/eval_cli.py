@@ -132,10 +132,22 @@ def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None
     """Evaluate a search strategy on a benchmark: accuracy against compute.
 
     Solves every problem (batched across problems), grades every candidate, and writes
-    DIR/results.jsonl (one line per problem, crash-safe), DIR/summary.json (maj@n,
-    weighted@n, naive@n, pass@k for n = 1, 2, 4 ... N, the strategy's own accuracy,
-    tokens and seconds per problem) and DIR/accuracy_vs_budget.png. Takes every option
-    of `reason solve`.
+    DIR/results.jsonl (one line per problem, crash-safe), DIR/summary.json and
+    DIR/accuracy_vs_budget.png. Takes every option of `reason solve`.
+
+    \b
+    What the report holds, never mixed up:
+      the strategy's choice   the answer the search returned (accuracy)
+      maj@n, weighted@n,      what each selection rule picks among n = 1, 2, 4 ... N
+      naive@n                 candidates (vote, score-weighted vote, top score)
+      pass@n (code)           oracle upper bound: some candidate passes the hidden tests;
+                              no strategy can choose by it (dashed ceiling in the plot)
+      unverified (code)       problems without public tests: the sandbox verifier could
+                              not check their candidates
+
+    The search never sees what grades it: no reference answer, no hidden tests. The
+    sandbox verifier runs a task's public tests (the prompt's examples); grading runs
+    the hidden ones.
     """
     if ctx.invoked_subcommand is not None:
         return

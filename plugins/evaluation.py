@@ -16,6 +16,15 @@ and naive@n for n = 1, 2, 4, ... N are computed on subsets of n candidates, here
 over every n-subset (or a fixed sample of them when there are many) rather than the first
 n only, which removes the luck of the draw at small n; code tasks add the unbiased
 pass@k of Chen et al. (2021).
+
+Three kinds of number, never to be mixed up (:data:`METRIC_LABELS`): the strategy's own
+choice (``accuracy``); what a selection rule would choose among n candidates (maj@n,
+weighted@n, naive@n); and pass@n, an oracle upper bound (some candidate is right: no
+strategy can choose by it, since it needs the grader's hidden tests).
+
+The search never sees what grades it: each task is solved without its reference answer
+and without grading-only metadata (HumanEval's hidden ``test``, worked solutions; see
+:func:`search_view`); grading uses the full task.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+import attrs
 from attrs import define, field
 
 from reason import Config, Dataset, Solution, Task
@@ -46,6 +56,20 @@ MAX_SUBSETS = 256
 
 IGNORED_CONFIG_KEYS = ("options.data_dir", "options.threads")
 """Config entries that do not change results: a resumed run may differ in them."""
+
+GRADING_ONLY = ("test", "solution", "canonical_solution")
+"""Task metadata only grading may read: hidden tests and worked solutions."""
+
+METRIC_LABELS = {
+    "accuracy": "the strategy's choice: the answer the search returned",
+    "maj": "maj@n: majority vote over n candidates",
+    "weighted": "weighted@n: the answer whose candidates' verifier scores sum highest among n",
+    "naive": "naive@n: the single best verifier score among n candidates",
+    "pass": "pass@n: oracle upper bound, some of n candidates is right (needs the grader's tests; not a choice)",
+}
+"""What each reported number is (``summary.json`` carries it as ``labels``)."""
+ORACLE_FAMILIES = ("pass",)
+"""Metric families that are upper bounds, not something a strategy can reach by choosing."""
 
 
 # --- budgets and subsets ----------------------------------------------------------------
@@ -187,8 +211,19 @@ def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]
 
 
 def metric_names(summary: dict[str, Any]) -> list[str]:
-    """The metric families present in a summary, in display order."""
+    """The metric families present in a summary, in display order (oracles last)."""
     return [m for m in ("maj", "weighted", "naive", "pass") if f"{m}@1" in summary]
+
+
+def count_unverified(records: Sequence[dict[str, Any]], verifier: Any) -> int | None:
+    """Code problems whose candidates got no pass/fail verdict from the verifier (the
+    ``sandbox`` verifier on a task without public tests); ``None`` when the run has no
+    code problems recorded with verdicts or its verifier gives none at all."""
+    code = [r for r in records if r.get("kind") == "code" and "verified" in r]
+    if not code:
+        return None
+    exact = any(r["verified"] for r in code) or str(verifier or "").split(":")[0] == "sandbox"
+    return sum(1 for r in code if not r["verified"]) if exact else None
 
 
 # --- grading ------------------------------------------------------------------------------
@@ -224,9 +259,20 @@ def grade_many(dataset: Dataset, task: Task, answers: Sequence[str | None]) -> l
     return [bool(dataset.is_correct(task, a)) for a in answers]
 
 
-def make_record(dataset: Dataset, solution: Solution, index: int, wall_seconds: float, tree: bool = False) -> dict[str, Any]:
-    """One line of results.jsonl: the problem, every candidate graded, the choice, cost."""
-    task = solution.task
+def search_view(task: Task) -> Task:
+    """The task as a search sees it in an evaluation: without its reference answer and
+    without grading-only metadata (:data:`GRADING_ONLY`), so no verifier or search can
+    choose by what grades it."""
+    metadata = {k: v for k, v in (task.metadata or {}).items() if k not in GRADING_ONLY}
+    return attrs.evolve(task, reference=None, metadata=metadata)
+
+
+def make_record(
+    dataset: Dataset, solution: Solution, index: int, wall_seconds: float, tree: bool = False, task: Task | None = None
+) -> dict[str, Any]:
+    """One line of results.jsonl: the problem, every candidate graded, the choice, cost.
+    ``task`` is the full task to grade with (default: the solution's own)."""
+    task = task if task is not None else solution.task
     cands = solution.candidates
     answers = [c.answer for c in cands]
     chosen = solution.answer
@@ -245,15 +291,17 @@ def make_record(dataset: Dataset, solution: Solution, index: int, wall_seconds: 
         groups = group_answers(answers)
     candidates = []
     for cand, verdict, group in zip(cands, verdicts, groups):
-        node_tokens = solution.tree[cand.node_id].num_tokens if cand.node_id < len(solution.tree) else None
+        node = solution.tree[cand.node_id] if cand.node_id < len(solution.tree) else None
+        score = node.meta.get("score") if node is not None else None
         candidates.append(
             {
                 "answer": cand.answer,
                 "score": cand.score,
                 "step_scores": [round(s, 6) for s in cand.step_scores],
                 "correct": verdict,
+                "verifier_passed": getattr(score, "passed", None),
                 "group": group,
-                "tokens": node_tokens,
+                "tokens": node.num_tokens if node is not None else None,
                 "text": cand.text,
             }
         )
@@ -272,6 +320,10 @@ def make_record(dataset: Dataset, solution: Solution, index: int, wall_seconds: 
         "wall_seconds": round(wall_seconds, 3),
         "meta": _jsonable(solution.meta),
     }
+    if task.kind == "code":
+        public = (task.metadata or {}).get("public_tests")
+        record["public_tests"] = len(public) if isinstance(public, (list, tuple)) else int(bool(public))
+        record["verified"] = any(c["verifier_passed"] is not None for c in candidates)
     if tree:
         record["tree"] = solution.tree.to_dict()
     return record
@@ -470,6 +522,7 @@ class EvalRun:
         """Solve ``todo`` on ``runtime`` (batched across problems), grading and appending
         each problem as it finishes. Returns every record of the run (old and new)."""
         index_of = {task.id: index for index, task in todo}
+        full = {task.id: task for _, task in todo}
         results = self.results
         runtime.backend.load()  # seconds per problem exclude loading the model
         last = time.perf_counter()
@@ -477,7 +530,8 @@ class EvalRun:
         def on_solution(solution: Solution) -> None:
             nonlocal last
             now = time.perf_counter()
-            record = make_record(self.dataset, solution, index_of[solution.task.id], now - last, self.save_tree)
+            task = full[solution.task.id]
+            record = make_record(self.dataset, solution, index_of[task.id], now - last, self.save_tree, task=task)
             last = now
             results.append(record)
             self.records.append(record)
@@ -486,7 +540,9 @@ class EvalRun:
 
         try:
             if todo:
-                runtime.solve_many([t for _, t in todo], concurrency=self.concurrency, on_solution=on_solution)
+                runtime.solve_many(
+                    [search_view(t) for _, t in todo], concurrency=self.concurrency, on_solution=on_solution
+                )
         finally:
             results.close()
         return self.records
@@ -507,8 +563,13 @@ def summarize_records(records: Sequence[dict[str, Any]], config: Config | dict[s
         "verifier": cfg.get("verifier"),
         "model": cfg.get("model"),
         **compute_metrics(ordered, int(cfg.get("n") or 1)),
-        "config": _jsonable(cfg),
     }
+    unverified = count_unverified(ordered, cfg.get("verifier"))
+    if unverified is not None:
+        summary["unverified"] = unverified
+    if ordered:
+        summary["labels"] = {k: v for k, v in METRIC_LABELS.items() if k == "accuracy" or f"{k}@1" in summary}
+    summary["config"] = _jsonable(cfg)
     return summary
 
 
@@ -560,9 +621,30 @@ def _pct(value: Any) -> str:
     return f"{100 * value:.1f}" if isinstance(value, (int, float)) else "-"
 
 
+ROW_LABELS = {
+    "maj": "maj@n (majority vote)",
+    "weighted": "weighted@n (score-weighted vote)",
+    "naive": "naive@n (top verifier score)",
+    "pass": "pass@n (oracle ceiling)",
+}
+"""Row names in the tables: what choosing among n candidates by each rule gives, and the
+oracle upper bound, named as such."""
+
+
+def _unverified_line(summary: dict[str, Any]) -> str | None:
+    count = summary.get("unverified")
+    if count is None:
+        return None
+    return (
+        f"unverified: {count} of {summary.get('problems')} problems had no public tests, so the verifier could "
+        "not check their candidates (scored 0.5; the search kept its first sample)"
+    )
+
+
 def summary_table(summary: dict[str, Any]) -> Any:
-    """The end-of-run report: a title line, a table with one row per metric family and
-    one column per budget (and the tokens each budget costs), and a line of costs."""
+    """The end-of-run report: a title line; a table with the strategy's choice, one row
+    per selection rule (maj@n, weighted@n, naive@n) and the oracle pass@n, one column per
+    budget (and the tokens each budget costs); a line of costs and the legend."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -576,20 +658,33 @@ def summary_table(summary: dict[str, Any]) -> Any:
     ks = summary.get("budgets") or []
     for k in ks:
         table.add_column(f"@{k}", justify="right")
+    if ks:
+        table.add_row(f"{summary.get('search')}'s choice", *([""] * (len(ks) - 1)), _pct(summary.get("accuracy")),
+                      style="bold green")
     for family in metric_names(summary):
-        table.add_row(family, *(_pct(summary.get(f"{family}@{k}")) for k in ks))
+        row = [ROW_LABELS[family], *(_pct(summary.get(f"{family}@{k}")) for k in ks)]
+        table.add_row(*row, style="dim italic" if family in ORACLE_FAMILIES else None)
     table.add_row("tokens", *(f"{summary.get(f'tokens@{k}', 0):.0f}" for k in ks), style="dim")
-    footer = (
+    lines = [
         f"strategy's choice: {_pct(summary.get('accuracy'))}% · "
         f"{summary.get('tokens_per_problem', 0):.0f} generated tokens/problem · "
         f"{summary.get('seconds_per_problem', 0):.2f} s/problem "
         f"(latency {summary.get('latency_per_problem', 0):.2f} s)"
-    )
-    return Group(Text(title, style="bold"), table, Text(footer))
+    ]
+    if "pass@1" in summary:
+        lines.append(
+            "pass@n is an oracle upper bound (some of n candidates passes the hidden tests); "
+            "no strategy can choose by it. pass@1 is one sample's accuracy."
+        )
+    unverified = _unverified_line(summary)
+    if unverified:
+        lines.append(unverified)
+    return Group(Text(title, style="bold"), table, *(Text(line) for line in lines))
 
 
 def compare_table(summaries: Sequence[dict[str, Any]]) -> Any:
-    """One row per run: its choice, each family at its full budget, and its costs."""
+    """One row per run: its choice, each selection rule at its full budget, the oracle
+    pass@N (labelled as the ceiling it is), and its costs."""
     from rich.table import Table
 
     families = [f for f in ("maj", "weighted", "naive", "pass") if any(f"{f}@1" in s for s in summaries)]
@@ -597,9 +692,11 @@ def compare_table(summaries: Sequence[dict[str, Any]]) -> Any:
     for name in ("run", "dataset", "search", "n", "problems", "choice %"):
         table.add_column(name, justify="right" if name in ("n", "problems", "choice %") else "left")
     for family in families:
-        table.add_column(f"{family}@N %", justify="right")
-    if any("pass@1" in s for s in summaries):
-        table.add_column("pass@1 %", justify="right")
+        table.add_column(f"{family}@N % (oracle)" if family in ORACLE_FAMILIES else f"{family}@N %", justify="right")
+    code = any("pass@1" in s for s in summaries)
+    if code:
+        table.add_column("pass@1 % (1 sample)", justify="right")
+        table.add_column("unverified", justify="right")
     table.add_column("tokens/problem", justify="right")
     table.add_column("s/problem", justify="right")
     for s in summaries:
@@ -613,10 +710,13 @@ def compare_table(summaries: Sequence[dict[str, Any]]) -> Any:
             _pct(s.get("accuracy")),
             *(_pct(s.get(f"{family}@{n}")) for family in families),
         ]
-        if any("pass@1" in x for x in summaries):
+        if code:
             row.append(_pct(s.get("pass@1")))
+            row.append(str(s["unverified"]) if s.get("unverified") is not None else "-")
         row += [f"{s.get('tokens_per_problem', 0):.0f}", f"{s.get('seconds_per_problem', 0):.2f}"]
         table.add_row(*row)
+    if code:
+        table.caption = "pass@N is an oracle upper bound (needs the grader's tests), not a strategy's result"
     return table
 
 

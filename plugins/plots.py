@@ -2,8 +2,10 @@
 when a plot is drawn).
 
 The x axis is generated tokens per problem (log scale, base 2, since budgets double);
-each metric family (maj, weighted, naive, pass) is one line through its budgets
-n = 1, 2, 4, ... N; the strategy's own choice is one marker at its full cost.
+each selection rule (maj@n, weighted@n, naive@n) is one solid or dotted line through its
+budgets n = 1, 2, 4, ... N; the strategy's own choice is one star at its full cost; pass@n,
+an oracle upper bound (some candidate is right), is a thin dashed ceiling labelled as
+such, so it is never read as something a strategy reached.
 """
 
 from __future__ import annotations
@@ -12,9 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-STYLES = {"maj": "-", "weighted": "--", "naive": ":", "pass": "-."}
-MARKERS = {"maj": "o", "weighted": "s", "naive": "^", "pass": "D"}
-LABELS = {"maj": "maj@n", "weighted": "weighted@n", "naive": "naive@n", "pass": "pass@n"}
+STYLES = {"maj": "-", "weighted": "-.", "naive": ":", "pass": "--"}
+MARKERS = {"maj": "o", "weighted": "s", "naive": "^", "pass": "none"}
+LABELS = {
+    "maj": "maj@n (vote)",
+    "weighted": "weighted@n (score-weighted vote)",
+    "naive": "naive@n (top score)",
+    "pass": "pass@n (oracle ceiling)",
+}
+ORACLES = ("pass",)
+"""Families drawn as a dashed ceiling: upper bounds, not choices."""
 
 
 def dataset_label(spec: Any) -> str:
@@ -48,7 +57,12 @@ def _series(summary: dict[str, Any], family: str) -> tuple[list[float], list[flo
 def _draw(ax: Any, summary: dict[str, Any], color: Any, prefix: str = "") -> None:
     for family in _families(summary):
         xs, ys = _series(summary, family)
-        if xs:
+        if not xs:
+            continue
+        if family in ORACLES:
+            ax.plot(xs, ys, linestyle=STYLES[family], linewidth=1.0, alpha=0.7, color=color,
+                    label=f"{prefix}{LABELS[family]}", zorder=1)
+        else:
             ax.plot(xs, ys, STYLES[family], marker=MARKERS[family], color=color, label=f"{prefix}{LABELS[family]}")
     if "accuracy" in summary:
         ax.scatter(
@@ -59,7 +73,7 @@ def _draw(ax: Any, summary: dict[str, Any], color: Any, prefix: str = "") -> Non
             color=color,
             edgecolors="black",
             zorder=5,
-            label=f"{prefix}{summary.get('search')} choice",
+            label=f"{prefix}{summary.get('search')}'s choice",
         )
 
 
@@ -91,6 +105,7 @@ def plot_run(summary: dict[str, Any], path: str | Path) -> Path:
         title = (
             f"{dataset_label(summary.get('dataset'))}: {summary.get('search')} n={summary.get('n')}, "
             f"verifier={summary.get('verifier') or 'none'}, {summary.get('problems')} problems"
+            + (f" ({summary['unverified']} unverified)" if summary.get("unverified") else "")
         )
         return _finish(ax, fig, title, Path(path))
     finally:

@@ -8,9 +8,15 @@
   Options: ``low_confidence_phrase``, ``low_confidence_max`` (1).
 - ``on-verifier-fail``: when the verifier rejects a path (``Score.passed is False``, or
   its score is below ``fail_threshold`` when that is set), inject the verifier's
-  feedback (e.g. the sandbox's error) and let the model fix it. Runs where a policy
-  calls ``ctx.reflect_after_score``. Options: ``fail_threshold``, ``fail_template``
-  (with ``{feedback}``), ``fail_max`` (1).
+  feedback and let the model fix it. From the ``sandbox`` verifier that is the failing
+  public test (the assert, what the call returned or raised, what was expected), or how
+  the program died; never a hidden test, which the verifier does not run. An
+  unverified path (a code task without public tests: ``passed is None``) is not a
+  failure; ``fail_threshold`` is for verifiers without exact verdicts (its 0.5 for
+  unverified paths would read as a score). Runs where a policy calls
+  ``ctx.reflect_after_score``. Options: ``fail_threshold``, ``fail_template`` (with
+  ``{feedback}``), ``fail_max`` (1), ``fail_feedback_chars`` (1500: the feedback's head,
+  where the first failing test is).
 - ``budget-forcing`` (s1, ``budget-forcing:MIN[:MAX]``): for models that think inside
   ``<think>...</think>``. ``</think>`` becomes a stop string; when the model tries to end
   its thinking (or the text) before ``min_thinking_tokens`` (128), the delimiter is

@@ -67,6 +67,27 @@ def test_humaneval_is_code_with_prompt_test_entry_point():
     assert tasks[163].id == "HumanEval/163"
 
 
+def test_humaneval_tasks_carry_the_prompt_examples_as_public_tests():
+    tasks = list(create("humaneval").load())
+    assert tasks[0].metadata["public_tests"] == [
+        "assert has_close_elements([1.0, 2.0, 3.0], 0.5) == False",
+        "assert has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3) == True",
+    ]
+    for task in tasks:  # public tests are the prompt's, never HumanEval's hidden check
+        assert all("candidate(" not in test and "def check" not in test for test in task.metadata["public_tests"])
+    assert sum(1 for t in tasks if t.metadata["public_tests"]) == 156
+    assert tasks[38].metadata["public_tests"] == []  # decode_cyclic shows no example
+
+
+def test_humaneval_grades_with_the_hidden_tests_unless_told_otherwise():
+    from reason.plugins.grading import CodeGrader
+    from reason.plugins.verifiers.sandbox import HiddenTestGrader
+
+    assert isinstance(create("humaneval").grader, HiddenTestGrader)  # built lazily, no Docker yet
+    chosen = create("humaneval", grading_verifier="sandbox").grader
+    assert isinstance(chosen, CodeGrader) and chosen.spec == "sandbox"
+
+
 def test_math500_keeps_subject_level_and_unique_id():
     task = next(iter(create("math500").load()))
     assert task.metadata["unique_id"] == "test/precalculus/807.json"

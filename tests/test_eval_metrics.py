@@ -11,10 +11,12 @@ from reason.plugins.evaluation import (
     MAX_SUBSETS,
     budgets,
     compute_metrics,
+    count_unverified,
     group_answers,
     pass_at_k,
     problem_metrics,
     subsets,
+    summarize_records,
 )
 
 
@@ -150,3 +152,38 @@ def test_subset_metrics_match_brute_force_voting(seed):
             answers[max(subset, key=lambda i: (scores[i], -i))] == "2" for subset in picks
         ) / len(picks)
         assert problem_metrics(record, n)[f"naive@{n}"] == pytest.approx(naive)
+
+
+def code_record(task_id, verified, correct=(True, False)):
+    record = {
+        "task_id": task_id, "kind": "code", "answer": "x", "correct": correct[0],
+        "candidates": [cand(str(i), None, c, 0.5) for i, c in enumerate(correct)],
+        "usage": {"completion_tokens": 10, "prompt_tokens": 5}, "seconds": 1.0,
+    }
+    if verified is not None:
+        record["verified"] = verified
+    return record
+
+
+def test_unverified_code_problems_are_counted_in_the_summary():
+    records = [code_record("a", True), code_record("b", False), code_record("c", False)]
+    assert count_unverified(records, "sandbox") == 2
+    summary = summarize_records(records, {"n": 2, "verifier": "sandbox:5", "search": "best-of-n"}, "humaneval")
+    assert summary["unverified"] == 2
+    # a run where some problem was verified counts the others whatever the verifier's name
+    assert count_unverified(records, "my-sandbox-plugin") == 2
+    # a verifier without verdicts (confidence) on code: nothing was ever verified, no count
+    assert count_unverified([code_record("b", False)], "confidence") is None
+    # the sandbox verifier on problems without public tests only: all unverified
+    assert count_unverified([code_record("b", False)], "sandbox") == 1
+    # records written before verdicts were recorded, and math runs: no count
+    assert count_unverified([code_record("a", None)], "sandbox") is None
+    assert "unverified" not in summarize_records([R1, R2], {"n": 4, "verifier": "confidence"}, "x")
+
+
+def test_summary_labels_say_which_number_is_a_choice_and_which_an_oracle():
+    code = summarize_records([code_record("a", True)], {"n": 2, "verifier": "sandbox"}, "humaneval")
+    assert set(code["labels"]) == {"accuracy", "naive", "pass"}
+    assert "choice" in code["labels"]["accuracy"] and "oracle upper bound" in code["labels"]["pass"]
+    math_run = summarize_records([R1, R2], {"n": 4}, "multiarith")
+    assert set(math_run["labels"]) == {"accuracy", "maj", "weighted", "naive"}

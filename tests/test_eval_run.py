@@ -204,3 +204,94 @@ def test_cli_errors(tmp_path):
     assert isinstance(result.exception, UsageError) and "gsm8k" in str(result.exception)
     result = invoke("eval", "--dataset", "gsm8k", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"))
     assert isinstance(result.exception, UsageError) and "--data-dir" in str(result.exception)
+
+
+# --- what the search sees, and how the report is labelled ---------------------------------------
+
+
+def test_the_search_never_sees_the_reference_or_grading_only_metadata(tmp_path):
+    from reason import Score, Verifier
+
+    seen = []
+
+    class Recording(Verifier):
+        def score(self, requests):
+            seen.extend(r.task for r in requests)
+            return [Score(step_scores=[0.5] * len(r.steps)) for r in requests]
+
+    path = tmp_path / "graded.jsonl"
+    rows = [{"question": f"What is {i} plus {i + 1}?", "answer": str(2 * i + 1), "solution": "worked: add them",
+             "test": "hidden", "canonical_solution": "hidden too", "topic": "sums"} for i in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    registry = get_registry()
+    registry.components["verifier"]["recording"] = Registration("recording", Recording, "tests")
+    try:
+        out = tmp_path / "run"
+        summary, _, _ = execute(make_run(path, out, verifier="recording"))
+    finally:
+        registry.components["verifier"].pop("recording")
+    assert len(seen) == 6  # 3 problems x 2 samples
+    for task in seen:
+        assert task.reference is None
+        assert task.metadata == {"topic": "sums"}  # what a user could see; nothing that grades
+    records = lines(out)
+    assert all(r["reference"] for r in records)  # grading still had the full task
+    assert [c["correct"] for c in records[0]["candidates"]] == [True, False]
+    assert summary["accuracy"] == 1.0  # both candidates score 0.5: the first (right) one is kept
+
+
+def render(renderable) -> str:
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(renderable)
+    return console.export_text()
+
+
+CODE_SUMMARY = {
+    "dataset": "humaneval", "search": "best-of-n", "verifier": "sandbox", "n": 4, "problems": 20, "budgets": [1, 2, 4],
+    "accuracy": 0.75, "naive@1": 0.7, "naive@2": 0.74, "naive@4": 0.75, "pass@1": 0.7, "pass@2": 0.82, "pass@4": 0.9,
+    "tokens@1": 100, "tokens@2": 200, "tokens@4": 400, "tokens_per_problem": 400, "seconds_per_problem": 1.0,
+    "latency_per_problem": 2.0, "unverified": 2, "dir": "runs/he-bon4",
+}
+
+
+def test_the_summary_table_names_the_choice_the_rules_and_the_oracle_ceiling():
+    from reason.plugins.evaluation import summary_table
+
+    text = render(summary_table(CODE_SUMMARY))
+    assert "best-of-n's choice" in text and "75.0" in text
+    assert "naive@n (top verifier score)" in text
+    assert "pass@n (oracle ceiling)" in text and "pass@n is an oracle upper bound" in text
+    assert "unverified: 2 of 20 problems had no public tests" in text
+    math_text = render(summary_table({**{k: v for k, v in CODE_SUMMARY.items() if not k.startswith(("pass", "unverified"))},
+                                      "maj@1": 0.5, "maj@2": 0.6, "maj@4": 0.7}))
+    assert "maj@n (majority vote)" in math_text and "oracle" not in math_text and "unverified" not in math_text
+
+
+def test_compare_labels_pass_at_n_as_the_oracle():
+    from reason.plugins.evaluation import compare_table
+
+    text = render(compare_table([CODE_SUMMARY]))
+    assert "pass@N % (oracle)" in text and "choice %" in text and "pass@1 % (1 sample)" in text
+    assert "unverified" in text and "oracle upper bound" in text
+
+
+def test_the_plot_draws_pass_at_n_as_a_dashed_ceiling(tmp_path):
+    from reason.plugins.plots import _draw, _pyplot, plot_run
+
+    plt = _pyplot()
+    fig, ax = plt.subplots()
+    try:
+        _draw(ax, CODE_SUMMARY, "tab:blue")
+        lines_by_label = {line.get_label(): line for line in ax.get_lines()}
+        ceiling = lines_by_label["pass@n (oracle ceiling)"]
+        assert ceiling.get_linestyle() == "--" and ceiling.get_marker() in ("None", "none", "")
+        assert list(ceiling.get_ydata()) == [70.0, 82.0, 90.0]
+        others = [line for label, line in lines_by_label.items() if "oracle" not in label]
+        assert others and all(line.get_linestyle() != "--" for line in others)
+        labels = ax.get_legend_handles_labels()[1]
+        assert "best-of-n's choice" in labels
+    finally:
+        plt.close(fig)
+    assert plot_run(CODE_SUMMARY, tmp_path / "p.png").stat().st_size > 1000

@@ -188,3 +188,29 @@ def test_budget_forcing_without_think_tags_extends_a_short_answer():
     assert solution.tree[reflections[-1].id].children
     with pytest.raises(UsageError, match="budget-forcing"):
         Runtime(Config(reflect=("budget-forcing:lots",)), backend=ScriptedBackend()).solve("q")
+
+
+def test_on_verifier_fail_feeds_back_the_failing_public_test():
+    """The sandbox verifier's feedback names the failing public test; the trigger injects
+    it, headed by the first failure even when long. An unverified path (no public tests:
+    passed is None, score 0.5) is no failure."""
+    from reason import Step, Task
+    from reason.plugins.reflection import VerifierFailReflection
+    from reason.plugins.verifiers.sandbox import UNVERIFIED_SCORE, tests_feedback
+
+    report = {
+        "passed": 1, "total": 3,
+        "failures": [("assert f(2) == 4", "AssertionError: f(2) returned 3, expected 4"),
+                     ("assert f(5) == 10", "AssertionError: f(5) returned 6, expected 10" + " ..." * 400)],
+    }
+    feedback = tests_feedback(report)
+    assert feedback.startswith("2 of 3 public tests failed.\nFailed: assert f(2) == 4\n")
+    trigger = VerifierFailReflection(Config(), None)
+    task = Task(question="Write f.", kind="code")
+    steps = [Step(text="```python\ndef f(x):\n    return x + 1\n```")]
+    text = trigger.on_step(task, steps, Score(step_scores=[1 / 3], passed=False, feedback=feedback), 0)
+    assert "Failed: assert f(2) == 4\nAssertionError: f(2) returned 3, expected 4" in text
+    assert text.startswith("\n\nWait, this is not right. 2 of 3 public tests failed.")
+    assert len(text) < 1700  # cut at fail_feedback_chars, keeping the head
+    unverified = Score(step_scores=[UNVERIFIED_SCORE], passed=None)
+    assert trigger.on_step(task, steps, unverified, 0) is None

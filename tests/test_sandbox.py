@@ -1,6 +1,7 @@
 """The Docker sandbox on a real engine: the CLI, the warm pool's isolation, cleanup after a
-runner is SIGKILLed, and the ``sandbox`` verifier on HumanEval (alone, inside the runtime,
-and with the embedded model)."""
+runner is SIGKILLed, the ``sandbox`` verifier on HumanEval's public tests (alone, inside
+the runtime, with reflection, and with the embedded model), and that it never runs the
+hidden tests, which only the grader does."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from reason import Config, Runtime, ScoreRequest, Step, Task
+from reason.plugins.public_tests import public_test_sources
 from reason.sandboxes import Limits, Sandbox
 from reason.sandboxes.engine import LABEL, LABEL_OWNER, EngineUnavailable, connect, owner_id
 from reason.sandboxes.sweep import sweep
@@ -57,7 +59,10 @@ def humaneval(index: int) -> Task:
         id=record["task_id"],
         kind="code",
         reference=record["canonical_solution"],
-        metadata={k: record[k] for k in ("prompt", "test", "entry_point")},
+        metadata={
+            **{k: record[k] for k in ("prompt", "test", "entry_point")},
+            "public_tests": public_test_sources(record["prompt"], record["entry_point"]),
+        },
     )
 
 
@@ -329,10 +334,13 @@ def test_verifier_scores_humaneval_solutions(verifier):
         assert score.passed is True, (request.task.id, score.feedback)
         assert score.step_scores == (1.0, 1.0) and score.feedback is None
     wrong_score, loop_score, crash_score = scores[4:]
-    assert wrong_score.passed is False and wrong_score.step_scores == (0.0, 0.0, 0.0)
-    assert "AssertionError" in wrong_score.feedback
-    assert loop_score.passed is False and "time limit" in loop_score.feedback
-    assert crash_score.passed is False and "NameError: name 'undefined_name'" in crash_score.feedback
+    # (with the hidden tests this scored 0.0; one of the two public examples expects True)
+    assert wrong_score.passed is False and wrong_score.step_scores == (0.5, 0.5, 0.5)
+    assert "AssertionError: has_close_elements([1.0, 2.0, 3.0], 0.5) returned True, expected False" in wrong_score.feedback
+    assert loop_score.passed is False and loop_score.step_scores == (0.0,) and "time limit" in loop_score.feedback
+    assert crash_score.passed is False and crash_score.step_scores == (0.0,)
+    # the failing line of the candidate's own code, read from the program file in the container
+    assert "NameError: name 'undefined_name' is not defined (in has_close_elements: return undefined_name)" in crash_score.feedback
 
 
 def test_verifier_caches_repeated_programs(verifier):
@@ -371,7 +379,9 @@ def test_verifier_inside_the_runtime_picks_the_passing_sample(client):
         solution = runtime.solve(task)
     assert solution.score == 1.0
     assert "sorted" in solution.text or "abs(" in solution.text  # the canonical solution's body
-    assert sorted(c.score for c in solution.candidates) == [0.0, 0.0, 0.0, 1.0]
+    # the share of public tests passed: each wrong program still meets one of the two examples
+    # (with the hidden tests these were all 0.0)
+    assert sorted(c.score for c in solution.candidates) == [0.0, 0.5, 0.5, 1.0]
     assert containers_of(client, owner_id()) == []  # closing the runtime closed the pool
 
 
@@ -414,5 +424,133 @@ def test_cli_solves_a_humaneval_task_with_the_embedded_model(client):
     stdout = proc.stdout.decode()
     data = json.loads(stdout[stdout.index("\n{") + 1 :] if not stdout.startswith("{") else stdout)
     scores = [c["score"] for c in data["candidates"]]
-    assert len(scores) == 4 and all(s in (0.0, 1.0) for s in scores)
+    assert len(scores) == 4 and all(0.0 <= s <= 1.0 for s in scores)  # shares of public tests passed
     assert data["score"] == max(scores)
+
+
+# --- public tests only: the verifier never runs the hidden tests ------------------------------
+
+
+def contradicting_task() -> Task:
+    """A task whose hidden test contradicts its public tests: the public example says
+    ``f(2) == 4``, the hidden check says ``f(2) == 5``."""
+    return Task(
+        question="Write f(x).",
+        id="contradicting/0",
+        kind="code",
+        metadata={
+            "prompt": "def f(x):\n    \"\"\">>> f(2)\n    4\n    \"\"\"\n",
+            "entry_point": "f",
+            "public_tests": ["assert f(2) == 4"],
+            "test": "def check(candidate):\n    assert candidate(2) == 5\n",
+        },
+    )
+
+
+def test_verifier_verdict_follows_the_public_tests_and_the_grader_the_hidden_ones(verifier):
+    from reason.plugins.verifiers.sandbox import HiddenTestGrader
+
+    task = contradicting_task()
+    doubles = "```python\ndef f(x):\n    return 2 * x\n```"  # meets the public example
+    plus_three = "```python\ndef f(x):\n    return x + 3\n```"  # meets the hidden check
+    public = verifier.score([ScoreRequest(task=task, prompt="", steps=(Step(text=t),)) for t in (doubles, plus_three)])
+    assert [s.passed for s in public] == [True, False]
+    assert "f(2) returned 5, expected 4" in public[1].feedback and "candidate(2)" not in public[1].feedback
+    grader = HiddenTestGrader(Config(options={"sandbox_workers": 2, "sandbox_pool": 0, "sandbox_timeout": 5}))
+    try:
+        assert grader.grade(task, [doubles, plus_three]) == [False, True]
+    finally:
+        grader.close()
+
+
+def test_reflection_feeds_back_the_failing_public_test_never_the_hidden_one(client):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from scripted import ScriptedBackend
+
+    task = contradicting_task()
+    prompts = []
+
+    def script(request, index):
+        prompts.append(request.prompt)
+        if "f(2) returned 3, expected 4" in request.prompt:
+            return "```python\ndef f(x):\n    return 2 * x\n```"
+        return "```python\ndef f(x):\n    return x + 1\n```"
+
+    config = Config(search="best-of-n", n=1, verifier="sandbox", splitter="none", reflect=("on-verifier-fail",))
+    with Runtime(config, backend=ScriptedBackend(script)) as runtime:
+        solution = runtime.solve(task)
+    assert len(prompts) == 2
+    assert "Failed: assert f(2) == 4" in prompts[1] and "AssertionError: f(2) returned 3, expected 4" in prompts[1]
+    assert "candidate(2) == 5" not in prompts[1] and "check" not in prompts[1]
+    assert solution.score == 1.0 and "2 * x" in solution.text
+
+
+def test_eval_grades_with_the_hidden_tests_and_the_verifier_sees_none(client, tmp_path):
+    """A HumanEval run end to end with a scripted model: the sandbox verifier's requests
+    carry the public tests and no hidden test or reference; grading still uses the hidden
+    tests; the one prompt without public tests is counted as unverified."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from scripted import ScriptedBackend
+
+    from reason import get_registry
+    from reason.plugins.evaluation import EvalRun
+    from reason.plugins.verifiers.sandbox import SandboxVerifier
+    from reason.registry import Registration
+
+    seen: list[ScoreRequest] = []
+
+    class Recording(SandboxVerifier):
+        def score(self, requests):
+            seen.extend(requests)
+            return super().score(requests)
+
+    records = {}
+    with gzip.open(HUMANEVAL, "rt") as fh:
+        for line in fh:
+            record = json.loads(line)
+            records[record["task_id"]] = record
+
+    asked: dict[str, int] = {}
+
+    def script(request, index):
+        # first sample of a problem: the canonical solution; second: a stub that returns None
+        for task_id in ("HumanEval/38", "HumanEval/47"):
+            r = records[task_id]
+            if f"def {r['entry_point']}(" in request.prompt:
+                asked[task_id] = asked.get(task_id, 0) + 1
+                body = r["canonical_solution"] if asked[task_id] == 1 else "    return None\n"
+                return f"```python\n{r['prompt']}{body}```"
+        return "I do not know."
+
+    registry = get_registry()
+    registry.components["verifier"]["recording-sandbox"] = Registration("recording-sandbox", Recording, "tests")
+    try:
+        config = Config(search="best-of-n", n=2, verifier="recording-sandbox", splitter="none", max_tokens=4096,
+                        options={"sandbox_workers": 2, "sandbox_pool": 0})
+        dataset = registry.create("dataset", "humaneval", config)
+        run = EvalRun(dataset_spec="humaneval", dataset=dataset, config=config, out=tmp_path / "he", offset=38, limit=10)
+        todo = [(i, t) for i, t in run.prepare() if i in (38, 47)]
+        with Runtime(config, backend=ScriptedBackend(script)) as runtime:
+            run.run(runtime, todo)
+        summary = run.summarize()
+        dataset.close()
+    finally:
+        registry.components["verifier"].pop("recording-sandbox")
+    assert seen
+    for request in seen:
+        assert "test" not in request.task.metadata and request.task.reference is None
+    assert {r.task.id for r in seen} == {"HumanEval/38", "HumanEval/47"}
+    by_id = {r["task_id"]: r for r in run.records}
+    # 47: the canonical median passes the hidden tests but fails the prompt's wrong example
+    median = by_id["HumanEval/47"]
+    assert [c["correct"] for c in median["candidates"]] == [True, False]
+    assert [c["verifier_passed"] for c in median["candidates"]] == [False, False]
+    assert median["verified"] is True and median["public_tests"] == 2
+    # 38 has no examples: unverified, and still graded by its hidden tests
+    decode = by_id["HumanEval/38"]
+    assert decode["verified"] is False and decode["public_tests"] == 0
+    assert [c["verifier_passed"] for c in decode["candidates"]] == [None, None]
+    assert [c["score"] for c in decode["candidates"]] == [0.5, 0.5]
+    assert [c["correct"] for c in decode["candidates"]] == [True, False]
+    assert summary["unverified"] == 1 and summary["problems"] == 2
+    assert summary["pass@2"] == 1.0 and "oracle" in summary["labels"]["pass"]
