@@ -462,6 +462,16 @@ def test_model_best_of_n_streams_progress_then_the_answer(openai_client):
     assert content == max(final.reason["candidates"], key=lambda c: c["score"])["text"]
 
 
+async def read_a_little(client, server, max_tokens=400) -> bool:
+    """Stream a long greedy answer until its first token arrives, then hang up."""
+    body = {"model": f"greedy/{MODEL}", "messages": QUESTION, "stream": True, "max_tokens": max_tokens}
+    async with client.stream("POST", f"{server}/v1/chat/completions", json=body) as r:
+        async for line in r.aiter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                return True
+    return False
+
+
 @pytest.mark.model
 def test_model_disconnect_cancels_the_search_and_frees_its_rows(server):
     """Checked how: 4 streams asking for 400 tokens each (tens of seconds on this model)
@@ -470,18 +480,10 @@ def test_model_disconnect_cancels_the_search_and_frees_its_rows(server):
     non-streamed request whose client times out is cancelled the same way."""
     wait_idle(server)
     before = health(server)
-    body = {"model": f"greedy/{MODEL}", "messages": QUESTION, "stream": True, "max_tokens": 400}
-
-    async def read_a_little(c):
-        async with c.stream("POST", f"{server}/v1/chat/completions", json=body) as r:
-            async for line in r.aiter_lines():
-                if '"content":"' in line and '"content":""' not in line:
-                    return True
-        return False
 
     async def go():
         async with httpx.AsyncClient(timeout=120) as c:
-            return await asyncio.gather(*(read_a_little(c) for _ in range(4)))
+            return await asyncio.gather(*(read_a_little(c, server) for _ in range(4)))
 
     assert all(asyncio.run(go()))
     closed = time.time()
@@ -502,29 +504,39 @@ def test_model_disconnect_cancels_the_search_and_frees_its_rows(server):
 
 @pytest.mark.model
 def test_model_32_concurrent_requests_are_batched_together(server):
-    """32 greedy requests at once (one row each): all answered, and the engine decoded
-    several requests' rows in the same steps (a step with more than one row can only be
-    several requests here)."""
+    """32 greedy requests at once (one row each) while 6 more clients hang up mid-stream:
+    all 32 answered, the engine decoded several requests' rows in the same steps (a step
+    with more than one row can only be several requests here), and nothing is left in
+    flight afterwards (the hung-up streams' rows were dropped, not run to their end)."""
     from openai import AsyncOpenAI
 
     wait_idle(server)
-    before = health(server)["engine"]
+    before_all = health(server)
+    before = before_all["engine"]
 
     async def go():
-        async with AsyncOpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=300) as c:
+        async with (
+            AsyncOpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=300) as c,
+            httpx.AsyncClient(timeout=300) as raw,
+        ):
             calls = [
                 c.chat.completions.create(
                     model=f"greedy/{MODEL}", messages=[{"role": "user", "content": f"What is {i} + {i}?"}], max_tokens=8
                 )
                 for i in range(32)
             ]
-            return await asyncio.wait_for(asyncio.gather(*calls), timeout=600)
+            quitters = [read_a_little(raw, server) for _ in range(6)]
+            return await asyncio.wait_for(asyncio.gather(asyncio.gather(*calls), asyncio.gather(*quitters)), timeout=600)
 
-    results = asyncio.run(go())
+    results, quit = asyncio.run(go())
     assert len(results) == 32 and all(r.choices[0].message.content for r in results)
-    after = wait_idle(server)["engine"]
+    assert all(quit)
+    idle = wait_idle(server)
+    assert idle["searches_cancelled"] >= before_all["searches_cancelled"] + 6
+    assert idle["engine"]["cancelled_rows"] >= before["cancelled_rows"] + 6
+    after = idle["engine"]
     shared = after["steps_with_several_rows"] - before["steps_with_several_rows"]
     steps = after["steps"] - before["steps"]
     assert shared > 0 and after["max_rows"] > 1
-    # 32 x 8 tokens in far fewer steps than one request at a time would take
+    # 32 x 8 tokens (and the quitters' first few) in far fewer steps than one at a time
     assert steps < 32 * 8 / 2, (steps, after)
