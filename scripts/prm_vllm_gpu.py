@@ -109,11 +109,10 @@ def check_environment(args: argparse.Namespace) -> None:
     """Fail in one clear line before anything heavy starts."""
     if args.backend == "vllm" or args.prm_engine == "vllm":
         if importlib.util.find_spec("vllm") is None:
-            raise UsageError("vllm is not installed: pip install 'reason-runtime[vllm]' (needs a CUDA GPU)")
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("no CUDA GPU is visible: this script runs vLLM (use --backend transformers for a CPU smoke test)")
+            raise UsageError(
+                "vllm is not installed: pip install 'reason-runtime[vllm]' on a CUDA GPU "
+                "(vLLM's CPU build runs it too, slowly: bash scripts/install-vllm.sh .venv/bin/python)"
+            )
     from reason.plugins.backends.models import resolve_model
 
     resolve_model(None if args.prm == "embedded" else args.prm)  # a missing directory fails here
@@ -207,13 +206,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Runtime(config, registry=registry) as runtime:
             runtime.solve_many(tasks, on_solution=report)
             stats = runtime.verifier(runtime.config).stats.to_dict()
+            policy = getattr(runtime.backend, "stats", None)
+            policy_stats = policy.to_dict() if hasattr(policy, "to_dict") else {}
         if out:
             out.close()
         print(json.dumps({
             "summary": True, "problems": len(tasks), "accuracy": round(correct / len(tasks), 4),
             "search": args.search, "n": args.n, "policy": args.policy, "prm": args.prm,
             "prm_engine": args.prm_engine, "prm_format": args.prm_format,
-            "prm_stats": stats, "seconds": round(time.perf_counter() - start, 1),
+            "prm_stats": stats, "policy_stats": policy_stats,
+            "policy_prefix_cache_hit_rate": policy_stats.get("prefix_cache_hit_rate"),
+            "seconds": round(time.perf_counter() - start, 1),
         }), flush=True)
         return 0
     except UsageError as exc:
