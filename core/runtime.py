@@ -209,7 +209,7 @@ class Runtime:
         if running is loop:
             self.emit(event)
         else:
-            loop.call_soon_threadsafe(self.emit, event)
+            _call_in(loop, self.emit, event)
 
     # -- solving ----------------------------------------------------------------------
 

@@ -119,7 +119,7 @@ class _Progress:
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the datasets [$REASON_DATA_DIR, ../shared/data].")
 @click.option("--question-field", help="JSONL datasets: the field with the question [question|problem|input|prompt].")
 @click.option("--answer-field", help="JSONL datasets: the field with the reference answer [answer|target|...].")
-@click.option("--concurrency", type=int, default=16, show_default=True, help="Problems solved at once (batched together).")
+@click.option("--concurrency", type=int, default=16, show_default=True, help="Problems in flight at once (their requests share the batch); the next starts as each finishes.")
 @click.option("--save-tree", is_flag=True, help="Store each problem's search tree in results.jsonl.")
 @click.option("--no-plot", is_flag=True, help="Do not draw accuracy_vs_budget.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
