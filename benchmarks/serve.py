@@ -221,7 +221,10 @@ def main() -> None:
     ratios = [r["throughput_ratio"] for r in rounds]
     medians = {way: round(statistics.median(v) * 1000, 1) for way, v in ttft.items()}
     results = {
-        "command": " ".join([os.path.relpath(sys.executable, ROOT), *sys.argv]),
+        "command": " ".join(
+            [f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] * ("OMP_NUM_THREADS" in os.environ)
+            + [os.path.relpath(sys.executable, ROOT), *sys.argv]
+        ),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "rounds": rounds,
