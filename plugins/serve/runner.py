@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -159,10 +158,6 @@ class Item:
     data: Any
 
 
-def stream_supports_tokens(runtime: Runtime) -> bool:
-    return "tokens" in inspect.signature(runtime.stream).parameters
-
-
 async def stream_all(
     runtime: Runtime,
     jobs: list[tuple[int, Task, dict[str, Any]]],
@@ -177,18 +172,14 @@ async def stream_all(
     ``shutdown`` (an event with ``wait()``, set when the server stops), after an error
     item that tells the client why."""
     queue: asyncio.Queue[Item] = asyncio.Queue()
-    tokens_ok = stream_supports_tokens(runtime)
 
     async def one(index: int, task: Task, overrides: dict[str, Any]) -> None:
         search = overrides.get("search", runtime.config.search)
         single = search.partition(":")[0] in SINGLE_PATH
-        kwargs = dict(overrides)
-        if single and tokens_ok:
-            kwargs["tokens"] = True
-        view = SearchView(stream_tokens=single and tokens_ok)
+        view = SearchView(stream_tokens=single)
         try:
             with counter.search():
-                async with contextlib.aclosing(runtime.stream(task, **kwargs)) as events:
+                async with contextlib.aclosing(runtime.stream(task, tokens=single, **overrides)) as events:
                     async for event in events:
                         for kind, data in view.feed(event, progress_events):
                             queue.put_nowait(Item(kind, index, data))
