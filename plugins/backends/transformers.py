@@ -73,7 +73,7 @@ class BackendStats:
     requests: int = 0
     sequences: int = 0
     cancelled: int = 0
-    """Sequences dropped from the batch because their caller gave up."""
+    """Sequences dropped (decoding or waiting for a row) because their caller gave up."""
     forward_passes: int = 0
     prefill_tokens: int = 0
     """Prompt tokens encoded (padding excluded)."""
@@ -448,16 +448,16 @@ class TransformersBackend(Backend):
         start = time.perf_counter()
         if batch is not None:
             batch = self._drop_cancelled(batch)
-        while self._ready and self._ready[0].owner.future.cancelled():
-            self._ready.popleft()
+        if any(seq.owner.future.cancelled() for seq in self._ready):
+            waiting = len(self._ready)
+            self._ready = deque(seq for seq in self._ready if not seq.owner.future.cancelled())
+            self.stats.cancelled += waiting - len(self._ready)
         free = self.max_batch - (len(batch.rows) if batch else 0)
         # Without plain caches rows cannot be merged: a new batch starts when the old is done.
         if self._ready and free > 0 and (batch is None or self.plain_cache):
             newcomers = [self._ready.popleft() for _ in range(min(free, len(self._ready)))]
-            newcomers = [s for s in newcomers if not s.owner.future.cancelled()]
             prefilled = self.stats.prefill_tokens, self.stats.reused_tokens
-            if newcomers:
-                batch = self._admit(batch, newcomers)
+            batch = self._admit(batch, newcomers)
             admitted = len(newcomers)
             prefill = self.stats.prefill_tokens - prefilled[0]
             reused = self.stats.reused_tokens - prefilled[1]
