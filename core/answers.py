@@ -151,6 +151,25 @@ def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) 
     return best[0], best[1]
 
 
+def group_answers(answers: Sequence[str | None]) -> list[int | None]:
+    """Cluster equivalent answers (the notion voting uses): group ids in order of first
+    appearance; ``None`` for no answer."""
+    representatives: list[str] = []
+    groups: list[int | None] = []
+    for answer in answers:
+        if answer is None:
+            groups.append(None)
+            continue
+        for gid, rep in enumerate(representatives):
+            if is_equivalent(answer, rep):
+                groups.append(gid)
+                break
+        else:
+            representatives.append(answer)
+            groups.append(len(representatives) - 1)
+    return groups
+
+
 _CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 

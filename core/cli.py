@@ -114,15 +114,20 @@ def config_from(params: dict[str, Any]) -> Config:
 
 
 class ReasonGroup(click.Group):
-    """Adds plugin commands on first use and turns our errors into one clear line."""
+    """Adds the core subsystems' and the plugins' commands on first use, and turns our
+    errors into one clear line."""
 
     _plugins_loaded = False
 
     def _load_plugin_commands(self) -> None:
         if not self._plugins_loaded:
             self._plugins_loaded = True
+            # `reason eval` is the core's eval subsystem (reason.eval); its cli module costs
+            # click only, and the harness loads when the command runs
+            from .eval.cli import eval_command
             from .registry import get_registry
 
+            self.add_command(eval_command)
             get_registry().pm.hook.reason_register_commands(cli=self)
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -165,6 +165,6 @@ class Dataset(Component, ABC):
 
     def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:
         """Whether ``answer`` is right for ``task``. Default: math equivalence."""
-        from reason.plugins.grading import is_equivalent
+        from .eval.grading import is_equivalent
 
         return answer is not None and task.reference is not None and is_equivalent(answer, task.reference)

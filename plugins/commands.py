@@ -5,11 +5,7 @@ from reason import hookimpl
 
 @hookimpl
 def reason_register_commands(cli):
-    """Commands beyond the core's (sandbox, eval) are added here."""
-    from .eval_cli import eval_command  # cheap: click only; the harness loads when it runs
-
-    cli.add_command(eval_command)
-
+    """Commands beyond the core's (``solve``, ``plugins``, ``eval``) are added here."""
     from reason.sandboxes.cli import sandbox_group  # cheap: click only; docker loads when a command runs
 
     cli.add_command(sandbox_group)

@@ -2,7 +2,7 @@
 
 Each dataset reads its file from the data directory, yields :class:`reason.Task` objects
 with stable ids (``gsm8k/0``, ``HumanEval/0``) and references, and grades answers the way
-its benchmark states them (see :mod:`reason.plugins.grading`).
+its benchmark states them (see :mod:`reason.answers`).
 
 The data directory is, in order: the ``data_dir`` option (``-o data_dir=DIR`` or
 ``reason eval --data-dir DIR``), ``$REASON_DATA_DIR``, then the first existing
@@ -25,7 +25,7 @@ from typing import Any
 from reason import Config, Dataset, Task, hookimpl
 from reason.errors import UsageError
 
-from . import grading
+from reason.eval import grading
 
 DATA_DIR_ENV = "REASON_DATA_DIR"
 DATA_DIR_OPTION = "data_dir"
@@ -232,7 +232,7 @@ class JsonlDataset(Dataset):
     the usual names present. Ids are ``<file stem>/<index>``, or the ``id_field`` option's
     value. A reference holding a worked solution is reduced to its final answer (after
     ``#### `` or in the last ``\\boxed{}``). Grading is math-aware (see
-    :func:`reason.plugins.grading.numeric_equal`)."""
+    :func:`reason.answers.is_equivalent`)."""
 
     def __init__(self, config: Config, arg: str | None = None) -> None:
         super().__init__(config, arg)

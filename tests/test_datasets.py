@@ -80,7 +80,7 @@ def test_humaneval_tasks_carry_the_prompt_examples_as_public_tests():
 
 
 def test_humaneval_grades_with_the_hidden_tests_unless_told_otherwise():
-    from reason.plugins.grading import CodeGrader
+    from reason.eval.grading import CodeGrader
     from reason.plugins.verifiers.sandbox import HiddenTestGrader
 
     assert isinstance(create("humaneval").grader, HiddenTestGrader)  # built lazily, no Docker yet
@@ -175,7 +175,7 @@ def test_jsonl_errors_name_the_fix(tmp_path):
 def test_dataset_plugins_import_nothing_heavy():
     code = (
         "import sys, reason; r = reason.get_registry(); r.create('dataset', 'gsm8k', reason.Config());"
-        "import reason.plugins.evaluation, reason.plugins.eval_cli;"
+        "import reason.eval.run, reason.eval.cli, reason.eval.metrics, reason.eval.results, reason.eval.report;"
         "print(sorted(m for m in ('torch', 'sympy', 'docker', 'matplotlib', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -7,17 +7,17 @@ import random
 import pytest
 
 from reason.answers import vote
-from reason.plugins.evaluation import (
+from reason.answers import group_answers
+from reason.eval.metrics import (
     MAX_SUBSETS,
     budgets,
     compute_metrics,
     count_unverified,
-    group_answers,
     pass_at_k,
     problem_metrics,
     subsets,
-    summarize_records,
 )
+from reason.eval.results import summarize_records
 
 
 def cand(answer, group, correct, score):

@@ -20,7 +20,8 @@ import pytest
 
 from reason import Config, Runtime, get_registry
 from reason.answers import extract_answer, vote
-from reason.plugins.evaluation import RESULTS, EvalRun
+from reason.eval.results import RESULTS
+from reason.eval.run import EvalRun
 
 pytestmark = pytest.mark.model
 

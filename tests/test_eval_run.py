@@ -10,7 +10,8 @@ from scripted import ScriptedBackend
 
 from reason import Config, Runtime, get_registry
 from reason.errors import UsageError
-from reason.plugins.evaluation import PLOT, RESULTS, SUMMARY, EvalRun, ResultsFile, load_run
+from reason.eval.results import PLOT, RESULTS, SUMMARY, ResultsFile, load_run
+from reason.eval.run import EvalRun
 from reason.registry import Registration
 
 
@@ -257,7 +258,7 @@ CODE_SUMMARY = {
 
 
 def test_the_summary_table_names_the_choice_the_rules_and_the_oracle_ceiling():
-    from reason.plugins.evaluation import summary_table
+    from reason.eval.report import summary_table
 
     text = render(summary_table(CODE_SUMMARY))
     assert "best-of-n's choice" in text and "75.0" in text
@@ -270,7 +271,7 @@ def test_the_summary_table_names_the_choice_the_rules_and_the_oracle_ceiling():
 
 
 def test_compare_labels_pass_at_n_as_the_oracle():
-    from reason.plugins.evaluation import compare_table
+    from reason.eval.report import compare_table
 
     text = render(compare_table([CODE_SUMMARY]))
     assert "pass@N % (oracle)" in text and "choice %" in text and "pass@1 % (1 sample)" in text
@@ -278,7 +279,7 @@ def test_compare_labels_pass_at_n_as_the_oracle():
 
 
 def test_the_plot_draws_pass_at_n_as_a_dashed_ceiling(tmp_path):
-    from reason.plugins.plots import _draw, _pyplot, plot_run
+    from reason.eval.plots import _draw, _pyplot, plot_run
 
     plt = _pyplot()
     fig, ax = plt.subplots()

@@ -8,8 +8,8 @@ import pytest
 
 from reason import Config, Task, get_registry
 from reason.answers import extract_answer, is_equivalent, vote
-from reason.plugins import grading
-from reason.plugins.grading import (
+from reason.eval import grading
+from reason.eval.grading import (
     asks_for_percent,
     gsm8k_reference,
     math_equal,

@@ -493,7 +493,7 @@ def test_eval_grades_with_the_hidden_tests_and_the_verifier_sees_none(client, tm
     from scripted import ScriptedBackend
 
     from reason import get_registry
-    from reason.plugins.evaluation import EvalRun
+    from reason.eval.run import EvalRun
     from reason.plugins.verifiers.sandbox import SandboxVerifier
     from reason.registry import Registration
 

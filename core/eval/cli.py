@@ -1,7 +1,8 @@
 """``reason eval``: run a strategy over a benchmark and measure accuracy against compute;
 ``reason eval compare``: put several runs side by side.
 
-This module is imported only when the command runs (``reason --help`` stays fast).
+Importing this module costs click only (``reason --help`` lists the command and stays
+fast); the harness, grading and plots load when the command runs.
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None
     if not dataset_name:
         raise UsageError("reason eval needs --dataset NAME|PATH.jsonl (gsm8k, math500, multiarith, humaneval)")
     from reason import get_registry
-    from reason.plugins.evaluation import EvalRun, console, summary_table
+    from .report import console, summary_table
+    from .run import EvalRun
 
     config = config_from(params)
     extra = {k: v for k, v in (("data_dir", data_dir), ("question_field", question_field), ("answer_field", answer_field)) if v}
@@ -208,12 +210,12 @@ def _solve(run: Any, todo: list, total: int, quiet: bool) -> None:
 
 
 def _finish(run: Any, no_plot: bool, partial: bool = False) -> dict[str, Any]:
-    from reason.plugins.evaluation import PLOT
+    from .results import PLOT
 
     summary = run.summarize()
     if not no_plot and summary.get("problems"):
         try:
-            from reason.plugins.plots import plot_run
+            from .plots import plot_run
 
             plot_run(summary, run.out / PLOT)
         except Exception as exc:  # a plot must never lose the results
@@ -235,7 +237,8 @@ def compare(dirs: tuple[str, ...], plot_path: str, no_plot: bool, common: bool, 
     \b
       reason eval compare runs/multiarith-best-of-n-n8 runs/multiarith-beam-n8
     """
-    from reason.plugins.evaluation import compare_table, console, load_run, task_ids
+    from .report import compare_table, console
+    from .results import load_run, task_ids
 
     only = None
     if common:
@@ -248,7 +251,7 @@ def compare(dirs: tuple[str, ...], plot_path: str, no_plot: bool, common: bool, 
     else:
         console().print(compare_table(summaries))
     if not no_plot:
-        from reason.plugins.plots import plot_compare
+        from .plots import plot_compare
 
         path = plot_compare(summaries, plot_path)
         if not as_json:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from reason import answers
 
 if TYPE_CHECKING:
-    from reason import Config, Task, Verifier
+    from reason import Config, Dataset, Task, Verifier
 
 _NUMBER = re.compile(r"^[-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
 _UNIT_TAIL = re.compile(r"^(?P<num>[^a-zA-Z]*?)\s*(?:[a-zA-Z][a-zA-Z .]*)?$")
@@ -136,6 +136,15 @@ def asks_for_percent(question: str) -> bool:
     the cars ...?"), so the dataset's number means percent."""
     sentences = [s for s in re.split(r"(?<=[.?!])\s+", question.strip()) if s.strip()]
     return bool(sentences) and bool(_PERCENT_ASK.search(sentences[-1]))
+
+
+def grade_many(dataset: Dataset, task: Task, answers: Sequence[str | None]) -> list[bool]:
+    """Grade answers for one task; datasets with a batch ``grade`` (HumanEval: one
+    sandbox call) use it."""
+    batch = getattr(dataset, "grade", None)
+    if callable(batch):
+        return [bool(v) for v in batch(task, list(answers))]
+    return [bool(dataset.is_correct(task, a)) for a in answers]
 
 
 # --- code ----------------------------------------------------------------------------

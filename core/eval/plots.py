@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .report import dataset_label
+
 STYLES = {"maj": "-", "weighted": "-.", "naive": ":", "pass": "--"}
 MARKERS = {"maj": "o", "weighted": "s", "naive": "^", "pass": "none"}
 LABELS = {
@@ -24,12 +26,6 @@ LABELS = {
 }
 ORACLES = ("pass",)
 """Families drawn as a dashed ceiling: upper bounds, not choices."""
-
-
-def dataset_label(spec: Any) -> str:
-    from reason.plugins.evaluation import dataset_label as label
-
-    return label(spec)
 
 
 def _pyplot() -> Any:

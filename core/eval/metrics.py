@@ -1,0 +1,189 @@
+"""Metrics of an evaluation run, computed from its records alone (no model, no I/O).
+
+Metrics follow HF search-and-learn: from the N candidates of one run, maj@n, weighted@n
+and naive@n for n = 1, 2, 4, ... N are computed on subsets of n candidates, here averaged
+over every n-subset (or a fixed sample of them when there are many) rather than the first
+n only, which removes the luck of the draw at small n; code tasks add the unbiased
+pass@k of Chen et al. (2021).
+
+Three kinds of number, never to be mixed up (:data:`METRIC_LABELS`): the strategy's own
+choice (``accuracy``); what a selection rule would choose among n candidates (maj@n,
+weighted@n, naive@n); and pass@n, an oracle upper bound (some candidate is right: no
+strategy can choose by it, since it needs the grader's hidden tests).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from collections.abc import Callable, Sequence
+from itertools import combinations
+from typing import Any
+
+MAX_SUBSETS = 256
+"""Above this many n-subsets, metrics average over a fixed random sample of them."""
+
+METRIC_LABELS = {
+    "accuracy": "the strategy's choice: the answer the search returned",
+    "maj": "maj@n: majority vote over n candidates",
+    "weighted": "weighted@n: the answer whose candidates' verifier scores sum highest among n",
+    "naive": "naive@n: the single best verifier score among n candidates",
+    "pass": "pass@n: oracle upper bound, some of n candidates is right (needs the grader's tests; not a choice)",
+}
+"""What each reported number is (``summary.json`` carries it as ``labels``)."""
+ORACLE_FAMILIES = ("pass",)
+"""Metric families that are upper bounds, not something a strategy can reach by choosing."""
+
+# --- budgets and subsets ----------------------------------------------------------------
+
+
+def budgets(n: int) -> list[int]:
+    """The sample budgets a run of ``n`` is measured at: 1, 2, 4, ... and ``n`` itself."""
+    out, k = [], 1
+    while k < n:
+        out.append(k)
+        k *= 2
+    out.append(max(n, 1))
+    return out
+
+
+def subsets(size: int, k: int, seed: str = "") -> list[tuple[int, ...]]:
+    """Index subsets of ``k`` out of ``size`` candidates: all of them, or ``MAX_SUBSETS``
+    drawn with a seed derived from ``seed`` (the task id) so reruns agree."""
+    k = min(k, size)
+    if k <= 0:
+        return [()]
+    if math.comb(size, k) <= MAX_SUBSETS:
+        return list(combinations(range(size), k))
+    rng = random.Random(zlib.crc32(f"{seed}|{size}|{k}".encode()))
+    return [tuple(sorted(rng.sample(range(size), k))) for _ in range(MAX_SUBSETS)]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al., 2021): the chance that at least one of ``k`` programs
+    drawn without replacement from ``n`` with ``c`` correct is correct."""
+    if k > n:
+        k = n
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+# --- choosing within a subset -----------------------------------------------------------
+
+
+def _pick_by_group(cands: Sequence[dict[str, Any]], subset: Sequence[int], weight: Callable[[dict[str, Any]], float]) -> int | None:
+    """The candidate representing the answer group with the largest total weight in the
+    subset (ties go to the group seen first, as :func:`reason.answers.vote` does)."""
+    totals: dict[int, float] = {}
+    first: dict[int, int] = {}
+    for i in subset:
+        group = cands[i].get("group")
+        if group is None:
+            continue
+        totals[group] = totals.get(group, 0.0) + weight(cands[i])
+        first.setdefault(group, i)
+    if not totals:
+        return None
+    best = max(totals.values())
+    winner = min((first[g] for g, total in totals.items() if total == best), key=lambda i: subset.index(i))
+    return winner
+
+
+def majority_choice(cands: Sequence[dict[str, Any]], subset: Sequence[int]) -> int | None:
+    return _pick_by_group(cands, subset, lambda c: 1.0)
+
+
+def weighted_choice(cands: Sequence[dict[str, Any]], subset: Sequence[int]) -> int | None:
+    return _pick_by_group(cands, subset, lambda c: float(c.get("score") or 0.0))
+
+
+def naive_choice(cands: Sequence[dict[str, Any]], subset: Sequence[int]) -> int | None:
+    """The highest-scored candidate (ties: the first)."""
+    best: int | None = None
+    for i in subset:
+        if best is None or (cands[i].get("score") or 0.0) > (cands[best].get("score") or 0.0):
+            best = i
+    return best
+
+
+CHOOSERS: dict[str, Callable[[Sequence[dict[str, Any]], Sequence[int]], int | None]] = {
+    "maj": majority_choice,
+    "weighted": weighted_choice,
+    "naive": naive_choice,
+}
+
+
+def _correct(cands: Sequence[dict[str, Any]], index: int | None) -> float:
+    return 1.0 if index is not None and cands[index].get("correct") else 0.0
+
+
+def problem_metrics(record: dict[str, Any], n: int) -> dict[str, float]:
+    """One problem's expected accuracy of each rule at budget ``n`` (mean over subsets)."""
+    cands = record.get("candidates") or []
+    out: dict[str, float] = {}
+    rules = ["naive"] if record.get("kind") == "code" else ["maj", "weighted", "naive"]
+    picks = subsets(len(cands), n, record.get("task_id", "")) if cands else []
+    for rule in rules:
+        if not picks or not cands:
+            out[f"{rule}@{n}"] = 0.0
+            continue
+        choose = CHOOSERS[rule]
+        out[f"{rule}@{n}"] = sum(_correct(cands, choose(cands, s)) for s in picks) / len(picks)
+    if record.get("kind") == "code":
+        correct = sum(1 for c in cands if c.get("correct"))
+        out[f"pass@{n}"] = pass_at_k(len(cands), correct, n) if cands else 0.0
+    return out
+
+
+def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Every metric of a run, averaged over its problems.
+
+    Keys: ``accuracy`` (the strategy's own choice), ``maj@k`` / ``weighted@k`` /
+    ``naive@k`` (and ``pass@k`` for code) for k in :func:`budgets`, ``tokens@k`` (generated
+    tokens per problem at that budget: the run's, scaled by k/n), ``tokens_per_problem``,
+    ``prompt_tokens_per_problem``, ``seconds_per_problem`` (wall clock, model loading
+    excluded), ``latency_per_problem`` (mean time from start to answer of one problem).
+
+    For best-of-n and self-consistency the candidates are independent samples, so a
+    k-subset is exactly a k-sample run and ``tokens@k`` its cost. For step-level searches
+    (beam, DVTS, MCTS) the candidates are the final paths of one search: ``@k`` votes over
+    k of them and ``tokens@k`` only pro-rates that search's cost; their true budget point
+    is ``@n`` (run each N separately to trace their curve)."""
+    count = len(records)
+    summary: dict[str, Any] = {"problems": count, "n": n, "budgets": budgets(n)}
+    if not count:
+        return summary
+    summary["accuracy"] = sum(1 for r in records if r.get("correct")) / count
+    summary["answered"] = sum(1 for r in records if r.get("answer") is not None) / count
+    tokens = sum(r["usage"]["completion_tokens"] for r in records) / count
+    summary["tokens_per_problem"] = tokens
+    summary["prompt_tokens_per_problem"] = sum(r["usage"]["prompt_tokens"] for r in records) / count
+    summary["seconds_per_problem"] = sum(r.get("wall_seconds", r["seconds"]) for r in records) / count
+    summary["latency_per_problem"] = sum(r["seconds"] for r in records) / count
+    summary["candidates_per_problem"] = sum(len(r.get("candidates") or []) for r in records) / count
+    totals: dict[str, float] = {}
+    for k in budgets(n):
+        for record in records:
+            for key, value in problem_metrics(record, k).items():
+                totals[key] = totals.get(key, 0.0) + value
+        summary[f"tokens@{k}"] = tokens * k / n
+    summary.update({key: value / count for key, value in totals.items()})
+    return summary
+
+
+def metric_names(summary: dict[str, Any]) -> list[str]:
+    """The metric families present in a summary, in display order (oracles last)."""
+    return [m for m in ("maj", "weighted", "naive", "pass") if f"{m}@1" in summary]
+
+
+def count_unverified(records: Sequence[dict[str, Any]], verifier: Any) -> int | None:
+    """Code problems whose candidates got no pass/fail verdict from the verifier (the
+    ``sandbox`` verifier on a task without public tests); ``None`` when the run has no
+    code problems recorded with verdicts or its verifier gives none at all."""
+    code = [r for r in records if r.get("kind") == "code" and "verified" in r]
+    if not code:
+        return None
+    exact = any(r["verified"] for r in code) or str(verifier or "").split(":")[0] == "sandbox"
+    return sum(1 for r in code if not r["verified"]) if exact else None
