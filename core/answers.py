@@ -1,14 +1,25 @@
-"""Final answers: extract them from a solution, compare them, vote on them.
+"""Final answers: extract them from a solution, compare them, vote on them, choose one.
 
-Equivalence is math-verify's (a maintained LaTeX/sympy checker), so ``\\frac{1}{2}``,
-``0.5`` and ``1/2`` are one answer when voting. math-verify pulls in sympy, so it is
-imported on first use, not with ``import reason``.
+One module for all of it, used alike by the search policies (which answer to return) and
+by ``reason eval`` (grading, and what a selection rule would have chosen):
+
+- *extraction*: :func:`extract_answer` (math), :func:`extract_code` (programs);
+- *equivalence*: :func:`is_equivalent` — numbers as numbers (``18``, ``18.0``, ``$18``,
+  ``1,800`` vs ``1800``, ``7 apples``; a percentage is its number and its fraction), the
+  rest with math-verify (a maintained LaTeX/sympy checker, so ``\\frac{1}{2}``, ``0.5``
+  and ``1/2`` are one answer); ``percent=True`` (see :func:`asks_for_percent`) also lets
+  a plain fraction match a percentage reference;
+- *votes and choices*: :func:`group_answers`, :func:`vote` and :func:`choose` (naive,
+  weighted, majority).
+
+math-verify pulls in sympy, so it is imported on first use, not with ``import reason``.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import threading
 from collections.abc import Sequence
@@ -77,28 +88,88 @@ def _normalize_number(raw: str) -> str:
     return value
 
 
-def _as_float(answer: str) -> float | None:
+_PLAIN_NUMBER = re.compile(r"^[-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
+_UNIT_TAIL = re.compile(r"^(?P<num>[^a-zA-Z]*?)\s*(?:[a-zA-Z][a-zA-Z .]*)?$")
+_PERCENT_ASK = re.compile(r"percent|%", re.IGNORECASE)
+
+REL_TOL = 1e-6
+"""Numbers within this relative tolerance are equal (``math.isclose``, with an absolute
+floor of 1e-9 near zero): symmetric, so a vote groups the same answers in any order."""
+
+
+def parse_number(text: str | None) -> tuple[float, bool] | None:
+    """``(value, is_percent)`` when ``text`` is one plain number (``$1,800.00``, ``-3``,
+    ``12.5%``, ``7 apples``), else ``None`` (LaTeX, expressions, tuples)."""
+    if text is None:
+        return None
+    value = str(text).strip().replace("\\$", "").replace("$", "")
+    value = value.replace("\\!", "").replace("{,}", ",").replace("\\,", "")
+    value = value.strip().rstrip(".").strip()
+    percent = False
+    for mark in ("\\%", "%"):
+        if value.endswith(mark):
+            value, percent = value[: -len(mark)].strip(), True
+            break
+    if not _PLAIN_NUMBER.match(value):
+        unit = _UNIT_TAIL.match(value)  # "7 apples", "18 dollars"
+        if not unit or not _PLAIN_NUMBER.match(unit.group("num").strip()):
+            return None
+        value = unit.group("num").strip()
     try:
-        return float(_normalize_number(answer).rstrip("%"))
+        return float(value.replace(",", "")), percent
     except ValueError:
         return None
 
 
+def numbers_match(answer: str | None, reference: str | None, *, percent: bool = False) -> bool | None:
+    """Compare two plain numbers; ``None`` when either is not one (the caller then needs a
+    symbolic check). A value written with ``%`` may be read as its number or its fraction
+    ("10%" is 10, how GSM8K states percentages, and 0.1, what it means); ``percent=True``
+    (the question asks for a percentage) also lets a fraction answer (``0.1``) match a
+    percentage reference (``10``)."""
+    a, r = parse_number(answer), parse_number(reference)
+    if a is None or r is None:
+        return None
+    (av, a_pct), (rv, r_pct) = a, r
+    a_values = {av, av / 100} if a_pct else {av}
+    if percent and not a_pct:
+        a_values.add(av * 100)
+    r_values = {rv, rv / 100} if r_pct else {rv}
+    return any(math.isclose(x, y, rel_tol=REL_TOL, abs_tol=1e-9) for x in a_values for y in r_values)
+
+
 @functools.lru_cache(maxsize=4096)
-def is_equivalent(a: str, b: str) -> bool:
-    """Whether two answers mean the same thing (numerically or symbolically)."""
-    if a is None or b is None:
+def is_equivalent(answer: str | None, reference: str | None, *, percent: bool = False) -> bool:
+    """Whether two answers mean the same thing: the one equivalence of the project, for
+    votes (any two answers) and for grading (an answer against its reference).
+
+    Numbers compare as numbers (:func:`numbers_match`), anything else with math-verify.
+    ``percent=True`` is for grading a question that asks for a percentage (see
+    :func:`asks_for_percent`): then ``0.1`` also matches a reference of ``10``. An empty
+    or missing answer is never equivalent to anything."""
+    if answer is None or reference is None:
         return False
-    a, b = _clean(str(a)), _clean(str(b))
+    a, b = _clean(str(answer)), _clean(str(reference))
+    if not a or not b:
+        return False
     if a == b:
         return True
-    fa, fb = _as_float(a), _as_float(b)
-    if fa is not None and fb is not None:
-        # "10%" is both 10 (how GSM8K states percentages) and 0.1 (what it means)
-        xs = (fa, fa / 100) if a.endswith("%") else (fa,)
-        ys = (fb, fb / 100) if b.endswith("%") else (fb,)
-        return any(abs(x - y) <= 1e-6 * max(1.0, abs(y)) for x in xs for y in ys)
-    return math_verify_equal(f"${a}$", f"${b}$")
+    numeric = numbers_match(a, b, percent=percent)
+    if numeric is not None:
+        return numeric
+    return math_verify_equal(_as_latex(a), _as_latex(b))
+
+
+def asks_for_percent(question: str) -> bool:
+    """Whether the question's last sentence asks for a percentage ("What percentage of
+    the cars ...?"), so the dataset's number means percent (``is_equivalent(...,
+    percent=asks_for_percent(question))``)."""
+    sentences = [s for s in re.split(r"(?<=[.?!])\s+", question.strip()) if s.strip()]
+    return bool(sentences) and bool(_PERCENT_ASK.search(sentences[-1]))
+
+
+def _as_latex(text: str) -> str:
+    return text if text.startswith(("\\(", "\\[")) else f"${text}$"
 
 
 def math_verify_equal(answer: str, reference: str) -> bool:
@@ -129,28 +200,6 @@ def _quiet_math_verify() -> None:
         logging.getLogger(name).addFilter(drop)
 
 
-def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> tuple[str | None, float]:
-    """Group equivalent answers and return the one with the largest total weight
-    (weights default to 1: majority vote). Ties go to the answer seen first.
-    ``None`` answers do not vote."""
-    if weights is None:
-        weights = [1.0] * len(answers)
-    groups: list[list] = []  # [representative, total]
-    for answer, weight in zip(answers, weights):
-        if answer is None:
-            continue
-        for group in groups:
-            if is_equivalent(answer, group[0]):
-                group[1] += weight
-                break
-        else:
-            groups.append([answer, float(weight)])
-    if not groups:
-        return None, 0.0
-    best = max(groups, key=lambda g: g[1])  # max keeps the first of equal totals
-    return best[0], best[1]
-
-
 def group_answers(answers: Sequence[str | None]) -> list[int | None]:
     """Cluster equivalent answers (the notion voting uses): group ids in order of first
     appearance; ``None`` for no answer."""
@@ -168,6 +217,76 @@ def group_answers(answers: Sequence[str | None]) -> list[int | None]:
             representatives.append(answer)
             groups.append(len(representatives) - 1)
     return groups
+
+
+def _tally(groups: Sequence[int | None], weights: Sequence[float | None]) -> tuple[int | None, float]:
+    """The group with the largest total weight (ties: the group seen first) and its total.
+
+    A weight below 0 counts as 0: a sample is evidence *for* its answer or none, never
+    against it. Unclamped, a verifier whose scores can be negative (log-probabilities, a
+    reward in [-1, 1]) would make each extra sample of an answer lower its total, so the
+    answer with the fewest samples would win; clamped, such answers tie and the first seen
+    wins, as in a plain vote. (Scores in [0, 1], as verifiers return, are unchanged.)"""
+    totals: dict[int, float] = {}
+    for group, weight in zip(groups, weights):
+        if group is not None:
+            totals[group] = totals.get(group, 0.0) + max(float(weight or 0.0), 0.0)
+    if not totals:
+        return None, 0.0
+    winner = max(totals, key=lambda g: totals[g])  # dicts keep first-seen order; max keeps the first of equal totals
+    return winner, totals[winner]
+
+
+def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> tuple[str | None, float]:
+    """Group equivalent answers and return the one with the largest total weight
+    (weights default to 1: majority vote; negative weights count as 0). Ties go to the
+    answer seen first. ``None`` answers do not vote."""
+    groups = group_answers(answers)
+    winner, total = _tally(groups, weights if weights is not None else [1.0] * len(answers))
+    if winner is None:
+        return None, 0.0
+    return answers[groups.index(winner)], total
+
+
+RULES = ("naive", "weighted", "majority")
+"""The choice rules of :func:`choose`."""
+
+
+def choose(
+    answers: Sequence[str | None],
+    scores: Sequence[float | None] | None = None,
+    rule: str = "naive",
+    groups: Sequence[int | None] | None = None,
+) -> tuple[int | None, float]:
+    """Which of N scored samples to answer with: ``(index, weight)``; ``(None, 0.0)``
+    when there are no samples. The same rules serve the searches and ``reason eval``'s
+    maj@n / weighted@n / naive@n.
+
+    - ``naive``: the highest score (a missing score ranks lowest); weight = that score.
+    - ``weighted``: the answer whose samples' scores sum highest (search-and-learn's
+      weighted best-of-N), ``majority``: the most frequent answer (self-consistency);
+      weight = the answer's total (see :func:`vote`), and the sample returned is the
+      answer's best-scored one (ties: the first). When no sample has an answer, the
+      naive choice.
+
+    ``groups`` (from :func:`group_answers`) saves re-comparing answers when the same
+    samples are chosen among many times."""
+    if rule not in RULES:
+        raise ValueError(f"unknown choice rule {rule!r}; one of {', '.join(RULES)}")
+    if not answers:
+        return None, 0.0
+    scores = list(scores) if scores is not None else [None] * len(answers)
+    rank = [s if s is not None else float("-inf") for s in scores]
+    best = max(range(len(answers)), key=lambda i: rank[i])  # max keeps the first of equal scores
+    if rule == "naive":
+        return best, float(scores[best] or 0.0)
+    groups = list(groups) if groups is not None else group_answers(answers)
+    weights = [1.0] * len(answers) if rule == "majority" else scores
+    winner, total = _tally(groups, weights)
+    if winner is None:
+        return best, 0.0
+    members = [i for i, g in enumerate(groups) if g == winner]
+    return max(members, key=lambda i: rank[i]), total
 
 
 _CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)

@@ -164,7 +164,8 @@ class Dataset(Component, ABC):
         """Yield the tasks, in a stable order (``--offset``/``--limit`` index into it)."""
 
     def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:
-        """Whether ``answer`` is right for ``task``. Default: math equivalence."""
-        from .eval.grading import is_equivalent
+        """Whether ``answer`` is right for ``task``. Default: math equivalence
+        (:func:`reason.answers.is_equivalent`)."""
+        from .answers import is_equivalent
 
         return answer is not None and task.reference is not None and is_equivalent(answer, task.reference)

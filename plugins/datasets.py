@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from reason import Config, Dataset, Task, hookimpl
+from reason.answers import asks_for_percent, is_equivalent
 from reason.errors import UsageError
-
-from reason.eval import grading
 
 DATA_DIR_ENV = "REASON_DATA_DIR"
 DATA_DIR_OPTION = "data_dir"
@@ -109,7 +108,24 @@ class FileDataset(Dataset):
         raise NotImplementedError
 
 
-class GSM8K(FileDataset):
+def gsm8k_reference(solution: str) -> str:
+    """The final answer of a GSM8K worked solution: the number after ``#### ``, without
+    thousands separators."""
+    _, sep, tail = solution.rpartition("####")
+    value = (tail if sep else solution).strip()
+    return value.replace(",", "")
+
+
+class NumericAnswers:
+    """Grading for datasets whose references are numbers: numbers compare as numbers, and
+    a plain fraction (``0.1``) matches a percentage reference (``10``) only when the
+    question asks for a percentage (see :func:`reason.answers.is_equivalent`)."""
+
+    def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:
+        return is_equivalent(answer, task.reference, percent=asks_for_percent(task.question))
+
+
+class GSM8K(NumericAnswers, FileDataset):
     """GSM8K test (1319 grade-school word problems); the answer follows ``#### ``."""
 
     name = "gsm8k"
@@ -119,15 +135,12 @@ class GSM8K(FileDataset):
         return Task(
             question=record["question"],
             id=f"gsm8k/{index}",
-            reference=grading.gsm8k_reference(record["answer"]),
+            reference=gsm8k_reference(record["answer"]),
             metadata={"solution": record["answer"]},
         )
 
-    def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:
-        return grading.numeric_equal(answer, task.reference, percent=grading.asks_for_percent(task.question))
 
-
-class MultiArith(FileDataset):
+class MultiArith(NumericAnswers, FileDataset):
     """MultiArith (MAWPS): one- and two-step arithmetic word problems, numeric answers."""
 
     name = "multiarith"
@@ -136,12 +149,10 @@ class MultiArith(FileDataset):
     def task(self, index: int, record: dict[str, Any]) -> Task:
         return Task(question=record["input"], id=f"multiarith/{index}", reference=_number_text(record["target"]))
 
-    def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:
-        return grading.numeric_equal(answer, task.reference, percent=grading.asks_for_percent(task.question))
-
 
 class Math500(FileDataset):
-    """MATH-500: competition problems with LaTeX answers, graded with math-verify."""
+    """MATH-500: competition problems with LaTeX answers, graded with math-verify (the
+    default :meth:`reason.Dataset.is_correct`)."""
 
     name = "math500"
     relative_path = "math500/test.jsonl"
@@ -158,9 +169,6 @@ class Math500(FileDataset):
                 "solution": record.get("solution"),
             },
         )
-
-    def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:
-        return grading.math_equal(answer, task.reference)
 
 
 class HumanEval(FileDataset):
@@ -202,7 +210,9 @@ class HumanEval(FileDataset):
         if self._grader is None:
             chosen = self.config.option("grading_verifier")
             if chosen:
-                self._grader = grading.CodeGrader(self.config, str(chosen))
+                from reason.eval.grading import CodeGrader
+
+                self._grader = CodeGrader(self.config, str(chosen))
             else:
                 from .verifiers.sandbox import HiddenTestGrader
 
@@ -225,7 +235,7 @@ QUESTION_FIELDS = ("question", "problem", "input", "prompt")
 ANSWER_FIELDS = ("answer", "target", "reference", "solution", "output")
 
 
-class JsonlDataset(Dataset):
+class JsonlDataset(NumericAnswers, Dataset):
     """Any JSONL file: ``jsonl:PATH`` (``reason eval --dataset PATH.jsonl``).
 
     Fields come from the options ``question_field`` / ``answer_field``, else the first of
@@ -279,8 +289,6 @@ class JsonlDataset(Dataset):
                 metadata={k: v for k, v in record.items() if k not in (question_field, answer_field)},
             )
 
-    def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:
-        return grading.numeric_equal(answer, task.reference, percent=grading.asks_for_percent(task.question))
 
 
 def _number_text(value: Any) -> str:
@@ -294,7 +302,7 @@ def _final_answer(value: Any) -> str:
     if not isinstance(value, str):
         return _number_text(value)
     if "####" in value:
-        return grading.gsm8k_reference(value)
+        return gsm8k_reference(value)
     from reason.answers import _last_boxed
 
     boxed = _last_boxed(value)

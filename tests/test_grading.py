@@ -6,17 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from reason import Config, Task, get_registry
-from reason.answers import extract_answer, is_equivalent, vote
-from reason.eval import grading
-from reason.eval.grading import (
+from reason import Config, Dataset, Task, get_registry
+from reason.answers import (
     asks_for_percent,
-    gsm8k_reference,
-    math_equal,
+    extract_answer,
+    is_equivalent,
     numbers_match,
-    numeric_equal,
     parse_number,
+    vote,
 )
+from reason.plugins.datasets import gsm8k_reference
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -25,27 +24,27 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def test_fraction_equals_decimal():
-    assert math_equal("0.5", r"\frac{1}{2}")
-    assert math_equal(r"\frac{1}{2}", "0.5")
-    assert math_equal(r"\dfrac{1}{2}", "1/2")
-    assert not math_equal("0.6", r"\frac{1}{2}")
+    assert is_equivalent("0.5", r"\frac{1}{2}")
+    assert is_equivalent(r"\frac{1}{2}", "0.5")
+    assert is_equivalent(r"\dfrac{1}{2}", "1/2")
+    assert not is_equivalent("0.6", r"\frac{1}{2}")
 
 
 def test_tuple_with_left_right_equals_plain_tuple():
     reference = r"\left( 3, \frac{\pi}{2} \right)"
-    assert math_equal(r"(3,\frac{\pi}{2})", reference)
-    assert math_equal(r"(3, \pi/2)", reference)
-    assert not math_equal(r"(3,\pi)", reference)
-    assert not math_equal(r"(\frac{\pi}{2}, 3)", reference)
+    assert is_equivalent(r"(3,\frac{\pi}{2})", reference)
+    assert is_equivalent(r"(3, \pi/2)", reference)
+    assert not is_equivalent(r"(3,\pi)", reference)
+    assert not is_equivalent(r"(\frac{\pi}{2}, 3)", reference)
 
 
 def test_percent_equals_its_fraction_and_its_number():
-    assert math_equal("10%", "0.1")
-    assert math_equal(r"10\%", "0.1")
-    assert math_equal("0.1", r"10\%")
-    assert numeric_equal("10%", "10")  # GSM8K stores "What percentage ...?" answers as 10
-    assert not numeric_equal("10%", "0.2")
-    assert not numeric_equal("11%", "10")
+    assert is_equivalent("10%", "0.1")
+    assert is_equivalent(r"10\%", "0.1")
+    assert is_equivalent("0.1", r"10\%")
+    assert is_equivalent("10%", "10")  # GSM8K stores "What percentage ...?" answers as 10
+    assert not is_equivalent("10%", "0.2")
+    assert not is_equivalent("11%", "10")
 
 
 def test_fraction_answer_matches_percentage_reference_only_when_the_question_asks_for_percent():
@@ -95,21 +94,21 @@ def test_parse_number(text, expected):
 
 def test_numbers_match_is_none_for_non_numbers_so_math_verify_decides():
     assert numbers_match(r"\frac{9}{2}", "4.5") is None
-    assert numeric_equal(r"\frac{9}{2}", "4.5")
-    assert numeric_equal("1,800", "1800") and numeric_equal("1800.0", "1800")
-    assert not numeric_equal("1799", "1800")
-    assert not numeric_equal(None, "3") and not numeric_equal("3", None)
+    assert is_equivalent(r"\frac{9}{2}", "4.5")
+    assert is_equivalent("1,800", "1800") and is_equivalent("1800.0", "1800")
+    assert not is_equivalent("1799", "1800")
+    assert not is_equivalent(None, "3") and not is_equivalent("3", None)
 
 
 def test_math_equal_symbolic_and_wrong_answers():
-    assert math_equal(r"\frac{14}{3}", r"\dfrac{14}{3}")
-    assert math_equal("90", r"90^\circ")
-    assert math_equal(r"2\sqrt{2}", r"\sqrt{8}")
-    assert math_equal(r"x^2+2x+1", r"(x+1)^2")
-    assert not math_equal(r"\sqrt{3}", r"\sqrt{2}")
-    assert not math_equal("", "3")
-    assert not math_equal(None, "3")
-    assert not math_equal(r"\frac{", "3")  # malformed LaTeX is simply wrong
+    assert is_equivalent(r"\frac{14}{3}", r"\dfrac{14}{3}")
+    assert is_equivalent("90", r"90^\circ")
+    assert is_equivalent(r"2\sqrt{2}", r"\sqrt{8}")
+    assert is_equivalent(r"x^2+2x+1", r"(x+1)^2")
+    assert not is_equivalent(r"\sqrt{3}", r"\sqrt{2}")
+    assert not is_equivalent("", "3")
+    assert not is_equivalent(None, "3")
+    assert not is_equivalent(r"\frac{", "3")  # malformed LaTeX is simply wrong
 
 
 def test_gsm8k_reference_is_the_number_after_the_hashes():
@@ -119,9 +118,10 @@ def test_gsm8k_reference_is_the_number_after_the_hashes():
 
 
 def test_dataset_default_grading_is_math_aware():
-    # Dataset.is_correct (the base class) grades through reason.plugins.grading
-    assert grading.is_equivalent("0.5", r"\frac{1}{2}")
-    assert not grading.is_equivalent("0.5", r"\frac{1}{3}")
+    # Dataset.is_correct (the base class) grades through reason.answers.is_equivalent
+    task = Task(question="q", reference=r"\frac{1}{2}")
+    assert Dataset.is_correct(None, task, "0.5") and is_equivalent("0.5", r"\frac{1}{2}")
+    assert not Dataset.is_correct(None, task, r"\frac{1}{3}") and not is_equivalent("0.5", r"\frac{1}{3}")
 
 
 # --- the real data: references agree with the datasets' own solutions -----------------------
@@ -131,9 +131,9 @@ def test_math500_solutions_grade_correct_against_their_references():
     """The boxed answer of each MATH-500 worked solution must grade correct against the
     reference, and (almost never) against another problem's reference."""
     rows = [json.loads(line) for line in (DATA / "math500" / "test.jsonl").open()][:120]
-    right = sum(math_equal(extract_answer(r["solution"]), r["answer"]) for r in rows)
+    right = sum(is_equivalent(extract_answer(r["solution"]), r["answer"]) for r in rows)
     assert right >= 0.95 * len(rows), right
-    shifted = sum(math_equal(extract_answer(a["solution"]), b["answer"]) for a, b in zip(rows, rows[1:]))
+    shifted = sum(is_equivalent(extract_answer(a["solution"]), b["answer"]) for a, b in zip(rows, rows[1:]))
     assert shifted <= 0.05 * len(rows), shifted
 
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import combinations
 from typing import Any
+
+from reason.answers import choose
 
 MAX_SUBSETS = 256
 """Above this many n-subsets, metrics average over a fixed random sample of them."""
@@ -70,49 +72,24 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-# --- choosing within a subset -----------------------------------------------------------
+# --- choosing within a subset: reason.answers.choose, the searches' own rules ------------
+
+RULES = {"maj": "majority", "weighted": "weighted", "naive": "naive"}
+"""Metric family -> the :func:`reason.answers.choose` rule it measures (self-consistency's
+vote, best-of-N's weighted and naive choices)."""
 
 
-def _pick_by_group(cands: Sequence[dict[str, Any]], subset: Sequence[int], weight: Callable[[dict[str, Any]], float]) -> int | None:
-    """The candidate representing the answer group with the largest total weight in the
-    subset (ties go to the group seen first, as :func:`reason.answers.vote` does)."""
-    totals: dict[int, float] = {}
-    first: dict[int, int] = {}
-    for i in subset:
-        group = cands[i].get("group")
-        if group is None:
-            continue
-        totals[group] = totals.get(group, 0.0) + weight(cands[i])
-        first.setdefault(group, i)
-    if not totals:
-        return None
-    best = max(totals.values())
-    winner = min((first[g] for g, total in totals.items() if total == best), key=lambda i: subset.index(i))
-    return winner
-
-
-def majority_choice(cands: Sequence[dict[str, Any]], subset: Sequence[int]) -> int | None:
-    return _pick_by_group(cands, subset, lambda c: 1.0)
-
-
-def weighted_choice(cands: Sequence[dict[str, Any]], subset: Sequence[int]) -> int | None:
-    return _pick_by_group(cands, subset, lambda c: float(c.get("score") or 0.0))
-
-
-def naive_choice(cands: Sequence[dict[str, Any]], subset: Sequence[int]) -> int | None:
-    """The highest-scored candidate (ties: the first)."""
-    best: int | None = None
-    for i in subset:
-        if best is None or (cands[i].get("score") or 0.0) > (cands[best].get("score") or 0.0):
-            best = i
-    return best
-
-
-CHOOSERS: dict[str, Callable[[Sequence[dict[str, Any]], Sequence[int]], int | None]] = {
-    "maj": majority_choice,
-    "weighted": weighted_choice,
-    "naive": naive_choice,
-}
+def choice(cands: Sequence[dict[str, Any]], subset: Sequence[int], family: str) -> int | None:
+    """The candidate (an index into ``cands``) the rule of ``family`` picks among
+    ``subset``, from the recorded answers, groups and scores."""
+    picked = [cands[i] for i in subset]
+    index, _ = choose(
+        [c.get("answer") for c in picked],
+        [c.get("score") for c in picked],
+        RULES[family],
+        groups=[c.get("group") for c in picked],
+    )
+    return subset[index] if index is not None else None
 
 
 def _correct(cands: Sequence[dict[str, Any]], index: int | None) -> float:
@@ -129,8 +106,7 @@ def problem_metrics(record: dict[str, Any], n: int) -> dict[str, float]:
         if not picks or not cands:
             out[f"{rule}@{n}"] = 0.0
             continue
-        choose = CHOOSERS[rule]
-        out[f"{rule}@{n}"] = sum(_correct(cands, choose(cands, s)) for s in picks) / len(picks)
+        out[f"{rule}@{n}"] = sum(_correct(cands, choice(cands, s, rule)) for s in picks) / len(picks)
     if record.get("kind") == "code":
         correct = sum(1 for c in cands if c.get("correct"))
         out[f"pass@{n}"] = pass_at_k(len(cands), correct, n) if cands else 0.0

@@ -9,9 +9,8 @@ mean), as in the PRM literature.
 """
 
 from reason import SearchContext, SearchOutcome, SearchPolicy
-from reason.answers import is_equivalent, vote
 
-from .common import reflect_on_scores
+from .common import choose, reflect_on_scores
 
 
 class BestOfN(SearchPolicy):
@@ -20,12 +19,5 @@ class BestOfN(SearchPolicy):
         scores = await ctx.score(leaves)
         leaves, scores = await reflect_on_scores(ctx, leaves, scores)  # on-verifier-fail
         candidates = [ctx.candidate(leaf, score) for leaf, score in zip(leaves, scores)]
-        if not candidates:
-            return SearchOutcome(candidates=[], chosen=None)
-        if ctx.config.weighted:
-            winner, total = vote([c.answer for c in candidates], [c.score or 0.0 for c in candidates])
-            pool = [c for c in candidates if winner is not None and c.answer is not None and is_equivalent(c.answer, winner)]
-            chosen = max(pool or candidates, key=lambda c: c.score or 0.0)
-            return SearchOutcome(candidates=candidates, chosen=chosen, meta={"mode": "weighted", "answer_weight": total})
-        chosen = max(candidates, key=lambda c: c.score or 0.0)
-        return SearchOutcome(candidates=candidates, chosen=chosen, meta={"mode": "naive"})
+        chosen, meta = choose(ctx, candidates)
+        return SearchOutcome(candidates=candidates, chosen=chosen, meta=meta)

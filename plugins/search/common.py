@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 
 from reason import Candidate, Node, SearchContext
-from reason.answers import is_equivalent, vote
+from reason import answers
 
 _BOXED = re.compile(r"\\boxed\{.*\}", re.DOTALL)
 
@@ -44,16 +44,14 @@ def distribute(total: int, parts: int) -> list[int]:
 def choose(ctx: SearchContext, candidates: Sequence[Candidate]) -> tuple[Candidate | None, dict]:
     """The final choice among scored candidates: the highest score (naive), or with
     ``config.weighted`` the answer whose candidates' scores sum highest, then its best
-    candidate (search-and-learn's weighted best-of-N)."""
+    candidate (search-and-learn's weighted best-of-N). The rules are
+    :func:`reason.answers.choose`'s, the ones ``reason eval`` measures."""
     if not candidates:
         return None, {"mode": "none"}
-    best = max(candidates, key=lambda c: c.score if c.score is not None else float("-inf"))
-    if not ctx.config.weighted:
-        return best, {"mode": "naive"}
-    winner, total = vote([c.answer for c in candidates], [max(c.score or 0.0, 0.0) for c in candidates])
-    pool = [c for c in candidates if winner is not None and c.answer is not None and is_equivalent(c.answer, winner)]
-    chosen = max(pool, key=lambda c: c.score or 0.0) if pool else best
-    return chosen, {"mode": "weighted", "answer_weight": total}
+    mode = "weighted" if ctx.config.weighted else "naive"
+    index, total = answers.choose([c.answer for c in candidates], [c.score for c in candidates], mode)
+    meta = {"mode": mode, "answer_weight": total} if mode == "weighted" else {"mode": mode}
+    return candidates[index], meta
 
 
 async def reflect_on_scores(ctx: SearchContext, leaves: list[Node], scores: list[float]) -> tuple[list[Node], list[float]]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from reason import Node, SamplingParams, SearchContext, SearchOutcome, SearchPolicy, Step
-from reason.answers import is_equivalent, vote
+from reason.answers import choose, vote
 from reason.errors import UsageError
 
 
@@ -129,9 +129,8 @@ class DeepConf(SearchPolicy):
             leaf.meta.update(deepconf="online", confidence=conf)
             voters.append((leaf, conf))
         candidates = [ctx.candidate(leaf, conf) for leaf, conf in voters]
-        winner, weight = vote([c.answer for c in candidates], [c.score or 0.0 for c in candidates])
-        pool = [c for c in candidates if winner is not None and c.answer is not None and is_equivalent(c.answer, winner)]
-        chosen = max(pool or candidates, key=lambda c: c.score or 0.0) if candidates else None
+        index, weight = choose([c.answer for c in candidates], [c.score for c in candidates], "weighted")
+        chosen = candidates[index] if index is not None else None
 
         warm_tokens = [leaf.num_tokens for leaf in warm]
         generated = sum(warm_tokens) + sum(node.num_tokens for node in finished + stopped)

@@ -3,18 +3,20 @@ final answer (equivalent answers vote together). No verifier needed; the score o
 choice is its vote share."""
 
 from reason import SearchContext, SearchOutcome, SearchPolicy
-from reason.answers import is_equivalent, vote
+from reason.answers import choose, group_answers
 
 
 class SelfConsistency(SearchPolicy):
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         leaves = await ctx.complete(ctx.root, ctx.config.n)
         answers = [ctx.answer(leaf) for leaf in leaves]
-        winner, votes = vote(answers)
+        groups = group_answers(answers)
+        index, votes = choose(answers, rule="majority", groups=groups)
         share = votes / len(leaves) if leaves else 0.0
+        winner = groups[index] if index is not None else None
         candidates = [
-            ctx.candidate(leaf, share if answer is not None and winner is not None and is_equivalent(answer, winner) else 0.0)
-            for leaf, answer in zip(leaves, answers)
+            ctx.candidate(leaf, share if winner is not None and group == winner else 0.0)
+            for leaf, group in zip(leaves, groups)
         ]
-        chosen = next((c for c in candidates if c.score == share and winner is not None), candidates[0] if candidates else None)
+        chosen = candidates[index] if index is not None else None
         return SearchOutcome(candidates=candidates, chosen=chosen, meta={"votes": votes, "share": share})
