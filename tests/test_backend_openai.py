@@ -512,13 +512,18 @@ def test_close_fails_what_is_in_flight_and_a_later_call_starts_afresh():
         deadline = time.monotonic() + 5
         while server.in_flight == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
+        first_io = b._io
         b.close()
         thread.join(timeout=10)
         assert not thread.is_alive()
         assert len(errors) == 1 and isinstance(errors[0], BackendError) and "closed" in str(errors[0])
         assert b.generate([GenerateRequest(prompt="again", params=SamplingParams())])[0][0].text == "again"
+        second_io = b._io
         b.close()
-    assert not any(t.name == "reason-openai" for t in threading.enumerate())
+    # each use ran on its own loop thread, and close() ended it (other tests' backends
+    # may still have theirs: only this backend's are checked)
+    assert first_io is not second_io
+    assert not first_io.thread.is_alive() and not second_io.thread.is_alive()
 
 
 # -- the real llama.cpp server -----------------------------------------------------------------

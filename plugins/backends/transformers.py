@@ -25,8 +25,9 @@ prompt) only encodes the tokens after the longest shared prefix.
 Options (``config.options``): ``max_batch`` (rows decoded together), ``prefix_cache_tokens``
 (KV cache budget in tokens, 0 disables reuse), ``threads`` (torch CPU threads for this
 process; on a busy machine fewer threads than cores avoids OpenMP oversubscription, which
-can slow decoding several times), ``continuous`` (false: the runtime batches whole
-``generate`` calls instead, the lockstep way; for comparisons).
+can slow decoding several times), ``continuous`` (false: the lockstep way, for
+comparisons: the runtime sends whole ``generate`` calls, and a batch runs until its last
+row is done before the next starts).
 """
 
 from __future__ import annotations
@@ -453,8 +454,10 @@ class TransformersBackend(Backend):
             self._ready = deque(seq for seq in self._ready if not seq.owner.future.cancelled())
             self.stats.cancelled += waiting - len(self._ready)
         free = self.max_batch - (len(batch.rows) if batch else 0)
-        # Without plain caches rows cannot be merged: a new batch starts when the old is done.
-        if self._ready and free > 0 and (batch is None or self.plain_cache):
+        # Rows join a running batch only with plain caches (others cannot be merged) and
+        # when batching continuously; otherwise a new batch starts when the old is done
+        # (static batching, as the lockstep runtime did).
+        if self._ready and free > 0 and (batch is None or (self.plain_cache and self._continuous)):
             newcomers = [self._ready.popleft() for _ in range(min(free, len(self._ready)))]
             prefilled = self.stats.prefill_tokens, self.stats.reused_tokens
             batch = self._admit(batch, newcomers)
