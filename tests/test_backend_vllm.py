@@ -45,6 +45,9 @@ from reason.plugins.backends.vllm import (
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 ROOT = Path(__file__).resolve().parent.parent
+SMALL = {"gpu_memory_utilization": 0.3 if cuda() else 0.15}
+"""The share of memory the test engine reserves: on CPU a share of RAM (the backend's
+default there, 0.3, is 7 GB on these machines; a 135M model needs far less)."""
 
 
 def Logprob(value: float, rank: int | None = None):
@@ -378,7 +381,7 @@ def engine():
     require_vllm()
     # float32, so that logprobs can be compared with the transformers backend's exactly
     # (vLLM's default on CPU is bfloat16: faster, but a few tenths of a nat off).
-    backend = VLLMBackend(Config(backend="vllm", seed=0, dtype="float32", options={"max_model_len": 2048}))
+    backend = VLLMBackend(Config(backend="vllm", seed=0, dtype="float32", options={"max_model_len": 2048, **SMALL}))
     start = time.monotonic()
     backend.load()
     print(f"\nvllm engine started in {time.monotonic() - start:.1f}s")
@@ -450,7 +453,7 @@ apart: too loose to catch a mapping bug, which is why the module's engine runs f
 def test_real_greedy_text_and_top5_logprobs_agree_with_transformers(engine):
     from reason.plugins.backends.transformers import TransformersBackend
 
-    hf = TransformersBackend(Config(backend="transformers"))
+    hf = TransformersBackend(Config(backend="transformers", dtype="float32"))
     params = SamplingParams(temperature=0.0, max_tokens=GREEDY_TOKENS, logprobs=5)
     requests = [GenerateRequest(prompt=chat(hf, q), params=params) for q in QUESTIONS]
     try:
@@ -601,7 +604,8 @@ def test_real_impossible_memory_setting_is_one_clear_line(engine):
 @pytest.mark.vllm
 @pytest.mark.timeout(900)
 def test_real_cli_solve_with_the_vllm_backend(engine):
-    args = ["solve", "--backend", "vllm", "-o", "max_model_len=1024", "--search", "beam", "--n", "2", "--beam-width", "2",
+    memory = ["-o", f"gpu_memory_utilization={SMALL['gpu_memory_utilization']}"]
+    args = ["solve", "--backend", "vllm", "-o", "max_model_len=1024", *memory, "--search", "beam", "--n", "2", "--beam-width", "2",
             "--max-tokens", "48", "--max-steps", "2", "--seed", "0", "--json", "What is 2 + 3?"]
     start = time.monotonic()
     result = subprocess.run(

@@ -63,10 +63,11 @@ class VLLMServer:
     127.0.0.1:PORT, in a process group of its own (vLLM starts an engine process and
     workers under it), so ``kill()`` takes the whole server down at once."""
 
-    def __init__(self, model_dir: str | None = None, memory: float = 0.25, max_model_len: int = 2048) -> None:
+    def __init__(self, model_dir: str | None = None, memory: float | None = None, max_model_len: int = 2048) -> None:
         self.model_dir = model_dir or embedded_model_dir()
         self.port = free_port()
-        self.memory = memory
+        # On CPU the share of RAM the server reserves (0.15: a few GB, plenty for a 135M model).
+        self.memory = memory if memory is not None else (0.5 if cuda() else 0.15)
         self.max_model_len = max_model_len
         self.process: subprocess.Popen[bytes] | None = None
         self.log = tempfile.NamedTemporaryFile(prefix="vllm-server-", suffix=".log", delete=False)
