@@ -213,6 +213,16 @@ def test_batch_is_sent_concurrently_and_mapped_in_order():
     assert server.max_in_flight >= 2  # the requests overlapped
 
 
+def test_greedy_samples_are_asked_once():
+    # vLLM's server refuses n > 1 with temperature 0; n greedy samples are one text anyway
+    with FakeServer(default=lambda body: (200, completion_body("same", body["n"]), 0.0)) as server:
+        b = backend(server.base_url)
+        (out,) = b.generate([GenerateRequest(prompt="p", params=SamplingParams(temperature=0.0, max_tokens=4), n=3)])
+        b.close()
+    assert [c.text for c in out] == ["same"] * 3
+    assert len(server.requests) == 1 and server.requests[0]["n"] == 1
+
+
 def test_concurrency_is_bounded():
     with FakeServer(default=lambda body: (200, completion_body("x", body["n"]), 0.1)) as server:
         b = backend(server.base_url, max_concurrency=2)

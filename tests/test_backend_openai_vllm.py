@@ -80,13 +80,8 @@ def test_n_logprobs_stop_and_token_ids(server):
     b.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the openai backend sends n > 1 with temperature 0 as one request, and vLLM's server "
-    "refuses it (HTTP 400: 'n must be 1 when using greedy sampling'); the in-process backend "
-    "sends one request per sample",
-)
 def test_greedy_with_n_above_one(server):
+    """vLLM's server refuses n > 1 with greedy sampling; the backend asks once."""
     b = backend(server)
     prompt = b.format_prompt([{"role": "user", "content": "Say hi."}])
     try:

@@ -46,6 +46,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import attrs
+
 from reason.components import Backend
 from reason.errors import BackendError, UsageError
 from reason.log import get_logger
@@ -405,6 +407,11 @@ class OpenAIBackend(Backend):
         return await _all_or_first_error([self._generate_one(r) for r in requests])
 
     async def _generate_one(self, request: GenerateRequest) -> list[Completion]:
+        if request.params.temperature == 0 and request.n > 1:
+            # Greedy samples are one text n times, and vLLM's server refuses n > 1 with
+            # greedy sampling: ask once.
+            (one,) = await self._generate_one(attrs.evolve(request, n=1))
+            return [one] * request.n
         await self._ready_async()
         completions: list[Completion] = []
         if self.supports_n:
