@@ -5,9 +5,10 @@
 #   bash scripts/install-server.sh .venv/bin/python
 #
 # Idempotent: does nothing when `import llama_cpp.server` works AND the stamp in the
-# environment says it was built by this script with today's flags. Otherwise it
-# (re)builds llama.cpp from source (~5 minutes on 2 cores) and checks that the result
-# answers one completion before writing the stamp.
+# environment says it was built by this script with today's flags. Otherwise it installs
+# the portable wheel from this machine's wheel cache, or builds it from source first
+# (~5 minutes on 2 cores, once), and checks that it answers one completion before
+# writing the stamp.
 set -euo pipefail
 
 PY=${1:-.venv/bin/python}
@@ -42,14 +43,28 @@ if "$PY" -c "import llama_cpp.server" >/dev/null 2>&1 && [[ -f "$STAMP" && "$(ca
     exit 0
 fi
 
-echo "install-server: building $SPEC (compiles llama.cpp; several minutes on 2 cores)"
 start=$(date +%s)
 rm -f "$STAMP"
-# pip caches built wheels by name and version only, not by CMAKE_ARGS: without
-# --no-cache-dir it would happily reinstall a wheel built earlier with other (native)
-# flags. And pip leaves an installed llama-cpp-python alone, so remove it first.
+# pip caches built wheels by name and version only, not by CMAKE_ARGS: it would happily
+# reinstall a wheel built earlier with other (native) flags. So the wheel is built with
+# --no-cache-dir into a cache of our own, keyed by the spec and the flags: the compile
+# happens once per machine (and flags), and every fresh venv (CI's clean clones)
+# installs the same portable wheel in seconds.
+KEY=$(printf '%s' "$WANT" | sha256sum | cut -c1-16)
+WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/reason-runtime/llama-cpp-wheels/$KEY"
+wheel=$(ls "$WHEELS"/llama_cpp_python-*.whl 2>/dev/null | head -n 1 || true)
+if [[ -z "$wheel" ]]; then
+    echo "install-server: building $SPEC (compiles llama.cpp once per machine; several minutes on 2 cores)"
+    tmp=$(mktemp -d "${WHEELS}.XXXXXX" 2>/dev/null || { mkdir -p "$(dirname "$WHEELS")"; mktemp -d "${WHEELS}.XXXXXX"; })
+    "$PY" -m pip wheel -q --no-cache-dir --no-deps -w "$tmp" "${SPEC/\[server\]/}"
+    rm -rf "$WHEELS" && mv "$tmp" "$WHEELS"  # whole or not at all
+    wheel=$(ls "$WHEELS"/llama_cpp_python-*.whl | head -n 1)
+else
+    echo "install-server: installing the portable wheel built earlier ($wheel)"
+fi
+# pip leaves an installed llama-cpp-python alone, so remove it first.
 "$PY" -m pip uninstall -q -y llama-cpp-python >/dev/null 2>&1 || true
-"$PY" -m pip install -q --no-cache-dir "$SPEC"
+"$PY" -m pip install -q "${wheel}[server]"
 "$PY" -c "import llama_cpp.server" || {
     echo "install-server: llama_cpp.server still does not import after the install" >&2
     exit 1
