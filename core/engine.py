@@ -100,7 +100,9 @@ class BatchQueue(Generic[P, R]):
         loop.call_soon(self._dispatch)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Drop queued calls and wait for a running one, so that the component is not
+        closed under it."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 class Engines:

@@ -58,7 +58,7 @@ class StepsGenerated(Event):
 @frozen(kw_only=True)
 class TextGenerated(Event):
     """The text so far of one sample being generated after node ``parent_id``. Only for
-    ``Runtime.stream(..., tokens=True)`` and backends that stream (transformers); the
+    ``Runtime.stream(..., tokens=True)`` and backends that stream (transformers, vllm); the
     sample's finished step arrives as :class:`StepsGenerated` as usual."""
 
     parent_id: int

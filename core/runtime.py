@@ -69,6 +69,8 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._engines: Engines | None = None
+        self.last_solution: Solution | None = None
+        """The solution of the last :meth:`stream` to finish (see there)."""
         if backend is not None:
             backend.emit = self._emit_threadsafe
         self.validate()
@@ -195,7 +197,10 @@ class Runtime:
         except Exception as exc:  # an observer must never break a run
             get_logger().warning("event hook failed", event=event.kind, error=str(exc))
         for listener in list(self._listeners):
-            listener(event)
+            try:
+                listener(event)
+            except Exception as exc:  # a subscriber must not break a run either
+                get_logger().warning("event listener failed", event=event.kind, error=str(exc))
 
     def _emit_threadsafe(self, event: Event) -> None:
         """``emit`` from any thread: events reach observers in the event-loop thread."""
@@ -296,7 +301,13 @@ class Runtime:
         self.validate(config)
         if concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {concurrency}")
-        return config, [_as_task(t, i) for i, t in enumerate(tasks)]
+        task_list = [_as_task(t, i) for i, t in enumerate(tasks)]
+        if task_list:
+            # Building components may load models, and the first prompt loads a tokenizer
+            # (or asks a server): done here, in the caller's thread, so that the event
+            # loop every search shares never waits on it.
+            self._parts(task_list[0], config)
+        return config, task_list
 
     async def _solve_all(
         self, tasks: list[Task], config: Config, concurrency: int, deliver: Callable[[int, Solution], None]
@@ -314,13 +325,19 @@ class Runtime:
         await gather_all(*(one(i, t) for i, t in enumerate(tasks)))
         return [s for s in solutions if s is not None]
 
+    def _parts(
+        self, task: Task, config: Config
+    ) -> tuple[str, Splitter, Verifier | None, list[tuple[str, ReflectionTrigger]]]:
+        prompt = self.backend.format_prompt(messages_for(task, config.system_prompt))
+        return prompt, self.splitter(config), self.verifier(config), self.reflections(config)
+
     async def _run_one(
         self, task: Task, config: Config, observe: Callable[[Event], None] | None = None, stream_text: bool = False
     ) -> Solution:
         start = time.perf_counter()
         assert self._engines is not None
         search: SearchPolicy = self.registry.create("search", config.search, config)
-        prompt = self.backend.format_prompt(messages_for(task, config.system_prompt))
+        prompt, splitter, verifier, reflections = self._parts(task, config)
 
         def emit(event: Event) -> None:
             self.emit(event)
@@ -332,9 +349,9 @@ class Runtime:
             config=config,
             prompt=prompt,
             engines=self._engines,
-            splitter=self.splitter(config),
-            verifier=self.verifier(config),
-            reflections=self.reflections(config),
+            splitter=splitter,
+            verifier=verifier,
+            reflections=reflections,
             emit=emit,
         )
         ctx.stream_text = stream_text

@@ -7,6 +7,7 @@ results come back, and none of them is mutated on the way. Components of every k
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any, Literal
 
@@ -44,6 +45,13 @@ class SamplingParams:
     def _check_max_tokens(self, attribute: Any, value: int) -> None:
         if value < 1:
             raise ValueError(f"max_tokens must be >= 1, got {value}")
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index`` of a request seeded with ``seed``. Every backend that
+    can seeds each sample with it, so sample ``i`` draws the same numbers whatever else is
+    in the batch and whatever the request's ``n``."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 @frozen

@@ -191,7 +191,7 @@ def test_seeds_reproducible_and_independent_of_the_batch(backend):
     assert [c.token_ids for c in reseeded] != [c.token_ids for c in alone]
 
 
-def test_chunked_ticks_give_the_same_results():
+def test_max_batch_does_not_change_results():
     from reason.plugins.backends.transformers import TransformersBackend
 
     small = TransformersBackend(Config(options={"max_batch": 2, "prefix_cache_tokens": 0}))

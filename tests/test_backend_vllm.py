@@ -80,11 +80,11 @@ def test_sampling_params_mapping():
 
 
 def test_each_sample_is_one_request_with_the_transformers_backends_seed():
-    from reason.plugins.backends.transformers import _sample_seed
+    from reason.types import sample_seed as core_sample_seed
 
     params = SamplingParams(seed=3)
     seeds = [sample_kwargs(params, i)["seed"] for i in range(4)]
-    assert seeds == [_sample_seed(3, i) for i in range(4)] == [sample_seed(3, i) for i in range(4)]
+    assert seeds == [core_sample_seed(3, i) for i in range(4)] == [sample_seed(3, i) for i in range(4)]
     assert len(set(seeds)) == 4 and all(0 <= s < 2**63 for s in seeds)
     # neighbouring request seeds share no sample seed (vLLM's own n would use seed + i)
     assert not set(seeds) & {sample_seed(4, i) for i in range(4)}

@@ -43,8 +43,8 @@ def beams_registry(monkeypatch):
 def test_requests_made_together_share_one_backend_call(beams_registry):
     steps = [f"Step {i}.\n\n" for i in range(10)]
     backend = ScriptedBackend(steps_script(steps))
-    runtime = Runtime(Config(search="test-beams", verifier=None), backend=backend)
-    solutions = runtime.solve_many([f"question {i}" for i in range(5)])
+    with Runtime(Config(search="test-beams", verifier=None), backend=backend) as runtime:
+        solutions = runtime.solve_many([f"question {i}" for i in range(5)])
     assert len(solutions) == 5
     # 5 searches x 3 beams, 4 rounds, all made in the same event-loop iterations: 4 calls
     # of 15 requests each (a batch backend's next call is everything that arrived).
@@ -55,16 +55,16 @@ def test_requests_made_together_share_one_backend_call(beams_registry):
 
 def test_concurrency_bound_still_batches(beams_registry):
     backend = ScriptedBackend(steps_script([f"s{i}\n\n" for i in range(10)]))
-    runtime = Runtime(Config(search="test-beams", verifier=None), backend=backend)
-    runtime.solve_many([f"q{i}" for i in range(4)], concurrency=2)
+    with Runtime(Config(search="test-beams", verifier=None), backend=backend) as runtime:
+        runtime.solve_many([f"q{i}" for i in range(4)], concurrency=2)
     # two searches at a time, 3 beams each: every call carries 6 requests
     assert [len(call) for call in backend.calls] == [6] * 8
 
 
 def test_tasks_started_together_share_a_call():
     backend = ScriptedBackend()
-    runtime = Runtime(Config(search="best-of-n", n=3), backend=backend)
-    runtime.solve_many(["a", "b", "c"])
+    with Runtime(Config(search="best-of-n", n=3), backend=backend) as runtime:
+        runtime.solve_many(["a", "b", "c"])
     assert len(backend.calls) == 1 and len(backend.calls[0]) == 3
     assert sum(r.n for r in backend.calls[0]) == 9
 
@@ -74,9 +74,9 @@ def test_backend_failure_reaches_every_waiting_search():
         def generate(self, requests):
             raise RuntimeError("out of memory")
 
-    runtime = Runtime(Config(search="best-of-n"), backend=Broken())
-    with pytest.raises(RuntimeError, match="out of memory"):
-        runtime.solve_many(["a", "b"])
+    with Runtime(Config(search="best-of-n"), backend=Broken()) as runtime:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            runtime.solve_many(["a", "b"])
 
 
 def test_stream_yields_events_in_order():
@@ -94,6 +94,7 @@ def test_stream_yields_events_in_order():
     assert runtime.last_solution.answer == "4"
     finished = events[-1]
     assert finished.usage.completion_tokens > 0 and finished.to_dict()["usage"]["model_calls"] == 1
+    runtime.close()
 
 
 def test_batch_queue_next_call_is_what_arrived_while_busy():

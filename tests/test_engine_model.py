@@ -160,3 +160,36 @@ def test_stream_with_tokens_yields_growing_text(backend):
     assert len(texts) >= 2 and all(b.startswith(a) for a, b in zip(texts, texts[1:]))
     assert texts[-1] == solution.text  # the last delta is the chosen answer's text
     assert events[-1].kind == "SearchFinished"
+
+
+def test_a_failing_step_fails_every_request_it_held_and_the_engine_goes_on(backend, monkeypatch):
+    """A forward pass that raises after newcomers were taken into the batch must fail
+    their requests too (not leave them waiting forever)."""
+    real = backend._decode
+    calls = {"n": 0}
+
+    def flaky(batch, tokens):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated out of memory")
+        return real(batch, tokens)
+
+    monkeypatch.setattr(backend, "_decode", flaky)
+    first = backend.submit(GenerateRequest(prompt(backend, QUESTIONS[0]), SamplingParams(temperature=0, max_tokens=40)))
+    wait_for(lambda: backend.rows_in_flight == 1)
+    joining = backend.submit(GenerateRequest(prompt(backend, QUESTIONS[1]), SamplingParams(temperature=0, max_tokens=40), n=2))
+    for future in (first, joining):
+        with pytest.raises(RuntimeError, match="simulated"):
+            future.result(timeout=120)
+    monkeypatch.setattr(backend, "_decode", real)
+    (done,) = backend.generate([GenerateRequest(prompt(backend, QUESTIONS[4]), SamplingParams(temperature=0, max_tokens=3))])
+    assert done[0].num_tokens == 3
+
+
+def test_a_text_listener_that_raises_does_not_fail_the_batch(backend):
+    def broken(sample, text):
+        raise RuntimeError("listener gone")
+
+    other = backend.submit(GenerateRequest(prompt(backend, QUESTIONS[2]), SamplingParams(temperature=0, max_tokens=6)))
+    streamed = backend.submit(GenerateRequest(prompt(backend, QUESTIONS[3]), SamplingParams(temperature=0, max_tokens=6)), on_text=broken)
+    assert streamed.result(timeout=120)[0].num_tokens == 6 and other.result(timeout=120)[0].num_tokens == 6

@@ -24,8 +24,9 @@ completions are back, so the server's batch stays full while searches wait.
   ``generate_async`` await drops its HTTP request. The blocking ``generate(requests)``
   sends its whole batch through the same loop. Retries with exponential backoff on
   timeouts, connection errors, 429 and 5xx (honouring ``Retry-After``); ``n`` is sent as
-  is, and a server that returns fewer choices than asked (it ignores ``n``) gets one
-  request per sample from then on.
+  is (greedy samples are asked for once: they are one text, and vLLM refuses ``n > 1``
+  with greedy sampling), and a server that returns fewer choices than asked (it ignores
+  ``n``) gets one request per sample from then on, sample ``j`` with ``seed + j``.
 
 Settings: ``config.model`` (server model name; default the first of ``/v1/models``) and
 options ``base_url`` (``$OPENAI_BASE_URL``, default ``http://127.0.0.1:8000/v1``),

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import random
 import threading
 import time
@@ -48,7 +47,7 @@ from reason.components import Backend
 from reason.errors import BackendError
 from reason.events import EngineStep
 from reason.log import get_logger
-from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams
+from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams, sample_seed
 
 from . import models
 from .models import prompt_ids
@@ -259,6 +258,7 @@ class TransformersBackend(Backend):
         self._wake = threading.Condition()
         self._arrivals: list[_Request] = []
         self._ready: deque[_Sequence] = deque()
+        self._admitting: list[_Sequence] = []
         self._worker: threading.Thread | None = None
         self._closed = False
         self.rows_in_flight = 0
@@ -404,10 +404,11 @@ class TransformersBackend(Backend):
             except Exception as exc:  # a failed forward pass fails what it was computing
                 log.warning("transformers backend: decode step failed", error=str(exc))
                 failed = [s.owner for s in (batch.rows if batch else [])] + [s.owner for s in self._ready]
+                failed += [s.owner for s in self._admitting]  # taken off _ready, not yet in a batch
                 failed += [p for p in arrivals if p.sequences is None]
                 for pending in {id(p): p for p in failed}.values():
                     pending.fail(exc)
-                batch, self._ready = None, deque()
+                batch, self._ready, self._admitting = None, deque(), []
                 self.rows_in_flight = 0
         error = BackendError("the transformers backend was closed")
         for pending in [*self._arrivals, *(s.owner for s in self._ready), *(s.owner for s in (batch.rows if batch else []))]:
@@ -439,7 +440,7 @@ class TransformersBackend(Backend):
             generator = None
             if request.params.temperature > 0:
                 generator = torch.Generator(device=self.device)
-                generator.manual_seed(_sample_seed(seed, i))
+                generator.manual_seed(sample_seed(seed, i))
             sequences.append(_Sequence(owner=owner, index=i, params=request.params, prompt_ids=ids, generator=generator))
         self.stats.sequences += len(sequences)
         return sequences
@@ -459,6 +460,7 @@ class TransformersBackend(Backend):
         # (static batching, as the lockstep runtime did).
         if self._ready and free > 0 and (batch is None or (self.plain_cache and self._continuous)):
             newcomers = [self._ready.popleft() for _ in range(min(free, len(self._ready)))]
+            self._admitting = newcomers
             prefilled = self.stats.prefill_tokens, self.stats.reused_tokens
             batch = self._admit(batch, newcomers)
             admitted = len(newcomers)
@@ -473,6 +475,7 @@ class TransformersBackend(Backend):
         batch = self._retire(batch, tokens)
         if batch is not None:
             self._decode(batch, tokens)
+        self._admitting = []
         self.emit(
             EngineStep(
                 engine="transformers",
@@ -678,7 +681,10 @@ class TransformersBackend(Backend):
             self._settle(seq, len(seq.prompt_ids) + len(seq.token_ids))
             if seq.owner.on_text is not None:
                 text = seq.text if seq.finish else self._tokenizer.decode(seq.token_ids, skip_special_tokens=True)
-                seq.owner.on_text(seq.index, text)
+                try:
+                    seq.owner.on_text(seq.index, text)
+                except Exception as exc:  # a listener gone (its loop closed) must not fail the batch
+                    log.debug("on_text failed", error=str(exc))
         self.stats.decode_tokens += len(active)
         return tokens
 
@@ -752,9 +758,3 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: A
         choice = torch.multinomial(sorted_probs, 1, generator=generator)
         return int(order[choice])
     return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def _sample_seed(seed: int, index: int) -> int:
-    """A per-sample seed, so sample ``index`` of a request draws the same numbers whatever
-    else is in the batch."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") & ((1 << 63) - 1)

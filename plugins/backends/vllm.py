@@ -39,7 +39,6 @@ import concurrent.futures
 import copy
 import dataclasses
 import gc
-import hashlib
 import importlib.util
 import itertools
 import json
@@ -58,7 +57,7 @@ from reason.components import Backend
 from reason.errors import BackendError, UsageError
 from reason.events import EngineStep
 from reason.log import get_logger
-from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams
+from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams, sample_seed
 
 from .models import prompt_ids
 
@@ -661,12 +660,6 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 # -- mapping (pure functions, unit-tested without vllm) --------------------------------
-
-
-def sample_seed(seed: int, index: int) -> int:
-    """The seed of sample ``index`` of a request seeded with ``seed``: the transformers
-    backend's derivation, so both backends seed sample ``i`` alike."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 def sampling_kwargs(params: SamplingParams, n: int) -> dict[str, Any]:

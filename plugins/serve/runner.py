@@ -23,6 +23,7 @@ from typing import Any
 from attrs import define, field
 
 from reason import Runtime, Solution, Task
+from reason.engine import gather_all
 from reason.log import get_logger
 
 from .protocol import APIError
@@ -128,7 +129,9 @@ async def solve_all(
         with counter.search():
             return Choice(index, await runtime.asolve(task, **overrides))
 
-    work = asyncio.ensure_future(asyncio.gather(*(one(*job) for job in jobs)))
+    # gather_all: one failing search cancels its siblings (asyncio.gather would leave
+    # them running on the engine, unobserved)
+    work = asyncio.ensure_future(gather_all(*(one(*job) for job in jobs)))
     watcher = asyncio.ensure_future(wait_for_disconnect(receive)) if receive is not None else None
     try:
         waiting = {work} if watcher is None else {work, watcher}
