@@ -24,6 +24,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
+from attrs import asdict, define
+
 from .components import Backend, Verifier
 from .events import BackendCalled, Event, VerifierCalled
 from .types import Completion, GenerateRequest, Score, ScoreRequest, Usage
@@ -31,6 +33,40 @@ from .types import Completion, GenerateRequest, Score, ScoreRequest, Usage
 P = TypeVar("P")
 R = TypeVar("R")
 T = TypeVar("T")
+
+
+@define
+class EngineStats:
+    """What a continuous engine computed, for benchmarks and ``/health``: the counters
+    every backend that batches continuously keeps (backends add their own fields)."""
+
+    requests: int = 0
+    sequences: int = 0
+    cancelled: int = 0
+    """Sequences dropped (decoding or waiting for a row) because their caller gave up."""
+    prefill_tokens: int = 0
+    """Prompt tokens encoded (padding excluded)."""
+    reused_tokens: int = 0
+    """Prompt tokens whose keys and values came from a prefix cache instead."""
+    decode_tokens: int = 0
+    """Tokens generated."""
+    decode_steps: int = 0
+    decode_rows: int = 0
+    """Rows summed over decode steps: ``decode_rows / decode_steps`` is the mean batch."""
+    waiting_steps: int = 0
+    waiting_rows: int = 0
+    """The same, counting only steps while sequences were waiting for a row."""
+
+    @property
+    def mean_batch(self) -> float:
+        return self.decode_rows / self.decode_steps if self.decode_steps else 0.0
+
+    @property
+    def mean_batch_when_waiting(self) -> float:
+        return self.waiting_rows / self.waiting_steps if self.waiting_steps else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mean_batch": self.mean_batch, "mean_batch_when_waiting": self.mean_batch_when_waiting}
 
 
 class BatchQueue(Generic[P, R]):

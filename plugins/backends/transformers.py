@@ -44,9 +44,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from attrs import asdict, define, field
+from attrs import define, field
 
 from reason.components import Backend
+from reason.engine import EngineStats
 from reason.errors import BackendError
 from reason.events import EngineStep
 from reason.log import get_logger
@@ -70,39 +71,12 @@ DEFAULT_PREFIX_CACHE_TOKENS = 32768
 
 
 @define
-class BackendStats:
-    """Counters for benchmarks: what the backend computed and what it reused."""
+class BackendStats(EngineStats):
+    """:class:`EngineStats` plus what the decode loop spent its time on."""
 
-    requests: int = 0
-    sequences: int = 0
-    cancelled: int = 0
-    """Sequences dropped (decoding or waiting for a row) because their caller gave up."""
     forward_passes: int = 0
-    prefill_tokens: int = 0
-    """Prompt tokens encoded (padding excluded)."""
-    reused_tokens: int = 0
-    """Prompt tokens whose keys and values came from the prefix cache instead."""
-    decode_tokens: int = 0
-    """Tokens generated."""
-    decode_steps: int = 0
-    decode_rows: int = 0
-    """Rows summed over decode steps: ``decode_rows / decode_steps`` is the mean batch."""
-    waiting_steps: int = 0
-    waiting_rows: int = 0
-    """The same, counting only steps while sequences were waiting for a row."""
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
-
-    @property
-    def mean_batch(self) -> float:
-        return self.decode_rows / self.decode_steps if self.decode_steps else 0.0
-
-    @property
-    def mean_batch_when_waiting(self) -> float:
-        return self.waiting_rows / self.waiting_steps if self.waiting_steps else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "mean_batch": self.mean_batch, "mean_batch_when_waiting": self.mean_batch_when_waiting}
 
 
 class PrefixCache:

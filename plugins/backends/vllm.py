@@ -51,9 +51,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from attrs import asdict, define
+from attrs import define
 
 from reason.components import Backend
+from reason.engine import EngineStats
 from reason.errors import BackendError, UsageError
 from reason.events import EngineStep
 from reason.log import get_logger
@@ -83,52 +84,21 @@ def vllm_installed() -> bool:
 
 
 @define
-class VLLMStats:
-    """Counters for benchmarks: what vLLM computed and what its prefix cache saved.
+class VLLMStats(EngineStats):
+    """:class:`EngineStats` (the same counters as the transformers backend's, so a
+    benchmark reads both) plus vLLM's prefix-cache counters and the engine's load time."""
 
-    Field names follow the transformers backend's ``BackendStats`` where they mean the
-    same thing, so a benchmark can read both."""
-
-    requests: int = 0
-    sequences: int = 0
-    cancelled: int = 0
-    """Sequences aborted because their caller gave up."""
-    prefill_tokens: int = 0
-    """Prompt tokens the engine computed (not found in the prefix cache)."""
-    reused_tokens: int = 0
-    """Prompt tokens whose KV cache came from the prefix cache (``prefix_cache_hits``)."""
     prefix_cache_queries: int = 0
     """Prompt tokens looked up in the prefix cache (vLLM's scheduler counters)."""
     prefix_cache_hits: int = 0
-    decode_tokens: int = 0
-    """Tokens generated."""
-    decode_steps: int = 0
-    decode_rows: int = 0
-    """Running sequences summed over engine steps: ``decode_rows / decode_steps`` is the mean batch."""
-    waiting_steps: int = 0
-    waiting_rows: int = 0
-    """The same, counting only steps while requests were waiting for room."""
     load_seconds: float = 0.0
-
-    @property
-    def mean_batch(self) -> float:
-        return self.decode_rows / self.decode_steps if self.decode_steps else 0.0
-
-    @property
-    def mean_batch_when_waiting(self) -> float:
-        return self.waiting_rows / self.waiting_steps if self.waiting_steps else 0.0
 
     @property
     def prefix_cache_hit_rate(self) -> float:
         return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "mean_batch": self.mean_batch,
-            "mean_batch_when_waiting": self.mean_batch_when_waiting,
-            "prefix_cache_hit_rate": self.prefix_cache_hit_rate,
-        }
+        return {**super().to_dict(), "prefix_cache_hit_rate": self.prefix_cache_hit_rate}
 
 
 class VLLMBackend(Backend):
