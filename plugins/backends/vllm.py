@@ -407,8 +407,12 @@ class VLLMBackend(Backend):
         completions. Cancelling the future aborts its vLLM requests. ``on_text(sample,
         text_so_far)`` (optional) is called from the engine's thread as tokens come."""
         self._ensure_engine()
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(self._run(request, on_text), self._loop)
+        # Scheduled under the lock, so a close() cannot slip in between: its shutdown then
+        # runs after this request has started, and aborts it instead of stranding it.
+        with self._lock:
+            if self._loop is None:
+                raise BackendError("backend vllm: the backend is closed")
+            return asyncio.run_coroutine_threadsafe(self._run(request, on_text), self._loop)
 
     async def _run(self, request: GenerateRequest, on_text: Callable[[int, str], None] | None = None) -> list[Completion]:
         """On the engine's loop: one vLLM request per sample, gathered. Without
