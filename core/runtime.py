@@ -367,6 +367,7 @@ class Runtime:
         seconds = time.perf_counter() - start
         ctx.add_usage(Usage(seconds=seconds))
         chosen = outcome.chosen
+        ctx.tree.chosen = chosen.node_id if chosen else None
         solution = Solution(
             task=task,
             answer=chosen.answer if chosen else None,

@@ -107,6 +107,8 @@ class Node:
 class Tree:
     prompt: str
     nodes: list[Node] = field(factory=list)
+    chosen: int | None = None
+    """The id of the node that ends the chosen answer's path (set when the search is done)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.nodes:
@@ -140,5 +142,6 @@ class Tree:
             "prompt": self.prompt,
             "num_nodes": len(self.nodes),
             "max_depth": self.max_depth,
+            "chosen": self.chosen,
             "nodes": [node.to_dict() for node in self.nodes],
         }

@@ -73,3 +73,12 @@ def test_solution_json_has_the_documented_fields():
     assert set(data["usage"]) >= {"prompt_tokens", "completion_tokens", "model_calls"}
     assert all({"answer", "score"} <= set(c) for c in data["candidates"])
     assert data["tree"]["nodes"][0]["kind"] == "root"
+
+
+def test_the_tree_records_the_chosen_leaf():
+    backend = ScriptedBackend(answers_script(["3", "4", "4"]))
+    with Runtime(Config(search="self-consistency", n=3, verifier=None), backend=backend) as rt:
+        solution = rt.solve("q")
+    chosen = solution.tree[solution.tree.chosen]
+    assert chosen.text() == solution.text and solution.answer == "4"
+    assert solution.tree.to_dict()["chosen"] == chosen.id

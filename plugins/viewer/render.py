@@ -7,10 +7,10 @@ Inputs, as written by the rest of reason:
 - an eval record: one line of ``results.jsonl`` written with ``reason eval --save-tree``;
 - an eval run directory (its ``results.jsonl``, and ``run.json`` for the config).
 
-The chosen leaf is not part of the tree: it is the solution's. It is found, in order:
-the tree's own ``chosen`` key (a node id) when a writer records one; the solution's
-candidate whose ``node_id`` ends the chosen text (``reason solve --json`` output, given
-with ``--solution``); in an eval record, whose candidates carry no node id, the candidate
+The chosen leaf is found, in order: the tree's own ``chosen`` key (a node id:
+``Tree.to_dict`` writes it; older tree files lack it); the solution's candidate whose
+``node_id`` ends the chosen text (``reason solve --json`` output, given with
+``--solution``); in an eval record, whose candidates carry no node id, the candidate
 with the record's answer and score, located by its text: the node whose path text (every
 step from the root, concatenated) equals the candidate's text. Without a solution the
 page says the chosen path is unknown.
