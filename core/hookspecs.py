@@ -114,10 +114,11 @@ def reason_register_commands(cli: Any) -> None:
 def reason_on_event(event: Any) -> None:
     """Observe everything that happens in a run.
 
-    Called synchronously, in the event loop, for every :class:`reason.events.Event`
-    (search started, steps generated/scored, reflection, pruning, answers, backend calls,
-    search finished). Keep it cheap: it runs inside the search loop. An exception raised
-    here is logged and does not stop the run.
+    Called synchronously, in the runtime's event-loop thread, for every
+    :class:`reason.events.Event` (search started, steps generated/scored, reflection,
+    pruning, answers, engine steps and batch calls, search finished). Keep it cheap: it
+    runs on the loop every search shares. An exception raised here is logged and does not
+    stop the run.
 
     :param event: the event (a frozen attrs instance; ``event.to_dict()`` serializes it).
     :return: ignored.

@@ -1,7 +1,11 @@
 """The plugin manager: built-ins first, then the ``reason`` entry points, one at a time.
 
-A plugin that fails to import (or whose registration hook raises) is skipped with one
-warning naming it and the error, and listed as broken by ``reason plugins``.
+Each plugin is registered with pluggy's plugin manager, and its registration hooks are
+called through it (one plugin at a time, ``pm.subset_hook_caller``), so that one
+plugin's failure stays its own. A plugin that fails to import, implements a hook that
+does not exist (a misspelling), defines a ``reason_*`` function without ``@hookimpl``, or
+whose registration hook raises is skipped with one warning naming it and the error, and
+listed as broken by ``reason plugins``.
 ``REASON_LOAD_PLUGINS=a,b`` loads only those entry-point plugins (``''`` = none), so a
 broken plugin can always be uninstalled with the CLI.
 """
@@ -113,18 +117,43 @@ class PluginRegistry:
     def broken(self) -> list[PluginInfo]:
         return [info for info in self.plugins.values() if info.error]
 
+    def add(self, kind: str, name: str, factory: Callable[..., Any], plugin: str = "tests") -> None:
+        """Register one component directly, without a plugin module (tests, scripts).
+        A name that is taken is an error, as for plugins."""
+        if kind not in self.components:
+            raise UsageError(f"unknown component kind {kind!r}; kinds: {', '.join(KINDS)}")
+        existing = self.components[kind].get(name)
+        if existing is not None:
+            raise UsageError(f"{kind} {name!r} is registered twice: by {existing.plugin} and by {plugin}")
+        self.components[kind][name] = Registration(name, factory, plugin)
 
-def _hook_names(plugin: Any) -> list[str]:
-    return sorted(name for name in dir(plugin) if name.startswith("reason_") and callable(getattr(plugin, name)))
+    def remove(self, kind: str, name: str) -> None:
+        """Undo :meth:`add` (a missing name is no error)."""
+        self.components[kind].pop(name, None)
+
+
+def _check_hooks(pm: pluggy.PluginManager, name: str, plugin: Any) -> list[str]:
+    """The hooks ``plugin`` implements; a hook without a spec (a misspelled name) or a
+    ``reason_*`` function not marked ``@hookimpl`` is an error naming both."""
+    implemented = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
+    known = ", ".join(sorted(n for n in dir(pm.hook) if n.startswith("reason_")))
+    for hook in implemented:
+        if not getattr(pm.hook, hook).has_spec():
+            raise UsageError(f"plugin {name!r} implements {hook!r}, which is no reason hook; the hooks are: {known}")
+    for attr in dir(plugin):
+        if attr.startswith("reason_") and callable(getattr(plugin, attr)) and attr not in implemented:
+            raise UsageError(f"plugin {name!r} defines {attr}() without @reason.hookimpl, so it would never be called")
+    return implemented
 
 
 def _collect(registry: PluginRegistry, name: str, plugin: Any) -> None:
-    """Call one plugin's registration hooks, recording what it registers."""
+    """Call one plugin's registration hooks (through the plugin manager, this plugin's
+    implementations only), recording what it registers."""
     info = registry.plugins[name]
     staged: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
+    others = [p for p in registry.pm.get_plugins() if p is not plugin]
     for kind, hook in KINDS.items():
-        impl = getattr(plugin, hook, None)
-        if impl is None:
+        if hook not in info.hooks:
             continue
 
         def register(component: str, factory: Callable[..., Any], _kind: str = kind) -> None:
@@ -133,7 +162,7 @@ def _collect(registry: PluginRegistry, name: str, plugin: Any) -> None:
                 raise UsageError(f"{_kind} {component!r} is registered twice: by {existing.plugin} and by {name}")
             staged[_kind][component] = Registration(component, factory, name)
 
-        impl(register=register)
+        registry.pm.subset_hook_caller(hook, remove_plugins=others)(register=register)
     for kind, regs in staged.items():
         registry.components[kind].update(regs)
         if regs:
@@ -143,12 +172,15 @@ def _collect(registry: PluginRegistry, name: str, plugin: Any) -> None:
 def _load(registry: PluginRegistry, name: str, load: Callable[[], Any], version: str | None, builtin: bool) -> None:
     info = PluginInfo(name=name, version=version, builtin=builtin)
     registry.plugins[name] = info
+    plugin = None
     try:
         plugin = load()
-        info.hooks = _hook_names(plugin)
-        _collect(registry, name, plugin)
         registry.pm.register(plugin, name=name)
+        info.hooks = _check_hooks(registry.pm, name, plugin)
+        _collect(registry, name, plugin)
     except Exception as exc:  # a broken plugin must never take the CLI down with it
+        if plugin is not None and registry.pm.is_registered(plugin):
+            registry.pm.unregister(plugin)
         info.error = f"{type(exc).__name__}: {exc}"
         info.registers = {}
         warnings.warn(f"reason: skipped plugin {name!r}: {info.error}", PluginLoadWarning, stacklevel=2)

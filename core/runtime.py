@@ -195,12 +195,12 @@ class Runtime:
         try:
             self.registry.pm.hook.reason_on_event(event=event)
         except Exception as exc:  # an observer must never break a run
-            get_logger().warning("event hook failed", event=event.kind, error=str(exc))
+            get_logger().warning("event hook failed", event_kind=event.kind, error=str(exc))
         for listener in list(self._listeners):
             try:
                 listener(event)
             except Exception as exc:  # a subscriber must not break a run either
-                get_logger().warning("event listener failed", event=event.kind, error=str(exc))
+                get_logger().warning("event listener failed", event_kind=event.kind, error=str(exc))
 
     def _emit_threadsafe(self, event: Event) -> None:
         """``emit`` from any thread: events reach observers in the event-loop thread."""

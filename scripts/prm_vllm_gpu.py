@@ -43,7 +43,7 @@ from reason import Config, Runtime, Solution
 from reason.errors import ReasonError, UsageError, VerifierError
 from reason.log import configure as configure_logs
 from reason.plugins.verifiers.prm import PRMVerifier, ReadResult, Row
-from reason.registry import Registration, get_registry
+from reason.registry import get_registry
 
 
 class VLLMPRMVerifier(PRMVerifier):
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_environment(args)
         registry = get_registry()
-        registry.components["verifier"]["prm-vllm"] = Registration("prm-vllm", VLLMPRMVerifier, "scripts/prm_vllm_gpu.py")
+        registry.add("verifier", "prm-vllm", VLLMPRMVerifier, plugin="scripts/prm_vllm_gpu.py")
         config = build_config(args)
         spec = args.dataset if not args.dataset.endswith(".jsonl") else f"jsonl:{args.dataset}"
         dataset = registry.create("dataset", spec, config)

@@ -18,7 +18,7 @@ import attrs
 from scripted import _TOKEN, ScriptedBackend
 
 from reason import Score, ScoreRequest, Verifier
-from reason.registry import Registration, get_registry
+from reason.registry import get_registry
 
 SURE = (-0.05, (-0.05, -4.0, -5.0, -6.0, -7.0))
 UNSURE = (-1.6, (-1.5, -1.6, -1.7, -1.8, -1.9))
@@ -60,11 +60,11 @@ class TagVerifier(Verifier):
 
 
 def register_tag_verifier() -> None:
-    get_registry().components["verifier"]["test-tags"] = Registration("test-tags", TagVerifier, "tests")
+    get_registry().add("verifier", "test-tags", TagVerifier, plugin="tests")
 
 
 def unregister_tag_verifier() -> None:
-    get_registry().components["verifier"].pop("test-tags", None)
+    get_registry().remove("verifier", "test-tags")
 
 
 def tag_for(*parts: object) -> float:

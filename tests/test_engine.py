@@ -11,7 +11,7 @@ from scripted import ContinuousScriptedBackend, ScriptedBackend, steps_script
 
 from reason import Config, GenerateRequest, Runtime, SamplingParams, SearchOutcome, SearchPolicy
 from reason.engine import BatchQueue
-from reason.registry import Registration, get_registry
+from reason.registry import get_registry
 
 
 class FakeBeams(SearchPolicy):
@@ -33,11 +33,9 @@ class FakeBeams(SearchPolicy):
 @pytest.fixture
 def beams_registry(monkeypatch):
     registry = get_registry()
-    registry.components["search"]["test-beams"] = Registration(
-        "test-beams", lambda config, arg: FakeBeams(config, arg), "tests"
-    )
+    registry.add("search", "test-beams", lambda config, arg: FakeBeams(config, arg), plugin="tests")
     yield registry
-    registry.components["search"].pop("test-beams")
+    registry.remove("search", "test-beams")
 
 
 def test_requests_made_together_share_one_backend_call(beams_registry):
@@ -138,11 +136,9 @@ class SlowAndFast(SearchPolicy):
 @pytest.fixture
 def slow_fast_registry():
     registry = get_registry()
-    registry.components["search"]["test-slow-fast"] = Registration(
-        "test-slow-fast", lambda config, arg: SlowAndFast(config, arg), "tests"
-    )
+    registry.add("search", "test-slow-fast", lambda config, arg: SlowAndFast(config, arg), plugin="tests")
     yield registry
-    registry.components["search"].pop("test-slow-fast")
+    registry.remove("search", "test-slow-fast")
 
 
 def test_no_global_tick_a_fast_search_runs_rounds_while_a_slow_one_decodes(slow_fast_registry):

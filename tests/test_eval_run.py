@@ -12,7 +12,6 @@ from reason import Config, Runtime, get_registry
 from reason.errors import UsageError
 from reason.eval.results import PLOT, RESULTS, SUMMARY, ResultsFile, load_run
 from reason.eval.run import EvalRun
-from reason.registry import Registration
 
 
 def adder(request, index):
@@ -140,11 +139,9 @@ def test_save_tree_and_offset(problems, tmp_path):
 @pytest.fixture
 def scripted_backend():
     registry = get_registry()
-    registry.components["backend"]["scripted-adder"] = Registration(
-        "scripted-adder", lambda config, arg: ScriptedBackend(adder, config), "tests"
-    )
+    registry.add("backend", "scripted-adder", lambda config, arg: ScriptedBackend(adder, config), plugin="tests")
     yield "scripted-adder"
-    registry.components["backend"].pop("scripted-adder")
+    registry.remove("backend", "scripted-adder")
 
 
 def invoke(*args):
@@ -225,12 +222,12 @@ def test_the_search_never_sees_the_reference_or_grading_only_metadata(tmp_path):
              "test": "hidden", "canonical_solution": "hidden too", "topic": "sums"} for i in range(3)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     registry = get_registry()
-    registry.components["verifier"]["recording"] = Registration("recording", Recording, "tests")
+    registry.add("verifier", "recording", Recording, plugin="tests")
     try:
         out = tmp_path / "run"
         summary, _, _ = execute(make_run(path, out, verifier="recording"))
     finally:
-        registry.components["verifier"].pop("recording")
+        registry.remove("verifier", "recording")
     assert len(seen) == 6  # 3 problems x 2 samples
     for task in seen:
         assert task.reference is None

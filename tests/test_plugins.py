@@ -143,6 +143,7 @@ def test_duplicate_name_is_an_error_naming_both_plugins():
 
     class Dup:
         @staticmethod
+        @reason.hookimpl
         def reason_register_searches(register):
             register("greedy", object)
 
@@ -155,3 +156,43 @@ def test_duplicate_name_is_an_error_naming_both_plugins():
 def test_unknown_component_lists_the_available_ones():
     with pytest.raises(reason.ComponentNotFound, match="unknown search 'nope'; available: .*best-of-n.*greedy"):
         reason.Runtime(reason.Config(search="nope"))
+
+
+def test_a_misspelled_hook_is_an_error_naming_the_plugin_and_the_hook():
+    from reason.registry import _load
+
+    class Typo:
+        @staticmethod
+        @reason.hookimpl
+        def reason_register_verifier(register):  # the hook is reason_register_verifiers
+            register("typo", object)
+
+    registry = load_plugins()
+    with pytest.warns(UserWarning, match="plugin 'typo' implements 'reason_register_verifier', which is no reason hook"):
+        _load(registry, "typo", lambda: Typo, "0", builtin=False)
+    assert registry.plugins["typo"].error and "typo" not in registry.names("verifier")
+    assert not any(registry.pm.get_name(p) == "typo" for p in registry.pm.get_plugins())
+
+
+def test_an_unmarked_hook_function_is_an_error_not_a_silent_registration():
+    from reason.registry import _load
+
+    class Unmarked:
+        @staticmethod
+        def reason_register_searches(register):
+            register("unmarked", object)
+
+    registry = load_plugins()
+    with pytest.warns(UserWarning, match="defines reason_register_searches\\(\\) without @reason.hookimpl"):
+        _load(registry, "unmarked", lambda: Unmarked, "0", builtin=False)
+    assert "unmarked" not in registry.names("search")
+
+
+def test_add_and_remove_register_one_component_for_tests():
+    registry = load_plugins()
+    registry.add("search", "test-added", lambda config, arg: object(), plugin="tests")
+    assert "test-added" in registry.names("search") and registry.lookup("search", "test-added")[0].plugin == "tests"
+    with pytest.raises(reason.UsageError, match="registered twice: by tests and by other"):
+        registry.add("search", "test-added", object, plugin="other")
+    registry.remove("search", "test-added")
+    assert "test-added" not in registry.names("search")

@@ -9,7 +9,7 @@ from reason import Config, Runtime, Score, Verifier
 from reason.errors import UsageError
 from reason.events import ReflectionInjected
 from reason.plugins.reflection import MARCO_PHRASE
-from reason.registry import Registration, get_registry
+from reason.registry import get_registry
 
 
 def solve(backend, question="q", **config):
@@ -100,9 +100,9 @@ class FailingVerifier(Verifier):
 
 @pytest.fixture
 def failing_verifier():
-    get_registry().components["verifier"]["test-fail"] = Registration("test-fail", FailingVerifier, "tests")
+    get_registry().add("verifier", "test-fail", FailingVerifier, plugin="tests")
     yield
-    get_registry().components["verifier"].pop("test-fail")
+    get_registry().remove("verifier", "test-fail")
 
 
 def fix_script(request, index):

@@ -495,7 +495,6 @@ def test_eval_grades_with_the_hidden_tests_and_the_verifier_sees_none(client, tm
     from reason import get_registry
     from reason.eval.run import EvalRun
     from reason.plugins.verifiers.sandbox import SandboxVerifier
-    from reason.registry import Registration
 
     seen: list[ScoreRequest] = []
 
@@ -523,7 +522,7 @@ def test_eval_grades_with_the_hidden_tests_and_the_verifier_sees_none(client, tm
         return "I do not know."
 
     registry = get_registry()
-    registry.components["verifier"]["recording-sandbox"] = Registration("recording-sandbox", Recording, "tests")
+    registry.add("verifier", "recording-sandbox", Recording, plugin="tests")
     try:
         config = Config(search="best-of-n", n=2, verifier="recording-sandbox", splitter="none", max_tokens=4096,
                         options={"sandbox_workers": 2, "sandbox_pool": 0})
@@ -535,7 +534,7 @@ def test_eval_grades_with_the_hidden_tests_and_the_verifier_sees_none(client, tm
         summary = run.summarize()
         dataset.close()
     finally:
-        registry.components["verifier"].pop("recording-sandbox")
+        registry.remove("verifier", "recording-sandbox")
     assert seen
     for request in seen:
         assert "test" not in request.task.metadata and request.task.reference is None
