@@ -354,6 +354,9 @@ def wait_idle(server, seconds=30.0) -> dict:
 
 
 QUESTION = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"}]
+LONG = [{"role": "user", "content": "Write a very long story about a dragon and a knight, at least 2000 words."}]
+"""Greedy on the embedded model runs this to any cap up to 400 tokens (QUESTION's answer
+ends by itself after a few dozen, so a hang-up may come after its rows are done)."""
 
 
 @pytest.mark.model
@@ -464,7 +467,7 @@ def test_model_best_of_n_streams_progress_then_the_answer(openai_client):
 
 async def read_a_little(client, server, max_tokens=400) -> bool:
     """Stream a long greedy answer until its first token arrives, then hang up."""
-    body = {"model": f"greedy/{MODEL}", "messages": QUESTION, "stream": True, "max_tokens": max_tokens}
+    body = {"model": f"greedy/{MODEL}", "messages": LONG, "stream": True, "max_tokens": max_tokens}
     async with client.stream("POST", f"{server}/v1/chat/completions", json=body) as r:
         async for line in r.aiter_lines():
             if '"content":"' in line and '"content":""' not in line:
@@ -494,7 +497,7 @@ def test_model_disconnect_cancels_the_search_and_frees_its_rows(server):
     decoded = after["engine"]["decode_tokens"] - before["engine"]["decode_tokens"]
     assert decoded < 4 * 400 / 2, (before, after)  # they stopped well before their budget
 
-    whole = {"model": f"greedy/{MODEL}", "messages": QUESTION, "max_tokens": 400}
+    whole = {"model": f"greedy/{MODEL}", "messages": LONG, "max_tokens": 400}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server}/v1/chat/completions", json=whole, timeout=httpx.Timeout(60, read=2.0))
     final = wait_idle(server, seconds=20)

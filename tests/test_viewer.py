@@ -436,7 +436,9 @@ def check_real_tree(browser: Browser, html: Path, tree: dict, solution: dict, sh
     assert state["ready"]
     assert state["rows"] == tree["num_nodes"] == len(tree["nodes"]) == state["model"]
     assert state["filled"] == state["rows"]  # a small tree: every row is near the viewport, so drawn
-    chosen = next(c["node_id"] for c in solution["candidates"] if c["text"] == solution["text"])
+    # the runtime records the chosen leaf in the tree (several MCTS leaves can share its text)
+    chosen = tree["chosen"]
+    assert chosen in {c["node_id"] for c in solution["candidates"] if c["text"] == solution["text"]}
     assert state["chosen"] == sorted(path_ids(tree, chosen)) and state["leaf"] == [chosen]
     # the chosen leaf is selected at start, and the panel shows its whole path text
     assert state["selected"] == [chosen]
