@@ -399,7 +399,8 @@ class TransformersBackend(Backend):
     def _expand(self, pending: _Request) -> None:
         """Encode a new request and queue its ``n`` sequences for admission."""
         request = pending.request
-        if pending.future.cancelled():
+        if pending.future.cancelled():  # its caller gave up before it was even encoded
+            self.stats.cancelled += request.n
             return
         try:
             pending.sequences = self._sequences(request, pending)
