@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from .options import Declarations, read
 from .types import Completion, GenerateRequest, SamplingParams, Score, ScoreRequest, Step, Task
 
 if TYPE_CHECKING:
@@ -32,9 +33,25 @@ if TYPE_CHECKING:
 class Component:
     """Base of every component: keeps the config and the colon argument."""
 
+    options: ClassVar[Declarations | None] = None
+    """The ``-o`` options this component reads (a tuple of :class:`reason.options.Option`;
+    ``()``: none). ``None``: not declared, so the runtime cannot check the run's option
+    keys against it (see :mod:`reason.option_check`)."""
+
+    config_fields: ClassVar[tuple[str, ...] | None] = None
+    """The :class:`~reason.config.Config` fields the component reads besides its
+    options; ``None``: possibly any. A Runtime keeps one splitter and one verifier per
+    distinct value of these fields and of the options (:mod:`reason.component_cache`),
+    so a field left out here would be silently stale after a solve that changes it."""
+
     def __init__(self, config: Config, arg: str | None = None) -> None:
         self.config = config
         self.arg = arg
+
+    def option(self, name: str) -> Any:
+        """The value of declared option ``name`` (``-o name=value``), converted and
+        checked by its declaration, or its default."""
+        return read(type(self).options or (), self.config.options, name, owner=type(self).__name__)
 
     def close(self) -> None:
         """Release resources (models, containers, connections). Called once at shutdown."""
@@ -154,6 +171,13 @@ class SearchPolicy(Component, ABC):
     @abstractmethod
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         """Search for an answer to ``ctx.task`` and return the candidates and the choice."""
+
+    def sub_configs(self) -> Sequence[Config]:
+        """The configs of the sub-policies :meth:`run` may start with
+        :meth:`SearchContext.run_policy` (compute-optimal's table rows). The runtime
+        checks their components and options with the run's, and builds their verifiers
+        and splitters before the search starts. Default: none."""
+        return ()
 
 
 class Dataset(Component, ABC):

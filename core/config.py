@@ -15,31 +15,8 @@ import attrs
 from attrs import define, field
 
 from .errors import UsageError
+from .options import Option
 from .types import AGGREGATIONS, SamplingParams
-
-
-_KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def _convert(value: Any, kind: type) -> Any:
-    """``value`` as ``kind``, or None when it is not one (no silent truncation of 2.5 to 2)."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        return True if text in _TRUE else False if text in _FALSE else None
-    if kind is str:
-        return str(value)
-    if isinstance(value, bool):  # True is an int to Python, never to a user
-        return None
-    try:
-        converted = kind(value)
-    except (TypeError, ValueError):
-        return None
-    if kind is int and isinstance(value, float) and value != converted:
-        return None
-    return converted
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: int) -> None:
@@ -120,19 +97,16 @@ class Config:
     def option(self, key: str, default: Any = None, kind: type | None = None, minimum: float | None = None) -> Any:
         """The plugin setting ``key`` (``-o key=value``, ``[options]`` in a recipe), or ``default``.
 
-        With ``kind`` (``int``, ``float``, ``bool`` or ``str``) the value is converted, and
-        with ``minimum`` range-checked, so a bad value stops the run at start-up with one
-        message naming the option instead of failing mid-search. ``None`` stays ``None``.
+        For components that do not declare their options (see :mod:`reason.options`;
+        declared ones read with ``self.option(name)``). With ``kind`` (``int``, ``float``,
+        ``bool``, ``str`` or ``list``) the value is converted, and with ``minimum``
+        range-checked, so a bad value stops the run at start-up with one message naming
+        the option instead of failing mid-search. ``None`` stays ``None``.
         """
         value = self.options.get(key, default)
-        if kind is None or value is None:
+        if kind is None:
             return value
-        converted = _convert(value, kind)
-        if converted is None:
-            raise UsageError(f"-o {key}={value!r}: must be {_KIND_NAMES.get(kind, kind.__name__)}")
-        if minimum is not None and converted < minimum:
-            raise UsageError(f"-o {key}={value!r}: must be >= {minimum}")
-        return converted
+        return Option(key, kind, minimum=minimum).parse(value)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (validated); ``options`` are merged, not replaced."""

@@ -9,11 +9,13 @@ applies reflection triggers, so policies stay short.
 from __future__ import annotations
 
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from attrs import frozen
+
 from . import answers
-from .components import ReflectionTrigger, Splitter, Verifier
+from .components import ReflectionTrigger, SearchPolicy, Splitter, Verifier
 from .config import Config
 from .engine import gather_all
 from .events import AnswerFound, Event, NodesPruned, ReflectionInjected, StepsGenerated, StepsScored, TextGenerated
@@ -22,8 +24,19 @@ from .types import Candidate, GenerateRequest, SamplingParams, Score, ScoreReque
 
 if TYPE_CHECKING:
     from .engine import Engines
+    from .result import SearchOutcome
 
 T = TypeVar("T")
+
+
+@frozen
+class PolicyParts:
+    """What one search runs with: the policy and the components of its config."""
+
+    search: SearchPolicy
+    splitter: Splitter
+    verifier: Verifier | None
+    reflections: list[tuple[str, ReflectionTrigger]]
 
 
 class SearchContext:
@@ -38,20 +51,26 @@ class SearchContext:
         verifier: Verifier | None,
         reflections: Sequence[tuple[str, ReflectionTrigger]] = (),
         emit: Any,
+        policies: Callable[[Config], PolicyParts] | None = None,
+        parent: SearchContext | None = None,
     ) -> None:
+        """``policies(config)`` builds what :meth:`run_policy` runs (the Runtime's);
+        ``parent``: the context a sub-policy's context shares its tree and usage with."""
         self.task = task
         self.config = config
         self.prompt = prompt
         self.splitter = splitter
         self.verifier = verifier
         self.reflections = list(reflections)
-        self.tree = Tree(prompt=prompt)
+        self.tree = parent.tree if parent is not None else Tree(prompt=prompt)
         self.usage = Usage()
-        self.stream_text = False
+        self.stream_text = parent.stream_text if parent is not None else False
         """Emit :class:`TextGenerated` as tokens come (``Runtime.stream(tokens=True)``)."""
         self._engines = engines
         self._emit = emit
-        self._start = time.perf_counter()
+        self._policies = policies
+        self._parent = parent
+        self._start = parent._start if parent is not None else time.perf_counter()
 
     # -- bookkeeping ----------------------------------------------------------------
 
@@ -64,6 +83,8 @@ class SearchContext:
 
     def add_usage(self, usage: Usage) -> None:
         self.usage = self.usage + usage
+        if self._parent is not None:  # a sub-policy's spending is its caller's
+            self._parent.add_usage(usage)
 
     @property
     def elapsed(self) -> float:
@@ -74,6 +95,32 @@ class SearchContext:
         Unlike ``asyncio.gather``, the first failure cancels the siblings, so no orphaned
         sub-search keeps the engine busy."""
         return await gather_all(*aws)
+
+    async def run_policy(self, config: Config) -> SearchOutcome:
+        """Run the search policy ``config.search`` with ``config`` on this task and this
+        tree, and return its outcome: the sanctioned way for a policy to hand over to
+        another (compute-optimal runs the strategy its probe chose). The runtime builds
+        the policy and the splitter, verifier and reflection triggers of ``config`` (the
+        same checks as a solve's; the backend stays the run's), and the sub-policy gets
+        a context of its own whose usage counts in this one's. Declare the configs in
+        :meth:`SearchPolicy.sub_configs` so they are checked, and their models loaded,
+        before the search starts."""
+        if self._policies is None:
+            raise RuntimeError("this SearchContext was built without a runtime, so it cannot run another policy")
+        parts = self._policies(config)
+        child = SearchContext(
+            task=self.task,
+            config=config,
+            prompt=self.prompt,
+            engines=self._engines,
+            splitter=parts.splitter,
+            verifier=parts.verifier,
+            reflections=parts.reflections,
+            emit=self._emit,
+            policies=self._policies,
+            parent=self,
+        )
+        return await parts.search.run(child)
 
     # -- generation -----------------------------------------------------------------
 

@@ -231,14 +231,27 @@ def reset_registry() -> None:
         _registry = None
 
 
-def lazy(target: str) -> Callable[..., Any]:
+class lazy:  # noqa: N801 -- used like a function: register("prm", lazy("pkg.mod:Cls"))
     """A factory that imports ``"module:attr"`` only when a component is built, so
-    registering a torch- or docker-backed component costs nothing at start-up."""
-    module_name, _, attr = target.partition(":")
+    registering a torch- or docker-backed component costs nothing at start-up. Its
+    ``options`` and ``config_fields`` are the target's: asking for them imports the
+    module (which must therefore import its heavy libraries inside functions)."""
 
-    def factory(config: Any, arg: str | None = None) -> Any:
-        return getattr(importlib.import_module(module_name), attr)(config, arg)
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.__qualname__ = self.__name__ = f"lazy({target})"
 
-    factory.__qualname__ = factory.__name__ = f"lazy({target})"
-    factory.target = target  # type: ignore[attr-defined]
-    return factory
+    def resolve(self) -> Any:
+        module_name, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def __call__(self, config: Any, arg: str | None = None) -> Any:
+        return self.resolve()(config, arg)
+
+    @property
+    def options(self) -> Any:
+        return getattr(self.resolve(), "options", None)
+
+    @property
+    def config_fields(self) -> Any:
+        return getattr(self.resolve(), "config_fields", None)

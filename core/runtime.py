@@ -27,13 +27,15 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
+from .component_cache import ComponentCache, check_backend
 from .components import Backend, ReflectionTrigger, SearchPolicy, Splitter, Verifier
 from .config import Config
-from .context import SearchContext
+from .context import PolicyParts, SearchContext
 from .engine import Engines, gather_all
 from .errors import UsageError
 from .events import Event, SearchFailed, SearchFinished, SearchStarted
 from .log import get_logger
+from .option_check import check_options, run_parts
 from .prompts import messages_for
 from .registry import PluginRegistry, get_registry
 from .result import Solution
@@ -44,6 +46,9 @@ T = TypeVar("T")
 DEFAULT_CONCURRENCY = 16
 """How many tasks ``solve_many`` keeps in flight: enough to fill batches, few enough to
 keep memory (trees, KV caches) bounded. A new task starts as soon as one finishes."""
+
+MAX_POLICY_DEPTH = 3
+"""How deep sub-policies may nest (a policy that runs a policy that runs one ...)."""
 
 
 class Runtime:
@@ -63,7 +68,7 @@ class Runtime:
         self.config = config.replace(**overrides) if overrides else config
         self.registry = registry or get_registry()
         self._backend = backend
-        self._components: dict[tuple[str, str], Any] = {}
+        self._cache = ComponentCache(self.registry, self._adopt)
         self._lock = threading.RLock()
         self._listeners: list[Callable[[Event], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -77,56 +82,70 @@ class Runtime:
 
     # -- components -------------------------------------------------------------------
 
-    def validate(self, config: Config | None = None) -> None:
-        """Fail fast on a bad name or argument: builds the cheap components (search,
-        splitter, reflection triggers) and looks up the rest (which may load models)."""
+    def validate(self, config: Config | None = None, *, sub_policy: bool = False) -> list[Config]:
+        """Fail fast on a bad name, argument or option: builds the cheap components
+        (search, splitter, reflection triggers), looks up the rest (which may load
+        models), and checks the options against what the run's components declare
+        (:mod:`reason.option_check`). Returns the configs the run may use: ``config``,
+        then its sub-policies' (:meth:`SearchPolicy.sub_configs`). A ``sub_policy``'s
+        config carries its caller's options too, so only their values are checked:
+        which keys a run takes was checked against the whole run when it started."""
         config = config or self.config
-        self.registry.create("search", config.search, config)
-        self.splitter(config)
-        self.reflections(config)
-        if config.verifier:
-            self.registry.lookup("verifier", config.verifier)
-        if self._backend is None:
-            self.registry.lookup("backend", config.backend)
+        parts = run_parts(self.registry, [config], self._backend)
+        check_options(config, parts, self.registry, unknown=False)  # bad values first, named with their component
+        configs = self._configs(config)
+        check_options(config, run_parts(self.registry, configs, self._backend), self.registry, unknown=not sub_policy)
+        check_backend(parts[0].options, self.config, config)
+        for each in configs:
+            self.splitter(each)
+            self.reflections(each)
+        return configs
 
-    def _component(self, kind: str, spec: str, config: Config | None = None) -> Any:
-        with self._lock:
-            key = (kind, spec)
-            if key not in self._components:
-                component = self.registry.create(kind, spec, config or self.config)
-                component.spec = spec  # the name the user chose, for events and the tree
-                component.emit = self._emit_threadsafe  # engines report from their threads
-                self._components[key] = component
-            return self._components[key]
+    def _configs(self, config: Config, depth: int = 0) -> list[Config]:
+        """``config`` and, recursively, the configs of the sub-policies its search runs."""
+        policy: SearchPolicy = self.registry.create("search", config.search, config)
+        subs = list(policy.sub_configs())
+        if subs and depth >= MAX_POLICY_DEPTH:
+            raise UsageError(f"search {config.search}: sub-policies nest deeper than {MAX_POLICY_DEPTH} levels")
+        return [config, *(c for sub in subs for c in self._configs(sub, depth + 1))]
+
+    def _adopt(self, component: Any, spec: str) -> None:
+        component.spec = spec  # the name the user chose, for events and the tree
+        component.emit = self._emit_threadsafe  # engines report from their threads
 
     @property
     def backend(self) -> Backend:
         """The policy backend, built (and its model loaded) on first use."""
         if self._backend is None:
-            self._backend = self._component("backend", self.config.backend)
+            self._backend = self._cache.get("backend", self.config.backend, self.config)
         return self._backend
 
     def splitter(self, config: Config) -> Splitter:
-        return self._component("splitter", config.splitter, config)
+        """The splitter for ``config``: one per distinct config that matters to it."""
+        return self._cache.get("splitter", config.splitter, config)
 
     def verifier(self, config: Config) -> Verifier | None:
-        return self._component("verifier", config.verifier, config) if config.verifier else None
+        """The verifier for ``config`` (None without one): one per distinct config that
+        matters to it, so a solve with other verifier options gets its own."""
+        return self._cache.get("verifier", config.verifier, config) if config.verifier else None
 
     def reflections(self, config: Config) -> list[tuple[str, ReflectionTrigger]]:
         return [(spec, self.registry.create("reflection", spec, config)) for spec in config.reflect]
+
+    def _policy_parts(self, config: Config, checked: bool = False) -> PolicyParts:
+        """What a search with ``config`` runs with: a fresh policy, and the splitter,
+        verifier and reflection triggers for that config (checked like a solve's unless
+        ``checked``). :meth:`SearchContext.run_policy` comes here."""
+        if not checked:
+            self.validate(config, sub_policy=True)
+        search: SearchPolicy = self.registry.create("search", config.search, config)
+        return PolicyParts(search, self.splitter(config), self.verifier(config), self.reflections(config))
 
     def close(self) -> None:
         """Stop every running search, the event loop, and release every component
         (models, containers, connections)."""
         self._stop_loop()
-        with self._lock:
-            components = list(self._components.values())
-            self._components.clear()
-        for component in components:
-            try:
-                component.close()
-            except Exception as exc:  # closing must not mask the real outcome
-                get_logger().warning("close failed", component=type(component).__name__, error=str(exc))
+        self._cache.close()
 
     def __enter__(self) -> Runtime:
         return self
@@ -298,15 +317,17 @@ class Runtime:
         self, tasks: Iterable[Task | str], concurrency: int, overrides: dict[str, Any]
     ) -> tuple[Config, list[Task]]:
         config = self.config.replace(**overrides) if overrides else self.config
-        self.validate(config)
+        configs = self.validate(config)
         if concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {concurrency}")
         task_list = [_as_task(t, i) for i, t in enumerate(tasks)]
         if task_list:
             # Building components may load models, and the first prompt loads a tokenizer
             # (or asks a server): done here, in the caller's thread, so that the event
-            # loop every search shares never waits on it.
-            self._parts(task_list[0], config)
+            # loop every search shares never waits on it. Sub-policies' verifiers too.
+            self._prompt(task_list[0], config)
+            for each in configs:
+                self.verifier(each)
         return config, task_list
 
     async def _solve_all(
@@ -325,19 +346,15 @@ class Runtime:
         await gather_all(*(one(i, t) for i, t in enumerate(tasks)))
         return [s for s in solutions if s is not None]
 
-    def _parts(
-        self, task: Task, config: Config
-    ) -> tuple[str, Splitter, Verifier | None, list[tuple[str, ReflectionTrigger]]]:
-        prompt = self.backend.format_prompt(messages_for(task, config.system_prompt))
-        return prompt, self.splitter(config), self.verifier(config), self.reflections(config)
+    def _prompt(self, task: Task, config: Config) -> str:
+        return self.backend.format_prompt(messages_for(task, config.system_prompt))
 
     async def _run_one(
         self, task: Task, config: Config, observe: Callable[[Event], None] | None = None, stream_text: bool = False
     ) -> Solution:
         start = time.perf_counter()
         assert self._engines is not None
-        search: SearchPolicy = self.registry.create("search", config.search, config)
-        prompt, splitter, verifier, reflections = self._parts(task, config)
+        parts = self._policy_parts(config, checked=True)  # _prepare checked it
 
         def emit(event: Event) -> None:
             self.emit(event)
@@ -347,17 +364,18 @@ class Runtime:
         ctx = SearchContext(
             task=task,
             config=config,
-            prompt=prompt,
+            prompt=self._prompt(task, config),
             engines=self._engines,
-            splitter=splitter,
-            verifier=verifier,
-            reflections=reflections,
+            splitter=parts.splitter,
+            verifier=parts.verifier,
+            reflections=parts.reflections,
             emit=emit,
+            policies=self._policy_parts,
         )
         ctx.stream_text = stream_text
         emit(SearchStarted(task_id=task.id, search=config.search, config=_summary(config)))
         try:
-            outcome = await search.run(ctx)
+            outcome = await parts.search.run(ctx)
         except asyncio.CancelledError:
             emit(SearchFailed(task_id=task.id, error="cancelled"))
             raise

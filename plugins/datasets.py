@@ -25,9 +25,13 @@ from typing import Any
 from reason import Config, Dataset, Task, hookimpl
 from reason.answers import asks_for_percent, is_equivalent
 from reason.errors import UsageError
+from reason.options import Option, read
+
+from .verifiers.sandbox import SANDBOX_OPTIONS
 
 DATA_DIR_ENV = "REASON_DATA_DIR"
 DATA_DIR_OPTION = "data_dir"
+DATA_DIR = Option(DATA_DIR_OPTION, str, None, help="folder holding the datasets [$REASON_DATA_DIR, ../shared/data]")
 
 
 def _repository_root() -> Path | None:
@@ -42,7 +46,7 @@ def _repository_root() -> Path | None:
 
 def data_dir_candidates(config: Config | None = None) -> list[tuple[Path, str]]:
     """Where the data may be, in priority order, each with where that path came from."""
-    explicit = (config.option(DATA_DIR_OPTION) if config is not None else None)
+    explicit = read((DATA_DIR,), config.options, DATA_DIR_OPTION) if config is not None else None
     if explicit:
         return [(Path(str(explicit)).expanduser(), f"option {DATA_DIR_OPTION}")]
     env = os.environ.get(DATA_DIR_ENV)
@@ -92,6 +96,7 @@ class FileDataset(Dataset):
 
     name = "dataset"
     relative_path = ""
+    options = (DATA_DIR,)
 
     @property
     def path(self) -> Path:
@@ -183,6 +188,11 @@ class HumanEval(FileDataset):
 
     name = "humaneval"
     relative_path = "humaneval/HumanEval.jsonl.gz"
+    options = (
+        DATA_DIR,
+        Option("grading_verifier", str, None, help="grade by this verifier's verdict instead of the hidden tests"),
+        *SANDBOX_OPTIONS,  # the hidden-test grader's sandbox
+    )
 
     def __init__(self, config: Config, arg: str | None = None) -> None:
         super().__init__(config, arg)
@@ -208,7 +218,7 @@ class HumanEval(FileDataset):
     def grader(self) -> Any:
         """Grades with the hidden tests (or with ``-o grading_verifier=NAME``'s verdict)."""
         if self._grader is None:
-            chosen = self.config.option("grading_verifier")
+            chosen = self.option("grading_verifier")
             if chosen:
                 from reason.eval.grading import CodeGrader
 
@@ -244,16 +254,23 @@ class JsonlDataset(NumericAnswers, Dataset):
     ``#### `` or in the last ``\\boxed{}``). Grading is math-aware (see
     :func:`reason.answers.is_equivalent`)."""
 
+    options = (
+        Option("dataset_path", str, None, help="the JSONL file [jsonl:PATH, --dataset PATH.jsonl]"),
+        Option("question_field", str, None, help="the field with the question [question|problem|input|prompt]"),
+        Option("answer_field", str, None, help="the field with the reference answer [answer|target|reference|solution|output]"),
+        Option("id_field", str, None, help="the field with the task id [FILE/INDEX]"),
+    )
+
     def __init__(self, config: Config, arg: str | None = None) -> None:
         super().__init__(config, arg)
-        path = arg or config.option("dataset_path")
+        path = arg or self.option("dataset_path")
         if not path:
             raise UsageError("the jsonl dataset needs a file: --dataset PATH.jsonl (or jsonl:PATH)")
         self.path = Path(path).expanduser()
         self.name = self.path.name.removesuffix(".gz").removesuffix(".jsonl")
 
     def _field(self, record: dict[str, Any], option: str, usual: tuple[str, ...], flag: str, required: bool) -> str | None:
-        chosen = self.config.option(option)
+        chosen = self.option(option)
         if chosen:
             if chosen not in record:
                 raise UsageError(
@@ -273,7 +290,7 @@ class JsonlDataset(NumericAnswers, Dataset):
     def load(self) -> Iterable[Task]:
         if not self.path.is_file():
             raise UsageError(f"dataset file {self.path} does not exist (--dataset PATH.jsonl)")
-        id_field = self.config.option("id_field")
+        id_field = self.option("id_field")
         question_field = answer_field = None
         for index, record in enumerate(read_jsonl(self.path)):
             if question_field is None:

@@ -37,6 +37,7 @@ import attrs
 
 from reason import ReflectionTrigger, SamplingParams, Score, Step, Task, aggregate, hookimpl
 from reason.errors import UsageError
+from reason.options import Option
 from reason.plugins.search.common import has_answer
 from reason.plugins.verifiers.confidence import step_confidence
 
@@ -84,10 +85,15 @@ class _Trigger(ReflectionTrigger):
 class MarcoReflection(_Trigger):
     """Marco-o1: ask the model to rethink at the end of a thought."""
 
+    options = (
+        Option("marco_phrase", str, MARCO_PHRASE, help="the text injected at the end of a thought"),
+        Option("marco_max", int, 1, minimum=0, help="reflections per path"),
+    )
+
     def __init__(self, config, arg=None):
         super().__init__(config, arg)
-        self.phrase = str(config.option("marco_phrase", MARCO_PHRASE))
-        self.max = config.option("marco_max", 1, int, minimum=0)
+        self.phrase = self.option("marco_phrase")
+        self.max = self.option("marco_max")
 
     def on_step(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
         if task.kind == "math" and steps and has_answer(steps[-1].text):
@@ -103,17 +109,25 @@ class MarcoReflection(_Trigger):
 class LowConfidenceReflection(_Trigger):
     """Reflect after a step the model was unsure of (mean token confidence < T)."""
 
+    options = (
+        Option("low_confidence_threshold", float, 0.5, minimum=0, maximum=1, help="reflect below this step confidence [low-confidence:T]"),
+        Option("low_confidence_phrase", str, LOW_CONFIDENCE_PHRASE, help="the text injected"),
+        Option("low_confidence_max", int, 1, minimum=0, help="reflections per path"),
+    )
+
     def __init__(self, config, arg=None):
         super().__init__(config, arg)
-        raw = arg if arg is not None else config.option("low_confidence_threshold", 0.5)
-        try:
-            self.threshold = float(raw)
-        except (TypeError, ValueError):
-            raise UsageError(f"low-confidence takes a threshold in [0, 1], e.g. low-confidence:0.5 (got {raw!r})") from None
-        if not 0 <= self.threshold <= 1:
-            raise UsageError(f"low-confidence: the threshold must be in [0, 1], got {self.threshold}")
-        self.phrase = str(config.option("low_confidence_phrase", LOW_CONFIDENCE_PHRASE))
-        self.max = config.option("low_confidence_max", 1, int, minimum=0)
+        if arg is None:
+            self.threshold = self.option("low_confidence_threshold")
+        else:
+            try:
+                self.threshold = float(arg)
+            except ValueError:
+                raise UsageError(f"low-confidence takes a threshold in [0, 1], e.g. low-confidence:0.5 (got {arg!r})") from None
+            if not 0 <= self.threshold <= 1:
+                raise UsageError(f"low-confidence: the threshold must be in [0, 1], got {self.threshold}")
+        self.phrase = self.option("low_confidence_phrase")
+        self.max = self.option("low_confidence_max")
 
     def on_step(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
         if not self.fresh(steps) or self.count(steps) >= self.max:
@@ -129,18 +143,21 @@ class LowConfidenceReflection(_Trigger):
 class VerifierFailReflection(_Trigger):
     """Feed a verifier's rejection (and its feedback) back to the model."""
 
+    options = (
+        Option("fail_threshold", float, None, minimum=0, maximum=1, help="also reflect when the path score is below this [only failed verdicts]"),
+        Option("fail_template", str, FAIL_TEMPLATE, help="the text injected; must contain {feedback}"),
+        Option("fail_max", int, 1, minimum=0, help="reflections per path"),
+        Option("fail_feedback_chars", int, 1500, minimum=1, help="the verifier's feedback is cut to this many characters"),
+    )
+
     def __init__(self, config, arg=None):
         super().__init__(config, arg)
-        threshold = config.option("fail_threshold")
-        try:
-            self.threshold = None if threshold is None else float(threshold)
-        except (TypeError, ValueError):
-            raise UsageError(f"-o fail_threshold takes a number in [0, 1], got {threshold!r}") from None
-        self.template = str(config.option("fail_template", FAIL_TEMPLATE))
+        self.threshold = self.option("fail_threshold")
+        self.template = self.option("fail_template")
         if "{feedback}" not in self.template:
             raise UsageError("-o fail_template must contain {feedback}")
-        self.max = config.option("fail_max", 1, int, minimum=0)
-        self.feedback_chars = config.option("fail_feedback_chars", 1500, int, minimum=1)
+        self.max = self.option("fail_max")
+        self.feedback_chars = self.option("fail_feedback_chars")
 
     def failed(self, score: Score) -> bool:
         if score.passed is False:
@@ -166,6 +183,15 @@ class VerifierFailReflection(_Trigger):
 class BudgetForcing(_Trigger):
     """s1 budget forcing: keep the model thinking until a minimum, stop it at a maximum."""
 
+    options = (
+        Option("min_thinking_tokens", int, None, minimum=0, help="keep thinking until this many tokens [budget-forcing:MIN, 128]"),
+        Option("max_thinking_tokens", int, None, minimum=1, help="stop thinking here [budget-forcing:MIN:MAX, none]"),
+        Option("think_end", str, "</think>", help="the end-of-thinking delimiter"),
+        Option("wait_phrase", str, "Wait", help="appended to keep the model thinking"),
+        Option("answer_phrase", str, "\n</think>\n\nThe answer is", help="appended to make it answer"),
+        Option("max_waits", int, 4, minimum=0, help="'Wait's per path"),
+    )
+
     def __init__(self, config, arg=None):
         super().__init__(config, arg)
         low, _, high = (arg or "").partition(":")
@@ -174,16 +200,17 @@ class BudgetForcing(_Trigger):
             default_max = int(high) if high else None
         except ValueError:
             raise UsageError(f"budget-forcing takes MIN[:MAX] thinking tokens, e.g. budget-forcing:256:1024 (got {arg!r})") from None
-        self.min_tokens = config.option("min_thinking_tokens", default_min, int, minimum=0)
-        self.max_tokens = config.option("max_thinking_tokens", default_max, int, minimum=1)
+        low_option, high_option = self.option("min_thinking_tokens"), self.option("max_thinking_tokens")
+        self.min_tokens = default_min if low_option is None else low_option
+        self.max_tokens = default_max if high_option is None else high_option
         if self.max_tokens is not None and self.max_tokens < self.min_tokens:
             raise UsageError(
                 f"budget-forcing: max_thinking_tokens ({self.max_tokens}) is below min_thinking_tokens ({self.min_tokens})"
             )
-        self.think_end = str(config.option("think_end", "</think>"))
-        self.wait = str(config.option("wait_phrase", "Wait"))
-        self.answer = str(config.option("answer_phrase", "\n</think>\n\nThe answer is"))
-        self.max_waits = config.option("max_waits", 4, int, minimum=0)
+        self.think_end = self.option("think_end")
+        self.wait = self.option("wait_phrase")
+        self.answer = self.option("answer_phrase")
+        self.max_waits = self.option("max_waits")
         self.suppress = self.think_end
         """The context drops this from the end of the step a reflection follows."""
 

@@ -25,6 +25,8 @@ def _logprob(text: str, i: int) -> float:
 
 
 class ScriptedBackend(Backend):
+    options = ()  # declared (none), so runs on it check their option keys strictly
+
     def __init__(self, script: Script | None = None, config: Config | None = None, logprob: Callable[[str, int], float] | None = None):
         super().__init__(config or Config(), None)
         self.script = script or (lambda request, i: "Step one.\n\nThe answer is \\boxed{4}.")

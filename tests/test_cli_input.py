@@ -110,8 +110,8 @@ def test_typed_options_convert(value, kind, minimum, expected):
         (2.5, int, None, "-o k=2.5: must be a whole number"),
         (True, int, None, "-o k=True: must be a whole number"),
         ("maybe", bool, None, "-o k='maybe': must be true or false"),
-        (0, int, 1, "-o k=0: must be >= 1"),
-        (-0.5, float, 0, "-o k=-0.5: must be >= 0"),
+        (0, int, 1, "-o k=0: must be a whole number >= 1"),
+        (-0.5, float, 0, "-o k=-0.5: must be a number >= 0"),
     ],
 )
 def test_typed_options_reject_bad_values_naming_the_option(value, kind, minimum, message):

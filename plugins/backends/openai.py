@@ -52,6 +52,7 @@ import attrs
 from reason.components import Backend
 from reason.errors import BackendError, UsageError
 from reason.log import get_logger
+from reason.options import Option
 from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams
 
 log = get_logger()
@@ -138,17 +139,27 @@ class _LoopThread:
 class OpenAIBackend(Backend):
     """Policy backend on an OpenAI-compatible ``/v1/completions`` endpoint."""
 
+    options = (
+        Option("base_url", str, None, help=f"the server, e.g. http://127.0.0.1:8000/v1 [$OPENAI_BASE_URL, {DEFAULT_BASE_URL}]"),
+        Option("api_key", str, None, help="[$OPENAI_API_KEY]"),
+        Option("tokenizer", str, None, help="tokenizer (HF dir or id) for the chat template [the server's]"),
+        Option("timeout", float, 300.0, minimum=0.001, help="seconds one HTTP request may take"),
+        Option("max_concurrency", int, 16, minimum=1, help="HTTP requests in flight, from all callers together"),
+        Option("max_retries", int, 3, minimum=0, help="retries on timeouts, 429 and 5xx"),
+        Option("retry_backoff", float, 0.5, minimum=0, help="seconds before the first retry (doubling)"),
+    )
+
     def __init__(self, config: Any, arg: str | None = None) -> None:
         super().__init__(config, arg)
         self.base_url = normalize_base_url(
-            str(config.option("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
+            str(self.option("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
         )
-        self.api_key = config.option("api_key") or os.environ.get("OPENAI_API_KEY") or None
-        self.tokenizer_spec = config.option("tokenizer")
-        self.timeout = config.option("timeout", 300.0, float, minimum=0.001)
-        self.max_concurrency = config.option("max_concurrency", 16, int, minimum=1)
-        self.max_retries = config.option("max_retries", 3, int, minimum=0)
-        self.backoff = config.option("retry_backoff", 0.5, float, minimum=0.0)
+        self.api_key = self.option("api_key") or os.environ.get("OPENAI_API_KEY") or None
+        self.tokenizer_spec = self.option("tokenizer")
+        self.timeout = self.option("timeout")
+        self.max_concurrency = self.option("max_concurrency")
+        self.max_retries = self.option("max_retries")
+        self.backoff = self.option("retry_backoff")
         self._model: str | None = arg or config.model or None
         self._served: list[str] | None = None
         self._owners: dict[str, str] = {}

@@ -51,6 +51,7 @@ from reason.engine import EngineStats
 from reason.errors import BackendError
 from reason.events import EngineStep
 from reason.log import get_logger
+from reason.options import Option
 from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams, sample_seed
 
 from . import models
@@ -218,17 +219,23 @@ class _Sequence:
 class TransformersBackend(Backend):
     """Batched generation with a transformers causal LM (see the module docstring)."""
 
+    options = (
+        Option("max_batch", int, None, minimum=1, help=f"rows decoded together [{DEFAULT_MAX_BATCH_CPU} on CPU, {DEFAULT_MAX_BATCH_GPU} on GPU]"),
+        Option("admit_min", int, None, minimum=1, help="free rows before newcomers join a running batch [max_batch/4]"),
+        Option("prefix_cache_tokens", int, DEFAULT_PREFIX_CACHE_TOKENS, minimum=0, help="KV cache budget for prefix reuse (0: off)"),
+        Option("threads", int, None, minimum=1, help="torch CPU threads (fewer than cores on a busy machine) [torch's]"),
+        Option("continuous", bool, True, help="false: lockstep batches, for comparisons"),
+    )
+
     def __init__(self, config: Config, arg: str | None = None) -> None:
         super().__init__(config, arg)
         self.spec = config.model or arg
         self.source = models.resolve_model(self.spec)  # fails fast on a missing path
-        self.max_batch = config.option("max_batch", None, int, minimum=1)
-        self.prefix_cache = PrefixCache(
-            config.option("prefix_cache_tokens", DEFAULT_PREFIX_CACHE_TOKENS, int, minimum=0)
-        )
-        self.threads = config.option("threads", None, int, minimum=1)
-        self._continuous = config.option("continuous", True, bool)
-        self.admit_min = config.option("admit_min", None, int, minimum=1)
+        self.max_batch = self.option("max_batch")
+        self.prefix_cache = PrefixCache(self.option("prefix_cache_tokens"))
+        self.threads = self.option("threads")
+        self._continuous = self.option("continuous")
+        self.admit_min = self.option("admit_min")
         self.stats = BackendStats()
         self._lock = threading.Lock()
         self._rng = random.Random()

@@ -58,6 +58,7 @@ from reason.engine import EngineStats
 from reason.errors import BackendError, UsageError
 from reason.events import EngineStep
 from reason.log import get_logger
+from reason.options import Option
 from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams, sample_seed
 
 from .models import prompt_ids
@@ -104,6 +105,16 @@ class VLLMStats(EngineStats):
 class VLLMBackend(Backend):
     """Continuous batching on vLLM's ``AsyncLLM`` with prefix caching (see the module docstring)."""
 
+    options = (
+        Option("tensor_parallel_size", int, 1, minimum=1, help="GPUs one model is split over"),
+        Option("gpu_memory_utilization", float, None, minimum=0.01, maximum=1, help="share of GPU memory vLLM takes (of RAM on CPU) [0.9; 0.3 on CPU]"),
+        Option("max_model_len", int, None, minimum=1, help="context length [the model's]"),
+        Option("enforce_eager", bool, None, help="no CUDA graphs [false on GPU, true on CPU]"),
+        Option("block_size", int, None, minimum=1, help="KV block tokens: prefix caching reuses whole blocks [vLLM's; 128 on CPU]"),
+        Option("tokenizer", str, None, help="tokenizer (HF dir or id) [the model's]"),
+        Option("dtype", str, None, choices=tuple(_DTYPES), help="weights dtype [--dtype, else auto]"),
+    )
+
     def __init__(self, config: Any, arg: str | None = None) -> None:
         super().__init__(config, arg)
         if not vllm_installed():
@@ -111,13 +122,13 @@ class VLLMBackend(Backend):
                 f"backend vllm: the vllm package is not installed; install it with {INSTALL_HINT}, "
                 "or use --backend openai to reach a vLLM server, or --backend transformers"
             )
-        self.tensor_parallel_size = config.option("tensor_parallel_size", 1, int, minimum=1)
-        self.gpu_memory_utilization = config.option("gpu_memory_utilization", None, float)
-        self.max_model_len = config.option("max_model_len", None, int, minimum=1)
-        self.enforce_eager = config.option("enforce_eager", None, bool)
-        self.block_size = config.option("block_size", None, int, minimum=1)
-        self.tokenizer_spec = config.option("tokenizer")
-        dtype = str(config.option("dtype", config.dtype) or "auto")
+        self.tensor_parallel_size = self.option("tensor_parallel_size")
+        self.gpu_memory_utilization = self.option("gpu_memory_utilization")
+        self.max_model_len = self.option("max_model_len")
+        self.enforce_eager = self.option("enforce_eager")
+        self.block_size = self.option("block_size")
+        self.tokenizer_spec = self.option("tokenizer")
+        dtype = str(self.option("dtype") or config.dtype or "auto")
         if dtype.lower() not in _DTYPES:
             raise UsageError(f"backend vllm: dtype {dtype!r}: choose one of auto, float32, bfloat16, float16")
         self.dtype = _DTYPES[dtype.lower()]

@@ -18,15 +18,21 @@ Options (``[options]`` / ``-o``):
 from __future__ import annotations
 
 from reason import Node, SearchContext, SearchOutcome, SearchPolicy
+from reason.options import Option
 
 from .common import choose, distribute, is_finished, reflect_on_scores
 
 
 class BeamSearch(SearchPolicy):
+    options = (
+        Option("lookahead", int, 0, minimum=0, help="score each new step by a greedy continuation of k more steps"),
+        Option("dedup", bool, False, help="drop new paths whose text repeats one already kept this round"),
+    )
+
     def __init__(self, config, arg=None):
         super().__init__(config, arg)
-        self.lookahead = config.option("lookahead", 0, int, minimum=0)
-        self.dedup = config.option("dedup", False, bool)
+        self.lookahead = self.option("lookahead")
+        self.dedup = self.option("dedup")
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         n, m = ctx.config.n, ctx.config.beam_width

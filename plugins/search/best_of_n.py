@@ -14,6 +14,8 @@ from .common import choose, reflect_on_scores
 
 
 class BestOfN(SearchPolicy):
+    options = ()
+
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         leaves = await ctx.complete(ctx.root, ctx.config.n)
         scores = await ctx.score(leaves)

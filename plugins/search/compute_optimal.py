@@ -7,8 +7,11 @@ helps, per problem.
 2. *Choose*: the first row of ``table`` whose ``max_difficulty`` is >= that difficulty
    gives the strategy and N (any other :class:`~reason.config.Config` field in the row,
    e.g. ``beam_width``, is applied too).
-3. *Run* the chosen strategy on the same tree and return its answer. The probe's cost
-   counts in the solve's usage; its samples are recorded in ``meta["probe"]``.
+3. *Run* the chosen strategy on the same tree (through ``ctx.run_policy``, which asks
+   the runtime for the policy and its components) and return its answer. The probe's
+   cost counts in the solve's usage; its samples are recorded in ``meta["probe"]``.
+   Every row's config is declared in ``sub_configs``, so its search names and options
+   are checked, and its verifier built, before the run starts.
 
 A table in a recipe::
 
@@ -37,9 +40,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from reason import Config, SearchContext, SearchOutcome, SearchPolicy, get_registry
+from reason import Config, SearchContext, SearchOutcome, SearchPolicy
 from reason.answers import vote
+from reason.component_cache import BACKEND_FIELDS
 from reason.errors import UsageError
+from reason.options import Option
 
 DEFAULT_TABLE: tuple[dict[str, Any], ...] = (
     {"max_difficulty": 0.25, "search": "best-of-n"},
@@ -59,7 +64,7 @@ def parse_table(raw: Any) -> list[dict[str, Any]]:
             "compute-optimal: -o table must be a non-empty list of rows like "
             '[{max_difficulty=1.0, search="beam", n=8}]'
         )
-    fields = Config.field_names() - {"options"}
+    fields = Config.field_names() - {"options", *BACKEND_FIELDS}  # a sub-policy runs on the run's model
     rows = []
     for row in raw:
         if not isinstance(row, Mapping) or "search" not in row or "max_difficulty" not in row:
@@ -83,15 +88,31 @@ def pick(table: Sequence[Mapping[str, Any]], difficulty: float) -> dict[str, Any
     return dict(table[-1])
 
 
+def strategy(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A table row's Config changes (all but its ``max_difficulty``)."""
+    return {k: v for k, v in row.items() if k != "max_difficulty"}
+
+
 class ComputeOptimal(SearchPolicy):
-    def __init__(self, config, arg=None):
+    options = (
+        Option("probe", int, 2, minimum=1, help="cheap samples that measure a problem's difficulty"),
+        Option("probe_tokens", int, None, minimum=1, help="token cap of a probe sample [--max-tokens]"),
+        Option(
+            "table",
+            list,
+            None,
+            help="rows {max_difficulty, search, n, ...}: the strategy per difficulty [best-of-n, dvts, beam]",
+        ),
+    )
+
+    def __init__(self, config: Config, arg: str | None = None) -> None:
         super().__init__(config, arg)
-        self.probe = config.option("probe", 2, int, minimum=1)
-        self.probe_tokens = config.option("probe_tokens", config.max_tokens, int, minimum=1)
-        self.table = parse_table(config.option("table"))
-        registry = get_registry()
-        for row in self.table:
-            registry.lookup("search", row["search"])
+        self.probe = self.option("probe")
+        self.probe_tokens = self.option("probe_tokens") or config.max_tokens
+        self.table = parse_table(self.option("table"))
+
+    def sub_configs(self) -> list[Config]:
+        return [self.config.replace(**strategy(row)) for row in self.table]
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         params = ctx.config.sampling(max_tokens=min(self.probe_tokens, ctx.config.max_tokens))
@@ -105,16 +126,9 @@ class ComputeOptimal(SearchPolicy):
             scores = []
             _, votes = vote([ctx.answer(leaf) for leaf in leaves])
             difficulty = 1.0 - votes / len(leaves) if leaves else 1.0
-        row = pick(self.table, difficulty)
-        changes = {k: v for k, v in row.items() if k != "max_difficulty"}
+        changes = strategy(pick(self.table, difficulty))
         config = ctx.config.replace(**changes)
-        policy = get_registry().create("search", config.search, config)
-        outer = ctx.config
-        ctx.config = config  # the chosen strategy sees its own search settings
-        try:
-            outcome = await policy.run(ctx)
-        finally:
-            ctx.config = outer
+        outcome = await ctx.run_policy(config)
         outcome.meta = {
             **outcome.meta,
             "difficulty": round(difficulty, 6),

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from reason import Node, SamplingParams, SearchContext, SearchOutcome, SearchPolicy, Step
 from reason.answers import choose, vote
 from reason.errors import UsageError
+from reason.options import Option
 
 
 def token_confidences(steps: Sequence[Step]) -> list[float]:
@@ -87,20 +88,27 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 class DeepConf(SearchPolicy):
+    options = (
+        Option("warmup", int, None, minimum=1, help="traces sampled in full to set the threshold [max(2, N/4), at most N]"),
+        Option("percentile", float, 10, minimum=0, maximum=100, help="the stop threshold's percentile of warm-up confidences"),
+        Option("window", int, 32, minimum=1, help="tokens in a sliding confidence window"),
+        Option("chunk", int, None, minimum=1, help="tokens generated between checks [window]"),
+        Option("consensus", float, None, minimum=0, maximum=1, help="skip the online phase when the warm-up vote share reaches this"),
+    )
+
     def __init__(self, config, arg=None):
         super().__init__(config, arg)
         n = config.n
-        self.warmup = config.option("warmup", min(n, max(2, n // 4)), int)
-        self.percentile = config.option("percentile", 10, float)
-        self.window = config.option("window", 32, int, minimum=1)
-        self.chunk = config.option("chunk", self.window, int, minimum=1)
-        self.consensus = config.option("consensus", None, float)
+        warmup = self.option("warmup")
+        self.warmup = min(n, max(2, n // 4)) if warmup is None else warmup
+        self.percentile = self.option("percentile")
+        self.window = self.option("window")
+        self.chunk = self.option("chunk") or self.window
+        self.consensus = self.option("consensus")
         if config.logprobs < 1:
             raise UsageError("deepconf needs token logprobs: set --logprobs to 1 or more (default 5)")
         if not 1 <= self.warmup <= n:
             raise UsageError(f"deepconf: -o warmup must be between 1 and --n ({n}), got {self.warmup}")
-        if not 0 <= self.percentile <= 100:
-            raise UsageError(f"deepconf: -o percentile must be in [0, 100], got {self.percentile}")
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         n = ctx.config.n

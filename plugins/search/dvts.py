@@ -17,6 +17,8 @@ from .common import choose, is_finished, reflect_on_scores
 
 
 class DVTS(SearchPolicy):
+    options = ()
+
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         n, m = ctx.config.n, ctx.config.beam_width
         subtrees = max(1, n // m)

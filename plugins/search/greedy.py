@@ -5,6 +5,8 @@ from reason import SearchContext, SearchOutcome, SearchPolicy
 
 
 class Greedy(SearchPolicy):
+    options = ()
+
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         (leaf,) = await ctx.complete(ctx.root, 1, temperature=0.0)
         (score,) = await ctx.score([leaf]) if ctx.verifier else (None,)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 
 from reason import Candidate, Node, SearchContext, SearchOutcome, SearchPolicy
-from reason.errors import UsageError
+from reason.options import Option
 
 from .common import is_finished, reflect_on_scores
 
@@ -59,14 +59,20 @@ def backpropagate(node: Node, value: float) -> None:
 
 
 class MCTS(SearchPolicy):
+    options = (
+        Option("iterations", int, None, minimum=1, help="select-expand-simulate-backpropagate rounds [--n]"),
+        Option("expansion_width", int, 2, minimum=1, help="steps sampled when a node is expanded"),
+        Option("exploration", float, 1.414, minimum=0, help="UCT exploration constant"),
+        Option("final", str, "visits", choices=FINALS, help="the answer path follows the most visited or best-valued child"),
+    )
+
     def __init__(self, config, arg=None):
         super().__init__(config, arg)
-        self.iterations = config.option("iterations", config.n, int, minimum=1)
-        self.width = config.option("expansion_width", 2, int, minimum=1)
-        self.exploration = config.option("exploration", 1.414, float, minimum=0)
-        self.final = config.option("final", "visits", str)
-        if self.final not in FINALS:
-            raise UsageError(f"mcts: -o final must be one of {', '.join(FINALS)}, got {self.final!r}")
+        iterations = self.option("iterations")
+        self.iterations = config.n if iterations is None else iterations
+        self.width = self.option("expansion_width")
+        self.exploration = self.option("exploration")
+        self.final = self.option("final")
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         self.kids: dict[int, list[Node]] = {}

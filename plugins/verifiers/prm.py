@@ -41,9 +41,10 @@ from attrs import define
 from reason.components import Verifier
 from reason.errors import UsageError, VerifierError
 from reason.log import get_logger
+from reason.options import Option
 from reason.types import Score, ScoreRequest
 
-from .prm_formats import FORMATS, PRMFormat, guess_format, make_format
+from .prm_formats import FORMAT_OPTIONS, PRMFormat, guess_format, make_format
 
 log = get_logger("reason")
 
@@ -374,6 +375,17 @@ def read_scores(
 # -- the verifier -------------------------------------------------------------------------
 
 
+def scoring_options(prefix: str) -> tuple[Option, ...]:
+    """The options of a verifier that reads a scoring model, under ``prefix``."""
+    return (
+        Option(f"{prefix}_batch_size", int, DEFAULT_BATCH_SIZE, minimum=1, help="paths per forward pass"),
+        Option(f"{prefix}_device", str, None, help="the scoring model's device [--device, else auto]"),
+        Option(f"{prefix}_dtype", str, None, help="its weights dtype [--dtype, else float32 on CPU, bfloat16 on GPU]"),
+        Option(f"{prefix}_cache_size", int, DEFAULT_CACHE_SIZE, minimum=0, help="step scores remembered by path prefix"),
+        Option(f"{prefix}_kv_cache_tokens", int, DEFAULT_KV_TOKENS, minimum=0, help="keys and values kept so a grown path runs only its new tokens (0: off)"),
+    )
+
+
 class ModelVerifier(Verifier):
     """What the verifiers that read a scoring model share (``prm``, ``self-eval``).
 
@@ -384,15 +396,16 @@ class ModelVerifier(Verifier):
     """
 
     option_prefix = ""
+    config_fields = ("device", "dtype")
 
     def __init__(self, config: Any, arg: str | None = None) -> None:
         super().__init__(config, arg)
         p = self.option_prefix
-        self.batch_size = config.option(f"{p}_batch_size", DEFAULT_BATCH_SIZE, int, minimum=1)
-        self.device = config.option(f"{p}_device", config.device)
-        self.dtype = config.option(f"{p}_dtype", config.dtype)
-        self.cache = PrefixCache(config.option(f"{p}_cache_size", DEFAULT_CACHE_SIZE, int, minimum=0))
-        self.kv_tokens = config.option(f"{p}_kv_cache_tokens", DEFAULT_KV_TOKENS, int, minimum=0)
+        self.batch_size = self.option(f"{p}_batch_size")
+        self.device = self.option(f"{p}_device") or config.device
+        self.dtype = self.option(f"{p}_dtype") or config.dtype
+        self.cache = PrefixCache(self.option(f"{p}_cache_size"))
+        self.kv_tokens = self.option(f"{p}_kv_cache_tokens")
         self.stats = ScoringStats()
         self.last_call: dict[str, Any] = {}
         self._model: Any = None
@@ -423,18 +436,21 @@ class PRMVerifier(ModelVerifier):
     """Scores each step with a process reward model (see the module docs for options)."""
 
     option_prefix = "prm"
+    options = (
+        Option("prm_model", str, None, help="the reward model: HF dir, hub id or .gguf [--verifier prm:MODEL, else the embedded model]"),
+        *FORMAT_OPTIONS,
+        *scoring_options("prm"),
+    )
 
     def __init__(self, config: Any, arg: str | None = None) -> None:
         super().__init__(config, arg)
         from reason.plugins.backends.models import resolve_model
 
-        self.model_spec: str | None = arg or config.option("prm_model")
+        self.model_spec: str | None = arg or self.option("prm_model")
         self.source = resolve_model(self.model_spec)  # a missing path fails now, not mid-run
-        format_name = str(config.option("prm_format", "auto")).lower()
+        format_name = self.option("prm_format")
         if format_name == "auto":
             format_name = guess_format(self.source.path)
-        if format_name not in FORMATS:
-            raise UsageError(f"verifier prm: unknown prm_format {format_name!r}; choose one of auto, {', '.join(FORMATS)}")
         self.format: PRMFormat = make_format(format_name, config.options)
         if self.format.head == "classifier" and self.source.kind == "gguf":
             raise UsageError(

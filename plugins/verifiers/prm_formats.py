@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 from attrs import field, frozen
 
 from reason.errors import UsageError, VerifierError
+from reason.options import Option, read
 
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 """The system prompt of the Qwen2.5-Math-PRM model card."""
@@ -320,20 +321,34 @@ def guess_format(model_name: str) -> str:
     return "generic"
 
 
+FORMAT_OPTIONS: tuple[Option, ...] = (
+    Option("prm_format", str, "auto", choices=("auto", *FORMATS), help="the PRM's input format [auto: from the model name]"),
+    Option("prm_separator", str, "\n\n", help="generic format: text after each step (\\n escapes work)"),
+    Option("prm_good_token", str, "+", help="generic format: the token meaning 'step is right'"),
+    Option("prm_bad_token", str, "-", help="generic format: the token meaning 'step is wrong'"),
+    Option("prm_system", str, None, help="qwen format: the system prompt [Qwen2.5-Math-PRM's]"),
+)
+"""The PRM verifier's options about its input format (it declares them with its own)."""
+
+
 def make_format(name: str, options: dict[str, Any]) -> PRMFormat:
-    """Build the adapter ``name`` from the verifier's options."""
+    """Build the adapter ``name`` from the run's options (``config.options``)."""
+
+    def option(key: str) -> Any:
+        return read(FORMAT_OPTIONS, options, key, owner="verifier prm")
+
     if name == "generic":
         return GenericFormat(
-            separator=_unescape(options.get("prm_separator", "\n\n")),
-            good=_unescape(options.get("prm_good_token", "+")),
-            bad=_unescape(options.get("prm_bad_token", "-")),
+            separator=_unescape(option("prm_separator")),
+            good=_unescape(option("prm_good_token")),
+            bad=_unescape(option("prm_bad_token")),
         )
     if name == "math-shepherd":
         return MathShepherdFormat()
     if name == "rlhflow":
         return RLHFlowFormat()
     if name == "qwen":
-        return QwenFormat(system=options.get("prm_system", QWEN_SYSTEM))
+        return QwenFormat(system=option("prm_system") or QWEN_SYSTEM)
     raise UsageError(f"verifier prm: unknown prm_format {name!r}; choose one of auto, {', '.join(FORMATS)}")
 
 

@@ -41,12 +41,13 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reason import Config, Score, ScoreRequest, Task, Verifier
 from reason.answers import extract_code
 from reason.errors import UsageError, VerifierError
 from reason.log import get_logger
+from reason.options import Option, read
 
 if TYPE_CHECKING:
     from reason.sandboxes import RunResult, Sandbox
@@ -255,18 +256,29 @@ def verdict(program: str, result: RunResult) -> Score:
     return Score(step_scores=(share if share < 1.0 else 0.0,), passed=False, feedback=text)
 
 
+SANDBOX_OPTIONS: tuple[Option, ...] = (
+    Option("sandbox_timeout", float, 10.0, minimum=0.001, help="seconds a program may run [sandbox:SECONDS]"),
+    Option("sandbox_memory", int, 256, minimum=16, help="memory limit in MB"),
+    Option("sandbox_workers", int, 4, minimum=1, help="programs run at once"),
+    Option("sandbox_pool", int, None, minimum=0, help="warm containers kept ready [sandbox_workers]"),
+)
+"""The sandbox's options: the verifier's, and the hidden-test grader's in ``reason eval``."""
+
+
 class _SandboxUser:
     """Owns a sandbox (started on first use) and a cache of runs by program text."""
 
-    def _setup(self, config: Config, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        self.memory_mb = config.option("sandbox_memory", 256, int)
-        self.workers = config.option("sandbox_workers", 4, int)
-        self.pool_size = config.option("sandbox_pool", self.workers, int)
-        if self.timeout_s <= 0 or self.workers < 1 or self.pool_size < 0 or self.memory_mb < 16:
-            raise UsageError(
-                "verifier sandbox: timeout must be > 0, sandbox_workers >= 1, sandbox_pool >= 0, sandbox_memory >= 16"
-            )
+    def _setup(self, config: Config, timeout_s: float | None = None) -> None:
+        def option(name: str) -> Any:
+            return read(SANDBOX_OPTIONS, config.options, name, owner="the sandbox")
+
+        self.timeout_s = option("sandbox_timeout") if timeout_s is None else timeout_s
+        self.memory_mb = option("sandbox_memory")
+        self.workers = option("sandbox_workers")
+        pool = option("sandbox_pool")
+        self.pool_size = self.workers if pool is None else pool
+        if self.timeout_s <= 0:
+            raise UsageError(f"verifier sandbox: the timeout must be > 0 seconds, got {self.timeout_s}")
         self._sandbox: Sandbox | None = None
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, RunResult] = OrderedDict()
@@ -317,8 +329,12 @@ class _SandboxUser:
 class SandboxVerifier(_SandboxUser, Verifier):
     """Scores code paths by running them against the task's public tests in the sandbox."""
 
+    options = SANDBOX_OPTIONS
+    config_fields = ()
+
     def __init__(self, config: Config, arg: str | None = None) -> None:
         Verifier.__init__(self, config, arg)
+        timeout_s = None
         if arg:
             try:
                 timeout_s = float(arg)
@@ -326,8 +342,6 @@ class SandboxVerifier(_SandboxUser, Verifier):
                 raise UsageError(
                     f"--verifier sandbox:{arg}: the timeout must be seconds, e.g. sandbox:10 or -o sandbox_timeout=10"
                 ) from None
-        else:
-            timeout_s = config.option("sandbox_timeout", 10.0, float)
         self._setup(config, timeout_s)
         self.unverified_tasks: set[str] = set()
 
@@ -370,7 +384,7 @@ class HiddenTestGrader(_SandboxUser):
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._setup(config, config.option("sandbox_timeout", 10.0, float))
+        self._setup(config)
 
     def grade(self, task: Task, programs: Sequence[str | None]) -> list[bool]:
         """One verdict per program (``None`` or empty fails without running)."""

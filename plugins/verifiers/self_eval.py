@@ -35,9 +35,10 @@ from typing import Any
 
 from reason.errors import UsageError
 from reason.log import get_logger
+from reason.options import Option
 from reason.types import Score, ScoreRequest
 
-from .prm import ModelReader, ModelVerifier, Row, pad_id, prefix_keys
+from .prm import ModelReader, ModelVerifier, Row, pad_id, prefix_keys, scoring_options
 
 log = get_logger("reason")
 
@@ -90,17 +91,22 @@ class SelfEvalVerifier(ModelVerifier):
     """Asks a causal LM whether each step is correct; score = P(Yes) over Yes/No."""
 
     option_prefix = "self_eval"
+    options = (
+        Option("self_eval_model", str, None, help="the judge: HF dir, hub id or .gguf [--verifier self-eval:MODEL, else --model]"),
+        Option("self_eval_scope", str, "step", choices=SCOPES, help="judge every step, or only the whole solution"),
+        Option("self_eval_prompt", str, None, help="the question put to the judge, with {question} {previous} {step} {solution}"),
+        *scoring_options("self_eval"),
+    )
+    config_fields = ("model", "device", "dtype")
 
     def __init__(self, config: Any, arg: str | None = None) -> None:
         super().__init__(config, arg)
         from reason.plugins.backends.models import resolve_model
 
-        self.source = resolve_model(arg or config.option("self_eval_model") or config.model)
-        self.scope = str(config.option("self_eval_scope", "step")).lower()
-        if self.scope not in SCOPES:
-            raise UsageError(f"verifier self-eval: -o self_eval_scope={self.scope!r} must be one of {', '.join(SCOPES)}")
+        self.source = resolve_model(arg or self.option("self_eval_model") or config.model)
+        self.scope = self.option("self_eval_scope")
         default = STEP_PROMPT if self.scope == "step" else SOLUTION_PROMPT
-        self.prompt = str(config.option("self_eval_prompt", default))
+        self.prompt = self.option("self_eval_prompt") or default
         if not any(p in self.prompt for p in PLACEHOLDERS):
             raise UsageError(
                 "verifier self-eval: -o self_eval_prompt must contain at least one of "
