@@ -2,7 +2,7 @@
 
 Public API::
 
-    from reason import Runtime, Task, Config, hookimpl
+    from reason import Runtime, Task, Config, Option, hookimpl
 
 ``import reason`` is deliberately light: no torch, vllm or docker is imported until a
 component that needs it is used.
@@ -12,6 +12,7 @@ from .components import Backend, Dataset, ReflectionTrigger, SearchPolicy, Split
 from .config import Config
 from .context import SearchContext
 from .errors import BackendError, ComponentNotFound, ReasonError, UsageError, VerifierError
+from .options import Option
 from .registry import get_registry, hookimpl
 from .result import SearchOutcome, Solution
 from .runtime import Runtime
@@ -34,7 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend", "BackendError", "Candidate", "Completion", "ComponentNotFound", "Config", "Dataset",
-    "GenerateRequest", "Node", "ReasonError", "ReflectionTrigger", "Runtime", "SamplingParams", "Score",
+    "GenerateRequest", "Node", "Option", "ReasonError", "ReflectionTrigger", "Runtime", "SamplingParams", "Score",
     "ScoreRequest", "SearchContext", "SearchOutcome", "SearchPolicy", "Solution", "Splitter", "Step", "Task",
     "Tree", "Usage", "UsageError", "Verifier", "VerifierError", "aggregate", "events", "get_registry",
     "hookimpl", "__version__",

@@ -308,13 +308,15 @@ class _Progress:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins(as_json: bool) -> None:
-    """List installed plugins: version, hooks, what each registers, and broken ones."""
+    """List installed plugins: version, hooks, what each registers with its -o options
+    (type, range, default), and broken ones."""
+    from .option_docs import plugin_lines, plugin_options
     from .registry import get_registry
 
     registry = get_registry()
     infos = list(registry.plugins.values())
     if as_json:
-        click.echo(json.dumps([info.to_dict() for info in infos], indent=2))
+        click.echo(json.dumps([{**info.to_dict(), "options": plugin_options(registry, info)} for info in infos], indent=2))
         return
     for info in infos:
         origin = "built-in" if info.builtin else "plugin"
@@ -323,8 +325,8 @@ def plugins(as_json: bool) -> None:
             click.echo(f"    error: {info.error}")
             continue
         click.echo(f"    hooks: {', '.join(info.hooks)}")
-        for kind, names in info.registers.items():
-            click.echo(f"    {kind}: {', '.join(names)}")
+        for line in plugin_lines(registry, info):
+            click.echo(line)
 
 
 def main(argv: list[str] | None = None) -> None:

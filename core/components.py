@@ -5,7 +5,10 @@ A plugin registers a *factory* under a name (see :mod:`reason.hookspecs`). The r
 builds a component by calling ``factory(config, arg)``: ``config`` is the run's
 :class:`~reason.config.Config` and ``arg`` is the text after a colon in the name the user
 gave (``ministep:32`` -> ``arg="32"``), or ``None``. A class whose ``__init__`` takes
-``(config, arg=None)`` is a factory.
+``(config, arg=None)`` is a factory. A component declares the ``-o`` options it reads
+(:attr:`Component.options`, see :mod:`reason.options`) and the Config fields it reads
+(:attr:`Component.config_fields`), so that the runtime can check a run's options and
+rebuild the component when its settings change.
 
 Splitters, verifiers and reflection triggers are plain synchronous objects; a verifier
 is called with whole batches in a worker thread (the requests that arrived while its last

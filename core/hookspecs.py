@@ -16,8 +16,9 @@ third-party package registers its own through the ``reason`` entry-point group::
 
 Registration hooks receive a ``register(name, factory)`` callback. A factory is called
 as ``factory(config, arg)`` where ``arg`` is the text after a colon in the name the user
-chose (``ministep:32`` gives ``"32"``), see :mod:`reason.components`. Names must be unique
-per kind; registering a taken name is an error that names both plugins.
+chose (``ministep:32`` gives ``"32"``), see :mod:`reason.components`; the class it
+builds declares its ``-o`` options (:mod:`reason.options`). Names must be unique per
+kind; registering a taken name is an error that names both plugins.
 
 Compatibility promise: new arguments may be added to a hook later (pluggy lets an
 implementation accept only the arguments it names); no hook is renamed or removed.

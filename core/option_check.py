@@ -55,9 +55,10 @@ def run_parts(registry: PluginRegistry, configs: Iterable[Config], backend: Any 
         parts.setdefault((kind, spec.partition(":")[0]), Part(kind, spec, declared(factory)))
 
     for index, config in enumerate(configs):
-        if index == 0:
-            factory = type(backend) if backend is not None else registry.lookup("backend", config.backend)[0].factory
-            add("backend", config.backend, factory)
+        if index == 0 and backend is not None:  # injected: named by its own spec, else its class
+            add("backend", getattr(backend, "spec", None) or type(backend).__name__, type(backend))
+        elif index == 0:
+            add("backend", config.backend, registry.lookup("backend", config.backend)[0].factory)
         specs = [("search", config.search), ("splitter", config.splitter)]
         specs += [("verifier", config.verifier)] if config.verifier else []
         specs += [("reflection", spec) for spec in config.reflect]
@@ -70,7 +71,7 @@ def dataset_options(registry: PluginRegistry) -> dict[str, str]:
     """Every registered dataset's option names, each with the dataset declaring it."""
     names: dict[str, str] = {}
     for name in registry.names("dataset"):
-        for option in _declared_safely(registry, "dataset", name) or ():
+        for option in registry.declared_options("dataset", name) or ():
             names.setdefault(option.name, f"dataset {name}")
     return names
 
@@ -108,7 +109,7 @@ def _why_unknown(key: str, parts: Sequence[Part], registry: PluginRegistry, data
         f"{kind} {name}"
         for kind in KINDS
         for name in registry.names(kind)
-        if any(option.name == key for option in _declared_safely(registry, kind, name) or ())
+        if any(option.name == key for option in registry.declared_options(kind, name) or ())
     ]
     if owners:
         return f"{key} is an option of {' and '.join(owners)}, which this run does not use (it runs {running})"
@@ -118,12 +119,3 @@ def _why_unknown(key: str, parts: Sequence[Part], registry: PluginRegistry, data
         f"unknown option {key}; no component of this run ({running}) takes it. "
         f"The options it takes are {'; '.join(taken)} (`reason plugins` lists every component's options)"
     )
-
-
-def _declared_safely(registry: PluginRegistry, kind: str, name: str) -> Declarations | None:
-    """A registered component's declarations; None when its module cannot even be
-    imported (that error belongs to a run that uses it, not to this one)."""
-    try:
-        return declared(registry.components[kind][name].factory)
-    except Exception:  # noqa: BLE001 -- a broken lazy target of someone else's plugin
-        return None

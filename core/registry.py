@@ -25,6 +25,7 @@ from attrs import define, field
 
 from . import hookspecs
 from .errors import ComponentNotFound, UsageError
+from .options import Declarations, declared
 
 hookimpl = pluggy.HookimplMarker("reason")
 
@@ -113,6 +114,14 @@ class PluginRegistry:
             raise
         except (ValueError, TypeError) as exc:
             raise UsageError(f"{kind} {spec!r} (from plugin {registration.plugin}): {exc}") from exc
+
+    def declared_options(self, kind: str, name: str) -> Declarations | None:
+        """The options registered component ``name`` declares (None: undeclared, or its
+        module cannot be imported: that error belongs to a run that uses it)."""
+        try:
+            return declared(self.components[kind][name].factory)
+        except Exception:  # noqa: BLE001 -- a broken lazy target of someone else's plugin
+            return None
 
     def broken(self) -> list[PluginInfo]:
         return [info for info in self.plugins.values() if info.error]

@@ -9,12 +9,17 @@ runs every search.
         solution = rt.solve("What is 17 * 23?")
         print(solution.answer, solution.usage)
 
-Components are built once per Runtime (the backend loads its model on first use) and
-reused across solves; the search policy is built per task. Searches run on one event
-loop in a thread of the Runtime's own, whoever calls: ``solve`` from several threads,
-``asolve`` from an application's event loop, ``solve_many`` for a whole dataset. All of
-them feed the same engines, so their requests share one batch (see
-:mod:`reason.engine`).
+The backend is built once per Runtime (it loads its model on first use), and its
+settings are fixed; splitters and verifiers are built per effective config, the part
+of a solve's config that matters to each (:mod:`reason.component_cache`), and reused by
+every solve with that config; the search policy is built per task, and can run a
+sub-policy through the runtime (:meth:`SearchContext.run_policy`). Every run's options
+are checked against what its components declare (:mod:`reason.option_check`).
+
+Searches run on one event loop in a thread of the Runtime's own, whoever calls:
+``solve`` from several threads, ``asolve`` from an application's event loop,
+``solve_many`` for a whole dataset. All of them feed the same engines, so their requests
+share one batch (see :mod:`reason.engine`).
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ class LowConfidenceReflection(_Trigger):
     """Reflect after a step the model was unsure of (mean token confidence < T)."""
 
     options = (
-        Option("low_confidence_threshold", float, 0.5, minimum=0, maximum=1, help="reflect below this step confidence [low-confidence:T]"),
+        Option("low_confidence_threshold", float, 0.5, minimum=0, maximum=1, help="reflect below this step confidence (or low-confidence:T)"),
         Option("low_confidence_phrase", str, LOW_CONFIDENCE_PHRASE, help="the text injected"),
         Option("low_confidence_max", int, 1, minimum=0, help="reflections per path"),
     )
@@ -184,8 +184,8 @@ class BudgetForcing(_Trigger):
     """s1 budget forcing: keep the model thinking until a minimum, stop it at a maximum."""
 
     options = (
-        Option("min_thinking_tokens", int, None, minimum=0, help="keep thinking until this many tokens [budget-forcing:MIN, 128]"),
-        Option("max_thinking_tokens", int, None, minimum=1, help="stop thinking here [budget-forcing:MIN:MAX, none]"),
+        Option("min_thinking_tokens", int, None, minimum=0, help="keep thinking until this many tokens [budget-forcing:MIN, else 128]"),
+        Option("max_thinking_tokens", int, None, minimum=1, help="stop thinking here [budget-forcing:MIN:MAX, else no cap]"),
         Option("think_end", str, "</think>", help="the end-of-thinking delimiter"),
         Option("wait_phrase", str, "Wait", help="appended to keep the model thinking"),
         Option("answer_phrase", str, "\n</think>\n\nThe answer is", help="appended to make it answer"),

@@ -141,7 +141,7 @@ class OpenAIBackend(Backend):
 
     options = (
         Option("base_url", str, None, help=f"the server, e.g. http://127.0.0.1:8000/v1 [$OPENAI_BASE_URL, {DEFAULT_BASE_URL}]"),
-        Option("api_key", str, None, help="[$OPENAI_API_KEY]"),
+        Option("api_key", str, None, help="the server's API key [$OPENAI_API_KEY]"),
         Option("tokenizer", str, None, help="tokenizer (HF dir or id) for the chat template [the server's]"),
         Option("timeout", float, 300.0, minimum=0.001, help="seconds one HTTP request may take"),
         Option("max_concurrency", int, 16, minimum=1, help="HTTP requests in flight, from all callers together"),

@@ -112,7 +112,7 @@ class VLLMBackend(Backend):
         Option("enforce_eager", bool, None, help="no CUDA graphs [false on GPU, true on CPU]"),
         Option("block_size", int, None, minimum=1, help="KV block tokens: prefix caching reuses whole blocks [vLLM's; 128 on CPU]"),
         Option("tokenizer", str, None, help="tokenizer (HF dir or id) [the model's]"),
-        Option("dtype", str, None, choices=tuple(_DTYPES), help="weights dtype [--dtype, else auto]"),
+        Option("dtype", str, None, help="weights dtype: auto, float32, bfloat16, float16 [--dtype, else auto]"),
     )
 
     def __init__(self, config: Any, arg: str | None = None) -> None:

@@ -37,8 +37,9 @@ Then, with any OpenAI client (base URL http://127.0.0.1:8000/v1):
     "--request-options/--no-request-options",
     default=False,
     show_default=True,
-    help="Let requests set plugin options (reason.options). Trusted clients only: a verifier or splitter "
-    "keeps the options of the first request that used it.",
+    help="Let requests set plugin options (reason.options), checked like -o against the components each "
+    "request runs. Trusted clients only: options that change a verifier build another one (a PRM on another "
+    "model, say), kept for the server's life; backend options stay the server's.",
 )
 @run_options
 def serve_command(

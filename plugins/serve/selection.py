@@ -17,11 +17,13 @@ from typing import Any
 from attrs import frozen
 
 from reason import Config, Runtime, Task, UsageError
+from reason.component_cache import BACKEND_FIELDS
 
 from .protocol import APIError, ChatMessage
 
-SERVER_FIELDS = ("backend", "model", "device", "dtype")
-"""Config fields fixed when the server starts: one model is loaded, for every request."""
+SERVER_FIELDS = BACKEND_FIELDS
+"""Config fields fixed when the server starts: one model is loaded, for every request
+(a Runtime's backend settings; its backend options are fixed too)."""
 
 EXTENSION_KEYS = ("kind", "progress")
 """``reason`` keys that are not Config fields: the task kind (``math`` | ``code``) and
@@ -87,9 +89,10 @@ def select(
 ) -> Selection:
     """Resolve and validate a request's strategy and settings (see the module docstring).
     ``sampling`` holds the OpenAI fields that were set (temperature, top_p, max_tokens,
-    seed). ``reason.options`` (plugin settings) only with ``allow_options``: a verifier
-    or splitter is built once, with the options of the first request that uses it, and
-    serves every later request with them, so only trusted clients may set them."""
+    seed). ``reason.options`` (plugin settings) only with ``allow_options``: they are
+    checked against the components the request runs, and options that change a verifier
+    or splitter build another one, which the runtime keeps for the server's life (a PRM
+    on another model is another model in memory), so only trusted clients may set them."""
     overrides: dict[str, Any] = {}
     strategy = strategy_from_model(runtime, served, model)
     if strategy is not None:

@@ -257,7 +257,7 @@ def verdict(program: str, result: RunResult) -> Score:
 
 
 SANDBOX_OPTIONS: tuple[Option, ...] = (
-    Option("sandbox_timeout", float, 10.0, minimum=0.001, help="seconds a program may run [sandbox:SECONDS]"),
+    Option("sandbox_timeout", float, 10.0, minimum=0.001, help="seconds a program may run (or sandbox:SECONDS)"),
     Option("sandbox_memory", int, 256, minimum=16, help="memory limit in MB"),
     Option("sandbox_workers", int, 4, minimum=1, help="programs run at once"),
     Option("sandbox_pool", int, None, minimum=0, help="warm containers kept ready [sandbox_workers]"),

@@ -1,0 +1,132 @@
+"""Components resolve per effective config: a solve's overrides reach the components it
+runs, and a policy runs a sub-policy through the runtime (``ctx.run_policy``)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from scripted import ScriptedBackend
+
+import reason
+from reason import Config, Option, Runtime, SearchOutcome, UsageError
+from reason.registry import get_registry, load_plugins
+
+
+class Constant(reason.Verifier):
+    """Scores every step ``constant``; counts how many were built."""
+
+    options = (Option("constant", float, 0.5, minimum=0, maximum=1, help="the score"),)
+    config_fields = ()
+    built = 0
+    threads: list[str] = []
+
+    def __init__(self, config, arg=None):
+        super().__init__(config, arg)
+        Constant.built += 1
+        Constant.threads.append(threading.current_thread().name)
+        self.value = self.option("constant")
+
+    def score(self, requests):
+        return [reason.Score(step_scores=[self.value] * len(r.steps)) for r in requests]
+
+
+@pytest.fixture
+def registry():
+    registry = load_plugins()
+    registry.add("verifier", "constant", Constant)
+    Constant.built, Constant.threads = 0, []
+    return registry
+
+
+def test_two_solves_with_different_options_use_different_options(registry):
+    config = Config(search="best-of-n", n=2, verifier="constant")
+    with Runtime(config, registry=registry, backend=ScriptedBackend()) as rt:
+        assert rt.solve("q").score == 0.5
+        assert rt.solve("q", options={"constant": 0.2}).score == 0.2
+        assert rt.solve("q", options={"constant": 0.9}).score == 0.9
+        assert rt.solve("q").score == 0.5  # the first verifier is kept, not rebuilt
+        assert rt.solve("q", n=3, temperature=0.1).score == 0.5  # nor for settings it does not read
+        assert Constant.built == 3
+
+
+def test_a_splitter_follows_the_config_fields_it_reads():
+    with Runtime(Config(splitter="step"), backend=ScriptedBackend()) as rt:
+        wide, narrow = rt.config, rt.config.replace(step_tokens=7)
+        assert rt.splitter(narrow) is not rt.splitter(wide)
+        assert rt.splitter(narrow).step_params(narrow.sampling()).max_tokens == 7
+        assert rt.splitter(wide.replace(n=9)) is rt.splitter(wide)
+
+
+def test_an_undeclared_component_is_rebuilt_for_any_other_config(registry):
+    class Legacy(reason.Verifier):
+        def score(self, requests):
+            return [reason.Score(step_scores=[0.5] * len(r.steps)) for r in requests]
+
+    registry.add("verifier", "legacy", Legacy)
+    with Runtime(Config(verifier="legacy"), registry=registry, backend=ScriptedBackend()) as rt:
+        assert rt.verifier(rt.config) is rt.verifier(rt.config.replace())
+        assert rt.verifier(rt.config.replace(n=9)) is not rt.verifier(rt.config)
+
+
+def test_a_runtimes_backend_settings_are_fixed():
+    rt = Runtime(Config())  # the backend is built on first use: nothing loads here
+    with pytest.raises(UsageError, match="backend is fixed when it is built; this run changes -o max_batch"):
+        rt.validate(rt.config.replace(options={"max_batch": 2}))
+    with pytest.raises(UsageError, match="this run changes model"):
+        rt.validate(rt.config.replace(model="/elsewhere"))
+    rt.validate(rt.config.replace(n=9, options={"lookahead": 1}, search="beam"))
+    rt.close()
+
+
+class Spy(reason.SearchPolicy):
+    """Records the context it ran in, then answers greedily."""
+
+    options = ()
+    seen: list = []
+
+    async def run(self, ctx):
+        Spy.seen.append(ctx)
+        (leaf,) = await ctx.complete(ctx.root, 1, temperature=0.0)
+        candidate = ctx.candidate(leaf, (await ctx.score([leaf]))[0])
+        return SearchOutcome(candidates=[candidate], chosen=candidate)
+
+
+def test_compute_optimal_runs_its_strategy_through_the_runtime(registry):
+    registry.add("search", "spy", Spy)  # in this runtime's registry only
+    assert "spy" not in get_registry().components["search"]
+    Spy.seen = []
+    table = [{"max_difficulty": 1.0, "search": "spy", "n": 3, "verifier": "constant"}]
+    config = Config(search="compute-optimal", n=2, verifier="confidence", options={"table": table, "probe": 2, "constant": 0.75})
+    with Runtime(config, registry=registry, backend=ScriptedBackend()) as rt:
+        solution = rt.solve("q")
+    # the row's verifier was built once, up front in the caller's thread, not on the event loop
+    assert Constant.threads == [threading.current_thread().name]
+    (ctx,) = Spy.seen
+    assert ctx.config.search == "spy" and ctx.config.n == 3 and ctx.config.verifier == "constant"
+    assert isinstance(ctx.verifier, Constant) and solution.score == 0.75
+    assert ctx.tree is solution.tree  # the same tree: probe samples and the strategy's path
+    assert solution.config["search"] == "compute-optimal" and solution.meta["strategy"] == "spy"
+    assert solution.usage.sequences == 3  # 2 probe samples + the spy's 1, counted once in the solve
+    assert solution.usage.verifier_calls == 2  # the probe's scoring and the spy's
+
+
+def test_a_sub_policy_that_does_not_exist_fails_before_the_run():
+    config = Config(search="compute-optimal", options={"table": [{"max_difficulty": 1.0, "search": "nope"}]})
+    with pytest.raises(reason.ComponentNotFound, match="unknown search 'nope'"):
+        Runtime(config, backend=ScriptedBackend())
+
+
+def test_a_table_row_cannot_change_the_model():
+    config = Config(search="compute-optimal", options={"table": [{"max_difficulty": 1.0, "search": "beam", "model": "x"}]})
+    with pytest.raises(UsageError, match="unknown key"):
+        Runtime(config, backend=ScriptedBackend())
+
+
+def test_run_policy_needs_a_runtime():
+    ctx = reason.SearchContext(
+        task=reason.Task("q"), config=Config(), prompt="", engines=None, splitter=None, verifier=None, emit=print
+    )
+    with pytest.raises(RuntimeError, match="built without a runtime"):
+        asyncio.run(ctx.run_policy(Config()))
