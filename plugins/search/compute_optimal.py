@@ -6,7 +6,8 @@ helps, per problem.
    share of the probe samples).
 2. *Choose*: the first row of ``table`` whose ``max_difficulty`` is >= that difficulty
    gives the strategy and N (any other :class:`~reason.config.Config` field in the row,
-   e.g. ``beam_width``, is applied too).
+   e.g. ``beam_width`` or ``verifier``, is applied too; not the backend's fields, since
+   the strategy runs on the run's model, nor ``options``, which are the run's).
 3. *Run* the chosen strategy on the same tree (through ``ctx.run_policy``, which asks
    the runtime for the policy and its components) and return its answer. The probe's
    cost counts in the solve's usage; its samples are recorded in ``meta["probe"]``.
@@ -71,7 +72,10 @@ def parse_table(raw: Any) -> list[dict[str, Any]]:
             raise UsageError(f"compute-optimal: each table row needs max_difficulty and search, got {row!r}")
         unknown = sorted(set(row) - fields - {"max_difficulty"})
         if unknown:
-            raise UsageError(f"compute-optimal: table row {row!r} has unknown key(s) {', '.join(unknown)}")
+            raise UsageError(
+                f"compute-optimal: table row {row!r} has unknown key(s) {', '.join(unknown)}; "
+                f"a row may set {', '.join(sorted(fields))} and max_difficulty"
+            )
         if row["search"] == "compute-optimal":
             raise UsageError("compute-optimal: a table row cannot choose compute-optimal itself")
         rows.append(dict(row))
