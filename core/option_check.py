@@ -55,8 +55,8 @@ def run_parts(registry: PluginRegistry, configs: Iterable[Config], backend: Any 
         parts.setdefault((kind, spec.partition(":")[0]), Part(kind, spec, declared(factory)))
 
     for index, config in enumerate(configs):
-        if index == 0 and backend is not None:  # injected: named by its own spec, else its class
-            add("backend", getattr(backend, "spec", None) or type(backend).__name__, type(backend))
+        if index == 0 and backend is not None:  # injected: the config does not name it, so its class does
+            add("backend", type(backend).__name__, type(backend))
         elif index == 0:
             add("backend", config.backend, registry.lookup("backend", config.backend)[0].factory)
         specs = [("search", config.search), ("splitter", config.splitter)]

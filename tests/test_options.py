@@ -194,3 +194,8 @@ def test_every_option_the_readme_mentions_is_declared():
     names = {o.name for kind in KINDS for name in registry.names(kind) for o in registry.declared_options(kind, name) or ()}
     mentioned = set(re.findall(r"-o '?([a-z_]+)=", README.read_text())) - {"key"}  # "-o key=value" is the syntax
     assert mentioned and mentioned <= names, sorted(mentioned - names)
+
+
+def test_an_injected_backend_is_named_by_its_class():
+    with pytest.raises(UsageError, match=r"max_batch is an option of backend transformers, which this run does not use \(it runs backend ScriptedBackend,"):
+        Runtime(Config(options={"max_batch": 2}), backend=ScriptedBackend())
