@@ -92,7 +92,8 @@ def check_options(config: Config, parts: Sequence[Part], registry: PluginRegistr
     if not unknown:
         return
     datasets = dataset_options(registry)
-    strays = sorted(key for key in config.options if key not in declared_keys and key not in datasets)
+    given = [key for key, value in config.options.items() if value is not None]  # None: unset (the Python API's)
+    strays = sorted(key for key in given if key not in declared_keys and key not in datasets)
     if not strays:
         return
     undeclared = [part.label for part in parts if part.options is None]

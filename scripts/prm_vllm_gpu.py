@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from reason import Config, Runtime, Solution
+from reason import Config, Option, Runtime, Solution
 from reason.errors import ReasonError, UsageError, VerifierError
 from reason.log import configure as configure_logs
 from reason.plugins.verifiers.prm import PRMVerifier, ReadResult, Row
@@ -52,6 +52,11 @@ class VLLMPRMVerifier(PRMVerifier):
     Only the forward pass changes: formats, read positions, batching by the scheduler
     and the prefix cache are the ``prm`` verifier's own.
     """
+
+    options = (
+        *PRMVerifier.options,
+        Option("prm_gpu_memory_utilization", float, 0.35, minimum=0.01, maximum=1, help="GPU memory share of the PRM's vLLM engine"),
+    )
 
     def load(self) -> None:
         if self._model is not None:
@@ -69,7 +74,7 @@ class VLLMPRMVerifier(PRMVerifier):
         settings: dict[str, Any] = dict(
             model=self.source.path,
             trust_remote_code=True,
-            gpu_memory_utilization=float(self.config.option("prm_gpu_memory_utilization", 0.35)),
+            gpu_memory_utilization=self.option("prm_gpu_memory_utilization"),
             dtype=self.dtype or "auto",
             enforce_eager=True,
         )
@@ -124,9 +129,12 @@ def build_config(args: argparse.Namespace) -> Config:
         "prm_batch_size": args.prm_batch_size,
         "prm_device": args.prm_device,
         "prm_dtype": args.prm_dtype,
-        "prm_gpu_memory_utilization": args.prm_memory,
-        "gpu_memory_utilization": args.policy_memory,
     }
+    # each option only for the component that takes it: a run refuses options it does not use
+    if args.prm_engine == "vllm":
+        options["prm_gpu_memory_utilization"] = args.prm_memory
+    if args.backend == "vllm":
+        options["gpu_memory_utilization"] = args.policy_memory
     if args.prm != "embedded":
         options["prm_model"] = args.prm
     if args.max_model_len:

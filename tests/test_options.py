@@ -199,3 +199,7 @@ def test_every_option_the_readme_mentions_is_declared():
 def test_an_injected_backend_is_named_by_its_class():
     with pytest.raises(UsageError, match=r"max_batch is an option of backend transformers, which this run does not use \(it runs backend ScriptedBackend,"):
         Runtime(Config(options={"max_batch": 2}), backend=ScriptedBackend())
+
+
+def test_a_none_option_is_unset_not_unknown():
+    Runtime(Config(options={"no_such_option": None}), backend=ScriptedBackend()).close()
