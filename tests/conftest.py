@@ -5,6 +5,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# The suite runs on the small SmolLM2-135M (four times faster than the default
+# Qwen2.5-Coder-0.5B, which tests/test_default_model.py covers); subprocesses inherit it.
+os.environ["REASON_MODEL"] = "smollm2"
+
 from scripted import ScriptedBackend  # noqa: E402
 
 from reason import Config, Runtime  # noqa: E402

@@ -36,7 +36,7 @@ def free_port() -> int:
 def embedded_gguf() -> str:
     from reason.plugins.backends.models import resolve_model
 
-    return resolve_model(None).path
+    return resolve_model("smollm2").path
 
 
 def have_llama_server() -> bool:

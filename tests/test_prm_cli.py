@@ -25,7 +25,7 @@ def last_json(stdout):
 
 @pytest.fixture(scope="module")
 def prm_dir():
-    source = resolve_model(None)
+    source = resolve_model("smollm2")
     ensure_converted(source)
     return str(converted_dir(source))
 

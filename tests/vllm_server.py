@@ -54,7 +54,7 @@ def embedded_model_dir() -> str:
     """The embedded SmolLM2 as the dense HF directory vLLM loads (converted once, cached)."""
     from reason.plugins.backends.models import ensure_converted, resolve_model
 
-    folder, _ = ensure_converted(resolve_model(None))
+    folder, _ = ensure_converted(resolve_model("smollm2"))
     return str(folder)
 
 

