@@ -131,7 +131,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     command = [
         str(reason), "eval", "--dataset", "multiarith", "--limit", str(args.eval_limit), "--concurrency", "8",
         "--search", "best-of-n", "--n", "4", "--max-tokens", str(args.max_tokens), "--seed", str(args.seed),
-        "--out", str(out), "-o", f"threads={args.threads}",
+        "--out", str(out), "-o", f"threads={args.threads}", "--model", args.model,
     ]
     landed: list[float] = []
     start = time.perf_counter()
@@ -207,6 +207,8 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=32, help="0 skips the eval run")
     parser.add_argument("--searches", default="best-of-n,beam")
     parser.add_argument("--backends", default="transformers", help="comma-separated: transformers, vllm")
+    parser.add_argument("--model", default="smollm2", help="the same weights for every backend [smollm2]")
+    parser.add_argument("--no-lockstep", action="store_true", help="transformers: skip the lockstep runs")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/continuous"))
     args = parser.parse_args()
 
@@ -228,7 +230,7 @@ def main() -> None:
         sequences = min(args.problems * args.n, backend.max_batch or args.max_batch)
         group = [record(run_raw(backend, name, tasks, sequences, args))]
         for search in args.searches.split(","):
-            for continuous in (True, False) if name == "transformers" else (True,):
+            for continuous in (True, False) if name == "transformers" and not args.no_lockstep else (True,):
                 group.append(record(run_search(backend, name, tasks, search, args.n, continuous, args)))
             group.append(record(run_raw(backend, name, tasks, sequences, args)))  # the machine's load drifts
         raws = [row["tok_per_s"] for row in group if "raw generate" in row["run"]]
@@ -250,11 +252,11 @@ def make_backend(name: str, args: argparse.Namespace) -> Any:
     if name == "transformers":
         from reason.plugins.backends.transformers import TransformersBackend
 
-        return TransformersBackend(Config(options={"max_batch": args.max_batch, "threads": args.threads}))
+        return TransformersBackend(Config(model=args.model, options={"max_batch": args.max_batch, "threads": args.threads}))
     if name == "vllm":
         from reason.plugins.backends.vllm import VLLMBackend
 
-        return VLLMBackend(Config(backend="vllm"))
+        return VLLMBackend(Config(backend="vllm", model=args.model))
     raise SystemExit(f"unknown backend {name!r}: choose transformers or vllm")
 
 

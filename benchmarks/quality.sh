@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The accuracy-vs-compute table (issue 16) on the default model, Qwen2.5-Coder-0.5B-Instruct.
+#
+#   bash benchmarks/quality.sh                 # every row, in order; finished rows are skipped
+#   bash benchmarks/quality.sh multiarith-sc8  # the rows whose names contain a word
+#   .venv/bin/python benchmarks/quality_table.py   # table.md from whatever has finished
+#
+# Each row is one `reason eval` run with --resume into benchmarks/results/quality/ROW/
+# (results.jsonl, summary.json, accuracy_vs_budget.png): stop it at any time, rerun the
+# same command, and it continues where it stopped. Hours on a 2-core CPU.
+#
+# Settings shared by every row, as in benchmarks/strategies.py: T=0.8, seed 0, steps split
+# at blank lines (at most 64 tokens), the confidence verifier (Marco-o1's mean token
+# confidence: the only verifier on this machine that needs no second model). Budgets:
+# MultiArith 320 tokens, GSM8K 512 (its solutions average ~284 tokens: at 320 many hit the
+# cap), HumanEval 384. Rows at N=8 compare at equal N; tokens per problem say what each spent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REASON=${REASON:-.venv/bin/reason}
+OUT=benchmarks/results/quality
+FILTER=${1:-}
+COMMON=(--model qwen2.5-coder-0.5b --temperature 0.8 --seed 0 --step-tokens 64 -o threads=2 --quiet)
+
+row() {  # row NAME DATASET LIMIT MAX_TOKENS ARGS...
+    local name=$1 dataset=$2 limit=$3 tokens=$4
+    shift 4
+    [[ -n $FILTER && $name != *$FILTER* ]] && return 0
+    echo "== $name: reason eval --dataset $dataset --limit $limit --max-tokens $tokens $*" >&2
+    "$REASON" eval --dataset "$dataset" --limit "$limit" --max-tokens "$tokens" "${COMMON[@]}" "$@" \
+        --out "$OUT/$name" --resume
+}
+
+for dataset in multiarith gsm8k; do
+    tokens=320; [[ $dataset == gsm8k ]] && tokens=512
+    row "$dataset-greedy" "$dataset" 50 "$tokens" --search greedy
+    row "$dataset-sc8" "$dataset" 50 "$tokens" --search self-consistency --n 8 --verifier none
+    row "$dataset-bon8-weighted" "$dataset" 50 "$tokens" --search best-of-n --n 8 --weighted --verifier confidence
+    row "$dataset-beam8" "$dataset" 50 "$tokens" --search beam --n 8 --beam-width 2 --weighted --verifier confidence
+    row "$dataset-dvts8" "$dataset" 50 "$tokens" --search dvts --n 8 --beam-width 2 --weighted --verifier confidence
+    row "$dataset-mcts8" "$dataset" 50 "$tokens" --search mcts --n 8 --aggregation mean -o expansion_width=2 --verifier confidence
+    row "$dataset-deepconf8" "$dataset" 50 "$tokens" --search deepconf --n 8 --verifier none -o window=32 -o chunk=32 -o percentile=10
+done
+
+# HumanEval: the sandbox verifier runs each prompt's own examples (public tests), never the
+# hidden tests that grade; pass@8 in the best-of-8 run's summary is the oracle ceiling.
+row humaneval-greedy humaneval 80 384 --search greedy --verifier none --splitter none
+row humaneval-bon8-public humaneval 80 384 --search best-of-n --n 8 --verifier sandbox --splitter none
+row humaneval-bon8-public-reflect humaneval 80 384 --search best-of-n --n 8 --verifier sandbox --splitter none \
+    --reflect on-verifier-fail
