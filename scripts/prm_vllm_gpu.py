@@ -42,7 +42,8 @@ from typing import Any
 from reason import Config, Option, Runtime, Solution
 from reason.errors import ReasonError, UsageError, VerifierError
 from reason.log import configure as configure_logs
-from reason.plugins.verifiers.prm import PRMVerifier, ReadResult, Row
+from reason.plugins.verifiers.prm import PRMVerifier
+from reason.plugins.verifiers.scoring import ReadResult, Row
 from reason.registry import get_registry
 
 

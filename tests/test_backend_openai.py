@@ -21,13 +21,8 @@ import pytest
 from llama_server import FakeServer, LlamaServer, completion_body, have_llama_server, ok, slow, status
 
 from reason import BackendError, Config, GenerateRequest, Runtime, SamplingParams, UsageError, get_registry
-from reason.plugins.backends.openai import (
-    OpenAIBackend,
-    completion_payload,
-    finish_and_stop,
-    normalize_base_url,
-    parse_choice,
-)
+from reason.plugins.backends.openai import OpenAIBackend, normalize_base_url
+from reason.plugins.backends.openai_payload import completion_payload, finish_and_stop, parse_choice
 
 
 class Vocab:

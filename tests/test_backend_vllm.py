@@ -32,16 +32,16 @@ from vllm_server import cuda, require_vllm
 from reason import BackendError, Config, GenerateRequest, Runtime, SamplingParams, UsageError, get_registry
 from reason.events import EngineStep
 from reason.plugins.backends import vllm as vllm_backend
-from reason.plugins.backends.vllm import (
-    VLLMBackend,
+from reason.plugins.backends.vllm import VLLMBackend
+from reason.plugins.backends.vllm_errors import failure_reason
+from reason.plugins.backends.vllm_outputs import (
     completions_from_output,
-    failure_reason,
     finish_reason,
     logprobs_from_positions,
     sample_kwargs,
-    sample_seed,
     sampling_kwargs,
 )
+from reason.types import sample_seed
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,16 +14,9 @@ from scripted import ScriptedBackend
 from reason import Config, Runtime, ScoreRequest, Step, Task
 from reason.errors import UsageError
 from reason.plugins.backends.models import load_model, load_tokenizer
-from reason.plugins.verifiers.prm import (
-    ModelReader,
-    PRMVerifier,
-    PrefixCache,
-    ReadResult,
-    Row,
-    ScoringStats,
-    prefix_keys,
-    read_scores,
-)
+from reason.plugins.verifiers.model_verifier import PrefixCache, ScoringStats, prefix_keys
+from reason.plugins.verifiers.prm import PRMVerifier
+from reason.plugins.verifiers.scoring import ModelReader, ReadResult, Row, read_scores
 from reason.types import aggregate
 
 QUESTION = "Tom has 3 apples and buys 5 more. How many apples does he have?"

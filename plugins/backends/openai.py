@@ -33,6 +33,10 @@ options ``base_url`` (``$OPENAI_BASE_URL``, default ``http://127.0.0.1:8000/v1``
 ``api_key`` (``$OPENAI_API_KEY``), ``tokenizer``, ``timeout`` (seconds, 300),
 ``max_concurrency`` (16), ``max_retries`` (3), ``retry_backoff`` (seconds, 0.5; doubled
 on each retry).
+
+This module holds the backend class (connection, retries, tokenizer, generation); the
+request body and response parsing are in :mod:`.openai_payload`, its event-loop thread
+in :mod:`.openai_io`.
 """
 
 from __future__ import annotations
@@ -53,21 +57,16 @@ from reason.components import Backend
 from reason.errors import BackendError, UsageError
 from reason.log import get_logger
 from reason.options import Option
-from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams
+from reason.types import Completion, GenerateRequest
+
+from .openai_io import LoopThread, all_or_first_error, shutdown
+from .openai_payload import LLAMA_CPP_PYTHON_NEUTRAL, completion_payload, error_text, mentions_extras, parse_choice, retry_after
 
 log = get_logger()
 T = TypeVar("T")
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-VLLM_EXTRAS = {"include_stop_str_in_output": True, "return_tokens_as_token_ids": True, "return_token_ids": True}
-"""vLLM's own completion parameters: keep the stop string, identify tokens by id. Other
-servers ignore unknown fields; one that rejects them gets requests without them."""
-LLAMA_CPP_PYTHON_NEUTRAL = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
-"""llama-cpp-python's server samples with top_k=40, min_p=0.05 and repeat_penalty=1.1
-unless told otherwise; these make it sample from temperature and top_p alone, like every
-other backend. Sent only to that server (it lists its models as owned by "me"): vLLM's
-and SGLang's defaults are neutral already."""
 START_HINT = (
     "start one (e.g. `vllm serve MODEL` or `python -m llama_cpp.server --model FILE.gguf`) "
     "or point --base-url at it"
@@ -92,49 +91,6 @@ def normalize_base_url(url: str) -> str:
     if parts.path in ("", "/"):
         url += "/v1"
     return url
-
-
-class _LoopThread:
-    """The backend's own event loop, in a daemon thread, and what is bound to it.
-
-    An ``httpx.AsyncClient`` (like an asyncio lock or semaphore) belongs to the loop it is
-    used on, while the backend is called from the runtime's loop (``generate_async``) and
-    from plain threads (``generate``): all its HTTP therefore lives on this one loop, and
-    callers hand coroutines over with :meth:`submit`.
-    """
-
-    def __init__(self, max_concurrency: int) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.slots = asyncio.Semaphore(max_concurrency)
-        """At most ``max_concurrency`` HTTP requests in flight, from every caller together."""
-        self.ready_lock = asyncio.Lock()
-        self.client: Any = None
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self.closing = False
-        self.thread = threading.Thread(target=self._run, name="reason-openai", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-        finally:
-            try:
-                self.loop.run_until_complete(self.loop.shutdown_default_executor())
-            finally:
-                self.loop.close()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def stop(self, timeout: float | None = 10.0) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        except RuntimeError:  # already closed
-            return
-        if threading.current_thread() is not self.thread:
-            self.thread.join(timeout)
-
 
 class OpenAIBackend(Backend):
     """Policy backend on an OpenAI-compatible ``/v1/completions`` endpoint."""
@@ -163,7 +119,7 @@ class OpenAIBackend(Backend):
         self._model: str | None = arg or config.model or None
         self._served: list[str] | None = None
         self._owners: dict[str, str] = {}
-        self._io: _LoopThread | None = None
+        self._io: LoopThread | None = None
         self._io_lock = threading.Lock()
         """Guards starting and closing the loop thread (a submit waits for a close)."""
         self._tokenizer: Any = None
@@ -183,7 +139,7 @@ class OpenAIBackend(Backend):
         """Run ``fn(*args)`` on the backend's loop (started on first use)."""
         with self._io_lock:
             if self._io is None:
-                self._io = _LoopThread(self.max_concurrency)
+                self._io = LoopThread(self.max_concurrency)
                 # A backend dropped without close() must not leave its thread behind.
                 weakref.finalize(self, self._io.stop, 5.0)
             io = self._io
@@ -201,7 +157,7 @@ class OpenAIBackend(Backend):
             future.cancel()
             raise
 
-    async def _tracked(self, io: _LoopThread, coro: Coroutine[Any, Any, T]) -> T:
+    async def _tracked(self, io: LoopThread, coro: Coroutine[Any, Any, T]) -> T:
         task = asyncio.current_task()
         assert task is not None
         io.tasks.add(task)
@@ -308,7 +264,7 @@ class OpenAIBackend(Backend):
                         raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
                 if response.status_code in RETRY_STATUS:
                     raise _Retryable(
-                        f"HTTP {response.status_code}: {_error_text(response)}", _retry_after(response)
+                        f"HTTP {response.status_code}: {error_text(response)}", retry_after(response)
                     )
                 return response
             except _Retryable as exc:
@@ -329,7 +285,7 @@ class OpenAIBackend(Backend):
     def _check_status(self, response: Any, path: str) -> None:
         if response.status_code < 400:
             return
-        text = _error_text(response)
+        text = error_text(response)
         if response.status_code in (401, 403):
             raise BackendError(
                 f"the server at {self.base_url} refused the request (HTTP {response.status_code}: {text}); "
@@ -416,7 +372,7 @@ class OpenAIBackend(Backend):
         return await asyncio.wrap_future(self._submit(self._generate_one, request))
 
     async def _generate_all(self, requests: list[GenerateRequest]) -> list[list[Completion]]:
-        return await _all_or_first_error([self._generate_one(r) for r in requests])
+        return await all_or_first_error([self._generate_one(r) for r in requests])
 
     async def _generate_one(self, request: GenerateRequest) -> list[Completion]:
         if request.params.temperature == 0 and request.n > 1:
@@ -436,7 +392,7 @@ class OpenAIBackend(Backend):
                 log.info("server ignores n; sending one request per sample", base_url=self.base_url)
             self.supports_n = False
         # One request per missing sample; sample j gets seed + j so seeded samples differ.
-        singles = await _all_or_first_error(
+        singles = await all_or_first_error(
             [self._complete(request, 1, j) for j in range(len(completions), request.n)]
         )
         for got in singles:
@@ -458,7 +414,7 @@ class OpenAIBackend(Backend):
         """POST one completion request for ``n`` samples; parse its choices."""
         payload = self.payload(request, n, seed_offset)
         response = await self._request("POST", "/completions", payload)
-        if response.status_code in (400, 422) and self.send_extras and _mentions_extras(response):
+        if response.status_code in (400, 422) and self.send_extras and mentions_extras(response):
             log.info("server rejects vLLM's extra parameters; sending plain OpenAI requests", base_url=self.base_url)
             self.send_extras = False
             payload = self.payload(request, n, seed_offset)
@@ -491,192 +447,7 @@ class OpenAIBackend(Backend):
                 raise RuntimeError("OpenAIBackend.close() cannot run on the backend's own loop thread")
             io.closing = True
             try:
-                io.submit(_shutdown(io)).result(timeout=30)
+                io.submit(shutdown(io)).result(timeout=30)
             except Exception as exc:  # a client that fails to close is not worth a crash at exit
                 log.debug("openai backend: shutdown incomplete", error=str(exc))
             io.stop()
-
-
-async def _shutdown(io: _LoopThread) -> None:
-    tasks = list(io.tasks)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    if io.client is not None:
-        await io.client.aclose()
-        io.client = None
-
-
-async def _all_or_first_error(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
-    """Run ``coros`` concurrently; their results in order. The first failure cancels the
-    others (dropping their HTTP requests) and is raised; so is a cancellation of the whole."""
-    tasks = [asyncio.ensure_future(coro) for coro in coros]
-    if not tasks:
-        return []
-    pending = set(tasks)
-    try:
-        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    finally:  # also when this is cancelled: nothing is left running behind it
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
-    return [task.result() for task in tasks]
-
-
-# -- request and response mapping (pure functions, unit-tested) --------------------------------
-
-
-def completion_payload(
-    model: str,
-    request: GenerateRequest,
-    n: int,
-    seed_offset: int = 0,
-    extras: bool = True,
-    bos: str | None = None,
-) -> dict[str, Any]:
-    """The ``/v1/completions`` body for ``n`` samples of ``request``.
-
-    Logprobs are always asked for (at least 1) since the sampled token's logprob is part
-    of every completion. A request split into single samples gets ``seed + i`` so that
-    seeded samples still differ. ``bos`` is the model's BOS text: a prompt whose chat
-    template already wrote it asks vLLM not to add a second one.
-    """
-    params: SamplingParams = request.params
-    payload: dict[str, Any] = {
-        "model": model,
-        "prompt": request.prompt,
-        "max_tokens": params.max_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "n": n,
-        "logprobs": max(1, params.logprobs),
-        "stream": False,
-    }
-    if params.stop:
-        payload["stop"] = list(params.stop)
-    if params.seed is not None:
-        payload["seed"] = params.seed + seed_offset
-    if extras:
-        payload.update(VLLM_EXTRAS)
-        if bos and request.prompt.startswith(bos):
-            payload["add_special_tokens"] = False
-    return payload
-
-
-def parse_choice(choice: dict[str, Any], params: SamplingParams, prompt_tokens: int, vocab: Any) -> Completion:
-    """One OpenAI completion choice as our :class:`Completion`.
-
-    ``vocab`` maps token text to ids and counts tokens (``token_id``, ``count_tokens``):
-    the backend, or a stand-in in tests.
-    """
-    text = choice.get("text") or ""
-    lp = choice.get("logprobs") or {}
-    tokens = [str(t) for t in (lp.get("tokens") or [])]
-    chosen = [float(x) if x is not None else 0.0 for x in (lp.get("token_logprobs") or [])]
-    k = params.logprobs
-    tops = [_top(entry, k) for entry in (lp.get("top_logprobs") or [])]
-
-    reason, stop = finish_and_stop(choice, params.stop, text, tokens)
-    if stop is not None and not text.endswith(stop):
-        text += stop  # the server dropped the matched stop string; our contract keeps it
-
-    ids = choice.get("token_ids")
-    if tokens:
-        if not (isinstance(ids, list) and len(ids) == len(tokens)):
-            ids = [_id_of(t, vocab) for t in tokens]
-        chosen = (chosen + [0.0] * len(tokens))[: len(tokens)]
-        tops = (tops + [[] for _ in tokens])[: len(tokens)]
-    else:  # no logprobs from this server: count tokens with the tokenizer
-        count = len(ids) if isinstance(ids, list) else vocab.count_tokens(text)
-        ids = list(ids) if isinstance(ids, list) else [-1] * count
-        chosen, tops = [0.0] * count, [[] for _ in range(count)]
-    return Completion(
-        text=text,
-        token_ids=[int(i) for i in ids],
-        logprobs=chosen,
-        top_logprobs=tops,
-        finish_reason=reason,
-        prompt_tokens=prompt_tokens,
-    )
-
-
-def finish_and_stop(
-    choice: dict[str, Any], stops: Sequence[str], text: str, tokens: Sequence[str]
-) -> tuple[FinishReason, str | None]:
-    """Our finish reason and the matched stop string (or ``None``) of one choice."""
-    reason = choice.get("finish_reason")
-    if reason == "length":
-        return "length", None
-    # Servers that say which stop matched: vLLM (stop_reason), SGLang (matched_stop),
-    # llama.cpp's native server (stopping_word / stop_type).
-    for key in ("stop_reason", "matched_stop", "stopping_word"):
-        if key in choice:
-            value = choice[key]
-            if isinstance(value, str) and value:
-                return "stop", value
-            if key != "stopping_word":
-                return "eos", None
-    if choice.get("stop_type") in ("eos", "limit"):
-        return ("length", None) if choice["stop_type"] == "limit" else ("eos", None)
-    if not stops:
-        return "eos", None
-    for stop in sorted(stops, key=len, reverse=True):
-        if text.endswith(stop):
-            return "stop", stop
-    # The server cut the stop string off the text: the tokens it generated cover it.
-    covered = "".join(t for t in tokens if not t.startswith("token_id:"))
-    if len(covered) > len(text) and covered.startswith(text):
-        tail = covered[len(text) :]
-        hits = [s for s in stops if tail.startswith(s)]
-        if hits:
-            return "stop", max(hits, key=len)
-    return "eos", None
-
-
-def _id_of(token: str, vocab: Any) -> int:
-    """A logprob token's id: vLLM's ``token_id:N`` form, else looked up by its text."""
-    if token.startswith("token_id:"):
-        try:
-            return int(token[len("token_id:") :])
-        except ValueError:
-            pass
-    return vocab.token_id(token)
-
-
-def _top(entry: Any, k: int) -> list[float]:
-    """Top-k logprobs of one position, highest first (the dict may also hold the
-    sampled token when it is not among the top k)."""
-    if k <= 0 or not entry:
-        return []
-    values = entry.values() if isinstance(entry, dict) else [e.get("logprob") for e in entry if isinstance(e, dict)]
-    return sorted((float(v) for v in values if v is not None), reverse=True)[:k]
-
-
-def _error_text(response: Any) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300]
-    if isinstance(body, dict):
-        error = body.get("error", body.get("detail", body))
-        if isinstance(error, dict):
-            return str(error.get("message") or error)[:300]
-        return str(error)[:300]
-    return str(body)[:300]
-
-
-def _mentions_extras(response: Any) -> bool:
-    text = response.text
-    return any(key in text for key in (*VLLM_EXTRAS, "add_special_tokens")) or "extra" in text.lower()
-
-
-def _retry_after(response: Any) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None

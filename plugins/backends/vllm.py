@@ -30,38 +30,36 @@ Settings (``config`` fields and ``options``, i.e. ``-o key=value``):
 
 ``stats`` counts what the engine did (prefix-cache queries and hits, tokens, batch sizes)
 and every engine step is reported as an :class:`~reason.events.EngineStep` event.
+
+This module holds the engine wrapper (:class:`VLLMBackend`, its loop thread); the mapping
+of requests and outputs is in :mod:`.vllm_outputs`, the counters and the per-step stat
+logger in :mod:`.vllm_stats`, and the one-line reasons of failures in :mod:`.vllm_errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import copy
-import dataclasses
 import gc
 import importlib.util
 import itertools
-import json
 import os
-import re
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from attrs import define
-
 from reason.components import Backend
-from reason.engine import EngineStats
 from reason.errors import BackendError, UsageError
-from reason.events import EngineStep
 from reason.log import get_logger
 from reason.options import Option
-from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams, sample_seed
+from reason.types import Completion, GenerateRequest
 
 from .models import prompt_ids
+from .vllm_errors import capture_errors, environ, error_log_path, failure_reason, is_engine_dead, one_line, read_error_log
+from .vllm_outputs import completions_from_outputs, sample_kwargs
+from .vllm_stats import StepRecorder, VLLMStats
 
 log = get_logger()
 
@@ -84,25 +82,7 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-@define
-class VLLMStats(EngineStats):
-    """:class:`EngineStats` (the same counters as the transformers backend's, so a
-    benchmark reads both) plus vLLM's prefix-cache counters and the engine's load time."""
-
-    prefix_cache_queries: int = 0
-    """Prompt tokens looked up in the prefix cache (vLLM's scheduler counters)."""
-    prefix_cache_hits: int = 0
-    load_seconds: float = 0.0
-
-    @property
-    def prefix_cache_hit_rate(self) -> float:
-        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "prefix_cache_hit_rate": self.prefix_cache_hit_rate}
-
-
-class VLLMBackend(Backend):
+class VLLMBackend(StepRecorder, Backend):
     """Continuous batching on vLLM's ``AsyncLLM`` with prefix caching (see the module docstring)."""
 
     options = (
@@ -248,10 +228,10 @@ class VLLMBackend(Backend):
 
         kwargs = self.engine_kwargs()
         log.info("starting vllm engine", **kwargs)
-        self._error_log = _error_log_path()
-        env_override = self._capture_errors(kwargs, AsyncEngineArgs)
+        self._error_log = error_log_path()
+        env_override = capture_errors(self._error_log, kwargs, AsyncEngineArgs)
         try:
-            with _environ(env_override):
+            with environ(env_override):
                 args = AsyncEngineArgs(**kwargs)
                 engine_class = _async_llm_class()
                 factory = self._stat_logger_factory()
@@ -262,7 +242,7 @@ class VLLMBackend(Backend):
                         raise
                     engine = engine_class.from_engine_args(args)
         except Exception as exc:
-            reason = failure_reason(exc, self._read_error_log())
+            reason = failure_reason(exc, read_error_log(self._error_log))
             hint = ""
             if "memory" in reason.lower():
                 hint = (
@@ -284,112 +264,6 @@ class VLLMBackend(Backend):
         # alive: collected now, it shuts down cleanly (at interpreter exit it would not).
         gc.collect()
         raise error
-
-    def _capture_errors(self, kwargs: dict[str, Any], args_class: Any) -> dict[str, str]:
-        """Make vLLM's processes also write their errors to ``self._error_log``, so that a
-        failed start can say why in one line (the engine core and its workers are separate
-        processes: their exception only reaches us as "initialization failed"). Leaves a
-        user's own vLLM logging configuration alone. Returns environment overrides for
-        vLLM versions that read the logging config from the environment only."""
-        if os.environ.get("VLLM_LOGGING_CONFIG_PATH") or os.environ.get("VLLM_CONFIGURE_LOGGING", "1") == "0":
-            return {}
-        try:
-            from vllm.logger import DEFAULT_LOGGING_CONFIG
-        except ImportError:
-            return {}
-        assert self._error_log is not None
-        config = copy.deepcopy(DEFAULT_LOGGING_CONFIG)
-        level = os.environ.get("VLLM_LOGGING_LEVEL", "INFO").upper()
-        config["formatters"]["reason_plain"] = {"format": "%(message)s"}
-        config["handlers"]["reason_errors"] = {
-            "class": "logging.FileHandler",
-            "filename": str(self._error_log),
-            "level": "ERROR",
-            "formatter": "reason_plain",
-        }
-        for handler in config["handlers"].values():
-            if handler.get("class") == "logging.StreamHandler":
-                handler["level"] = level
-                handler["stream"] = os.environ.get("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-        config["loggers"]["vllm"]["handlers"] = [*config["loggers"]["vllm"]["handlers"], "reason_errors"]
-        config["loggers"]["vllm"]["level"] = level
-        path = self._error_log.with_suffix(".json")
-        path.write_text(json.dumps(config))
-        if "logging_config" in {f.name for f in dataclasses.fields(args_class)}:
-            from vllm.config.logging import LoggingConfig
-
-            kwargs["logging_config"] = LoggingConfig(pylogging_config_file=str(path))
-            return {}
-        return {"VLLM_LOGGING_CONFIG_PATH": str(path)}
-
-    def _read_error_log(self) -> str:
-        try:
-            return self._error_log.read_text(errors="replace") if self._error_log else ""
-        except OSError:
-            return ""
-
-    def _stat_logger_factory(self) -> Any:
-        """A vLLM stat logger that feeds :attr:`stats` and emits an ``EngineStep`` per
-        engine step (vLLM calls it on the engine's loop with the scheduler's counters)."""
-        try:
-            from vllm.v1.metrics.loggers import StatLoggerBase
-        except ImportError:
-            return None
-        backend = self
-
-        class _Recorder(StatLoggerBase):
-            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-                pass
-
-            def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any, **kwargs: Any) -> None:
-                try:
-                    backend._record(scheduler_stats, iteration_stats)
-                except Exception as exc:  # statistics must never break generation
-                    log.debug("vllm stats not recorded", error=str(exc))
-
-            def log_engine_initialized(self) -> None:
-                pass
-
-        return _Recorder
-
-    def _record(self, scheduler: Any, iteration: Any) -> None:
-        now = time.perf_counter()
-        seconds, self._last_record = now - self._last_record, now
-        if scheduler is None:
-            return
-        stats = self.stats
-        cache = getattr(scheduler, "prefix_cache_stats", None)
-        queries = int(getattr(cache, "queries", 0) or 0)
-        hits = int(getattr(cache, "hits", 0) or 0)
-        admitted = int(getattr(cache, "requests", 0) or 0)
-        running = int(scheduler.num_running_reqs)
-        waiting = int(scheduler.num_waiting_reqs)
-        decoded = int(getattr(iteration, "num_generation_tokens", 0) or 0)
-        stats.prefix_cache_queries += queries
-        stats.prefix_cache_hits += hits
-        stats.reused_tokens += hits
-        stats.prefill_tokens += queries - hits
-        stats.decode_tokens += decoded
-        if running:
-            stats.decode_steps += 1
-            stats.decode_rows += running
-            if waiting:
-                stats.waiting_steps += 1
-                stats.waiting_rows += running
-        if running or waiting or queries or decoded:
-            self.emit(
-                EngineStep(
-                    engine="vllm",
-                    running=running,
-                    max_batch=self.max_batch,
-                    waiting=waiting,
-                    admitted=admitted,
-                    prefill_tokens=queries - hits,
-                    reused_tokens=hits,
-                    decode_tokens=decoded,
-                    seconds=seconds,
-                )
-            )
 
     # -- Backend --------------------------------------------------------------------
 
@@ -461,7 +335,7 @@ class VLLMBackend(Backend):
         except BackendError:
             raise
         except Exception as exc:
-            reason = failure_reason(exc, self._read_error_log()) if _is_engine_dead(exc) else _one_line(exc)
+            reason = failure_reason(exc, read_error_log(self._error_log)) if is_engine_dead(exc) else one_line(exc)
             raise BackendError(f"backend vllm: generate failed: {reason}") from exc
         finally:
             self._tasks.discard(task)  # type: ignore[arg-type]
@@ -544,198 +418,3 @@ def _vllm_on_cpu() -> bool:
         import torch
 
         return not torch.cuda.is_available()
-
-
-def _is_engine_dead(exc: BaseException) -> bool:
-    return any(type(e).__name__ == "EngineDeadError" for e in _chain(exc))
-
-
-def _error_log_path() -> Path:
-    fd, name = tempfile.mkstemp(prefix="reason-vllm-", suffix=".log")
-    os.close(fd)
-    return Path(name)
-
-
-class _environ:
-    """Set environment variables for the duration of a ``with`` block (for child processes
-    vLLM spawns meanwhile)."""
-
-    def __init__(self, values: Mapping[str, str]) -> None:
-        self.values = dict(values)
-        self.saved: dict[str, str | None] = {}
-
-    def __enter__(self) -> None:
-        for key, value in self.values.items():
-            self.saved[key] = os.environ.get(key)
-            os.environ[key] = value
-
-    def __exit__(self, *exc: object) -> None:
-        for key, value in self.saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-# -- why vLLM failed, in one line --------------------------------------------------------
-
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception)): (\S.*)$")
-_GENERIC = (
-    "initialization failed",
-    "failed to start",
-    "See root cause above",
-    "See stack trace for root cause",
-    "EngineCore encountered an issue",
-    "engine dead",
-)
-
-
-def failure_reason(exc: BaseException, error_log: str = "") -> str:
-    """The one line that says why vLLM failed.
-
-    vLLM's engine core and workers are separate processes: an error there reaches us only
-    as "Engine core initialization failed. See root cause above." The root cause is the
-    first specific exception line in their error log; an error raised in this process
-    (e.g. a bad model directory, found while building the config) speaks for itself."""
-    own = _one_line(exc)
-    if not _is_generic(own):
-        return own
-    for line in error_log.splitlines():
-        match = _EXCEPTION_LINE.match(line.strip())
-        if match and not _is_generic(match.group(2)):
-            return f"{match.group(1)}: {match.group(2)}"
-    return f"{own} (vLLM's log above has the details)"
-
-
-def _is_generic(message: str) -> bool:
-    return any(g.lower() in message.lower() for g in _GENERIC)
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception as one informative line (pydantic's multi-line validation errors
-    included: vLLM validates its config with pydantic)."""
-    for error in _chain(exc):
-        errors = getattr(error, "errors", None)
-        if callable(errors):
-            try:
-                first = errors()[0]
-                message = str(first.get("msg", ""))
-                message = re.sub(r"^Value error, ", "", message)
-                if message:
-                    return _squeeze(message)
-            except Exception:
-                pass
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    return _squeeze(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-
-
-def _squeeze(text: str, limit: int = 500) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
-
-
-# -- mapping (pure functions, unit-tested without vllm) --------------------------------
-
-
-def sampling_kwargs(params: SamplingParams, n: int) -> dict[str, Any]:
-    """Our sampling params as ``vllm.SamplingParams`` keyword arguments.
-
-    The stop string stays in the text (``include_stop_str_in_output``), as our contract
-    wants; ``logprobs=k`` also returns the sampled token's own logprob (k may be 0).
-    """
-    kwargs: dict[str, Any] = dict(
-        n=n,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        max_tokens=params.max_tokens,
-        stop=list(params.stop) or None,
-        include_stop_str_in_output=True,
-        logprobs=params.logprobs,
-    )
-    if params.seed is not None:
-        kwargs["seed"] = params.seed
-    return kwargs
-
-
-def sample_kwargs(params: SamplingParams, index: int) -> dict[str, Any]:
-    """``vllm.SamplingParams`` keyword arguments of sample ``index`` (one vLLM request
-    per sample, with its own derived seed)."""
-    kwargs = sampling_kwargs(params, 1)
-    if params.seed is not None:
-        kwargs["seed"] = sample_seed(params.seed, index)
-    return kwargs
-
-
-def finish_reason(reason: str | None, stop_reason: int | str | None) -> FinishReason:
-    """vLLM's ``finish_reason``/``stop_reason`` as ours: a matched stop *string* is
-    ``stop``; ``stop`` with no stop reason (EOS) or a stop *token id* is ``eos``."""
-    if reason == "length":
-        return "length"
-    if reason == "stop" and isinstance(stop_reason, str):
-        return "stop"
-    return "eos"
-
-
-def logprobs_from_positions(
-    token_ids: Sequence[int], positions: Sequence[Mapping[int, Any]] | None, k: int
-) -> tuple[list[float], list[list[float]]]:
-    """Per generated token: the sampled token's logprob, and the top-``k`` logprobs,
-    highest first. Each position maps token id -> ``Logprob`` (``.logprob``): vLLM puts
-    the top-k there plus the sampled token when it is not among them."""
-    chosen: list[float] = []
-    top: list[list[float]] = []
-    if positions is None:
-        return [0.0] * len(token_ids), [[] for _ in token_ids]
-    for token_id, position in zip(token_ids, positions):
-        if not position:
-            chosen.append(0.0)
-            top.append([])
-            continue
-        values = {tid: float(getattr(lp, "logprob", lp)) for tid, lp in position.items()}
-        chosen.append(values.get(token_id, min(values.values())))
-        top.append(sorted(values.values(), reverse=True)[:k] if k > 0 else [])
-    return chosen, top
-
-
-def completion_from(out: Any, prompt_tokens: int, k: int) -> Completion:
-    """One ``vllm.CompletionOutput`` as our :class:`Completion`."""
-    token_ids = list(out.token_ids)
-    chosen, top = logprobs_from_positions(token_ids, out.logprobs, k)
-    return Completion(
-        text=out.text,
-        token_ids=token_ids,
-        logprobs=chosen,
-        top_logprobs=top,
-        finish_reason=finish_reason(out.finish_reason, getattr(out, "stop_reason", None)),
-        prompt_tokens=prompt_tokens,
-    )
-
-
-def completions_from_output(output: Any, request: GenerateRequest) -> list[Completion]:
-    """Map one ``vllm.RequestOutput`` holding all ``request.n`` samples to our completions."""
-    prompt_tokens = len(getattr(output, "prompt_token_ids", None) or ())
-    outs = sorted(output.outputs, key=lambda o: getattr(o, "index", 0))
-    completions = [completion_from(out, prompt_tokens, request.params.logprobs) for out in outs]
-    if len(completions) != request.n:
-        raise BackendError(f"backend vllm: asked for {request.n} completions, vLLM returned {len(completions)}")
-    return completions
-
-
-def completions_from_outputs(outputs: Sequence[Any], request: GenerateRequest) -> list[Completion]:
-    """Map one ``vllm.RequestOutput`` per sample (in sample order) to our completions."""
-    completions = []
-    for output in outputs:
-        completions.extend(completions_from_output(output, GenerateRequest(request.prompt, request.params, len(output.outputs))))
-    if len(completions) != request.n:
-        raise BackendError(f"backend vllm: asked for {request.n} completions, vLLM returned {len(completions)}")
-    return completions

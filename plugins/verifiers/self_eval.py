@@ -38,7 +38,8 @@ from reason.log import get_logger
 from reason.options import Option
 from reason.types import Score, ScoreRequest
 
-from .prm import ModelReader, ModelVerifier, Row, pad_id, prefix_keys, scoring_options
+from .model_verifier import ModelVerifier, prefix_keys, scoring_options
+from .scoring import ModelReader, Row, pad_id
 
 log = get_logger("reason")
 

@@ -1,0 +1,147 @@
+"""Reusing keys and values (KV) of encoded token prefixes, for every in-process model user:
+the transformers backend's decode loop and the verifiers that read a scoring model
+(``prm``, ``self-eval``).
+
+- :class:`PrefixCache`: an LRU of per-sequence KV caches keyed by the token ids they encode.
+- :func:`plain_cache`: whether a model's cache can be spliced at all.
+- :func:`splice`: a left-padded ``DynamicCache`` built from cached per-row prefixes, so a
+  batch runs only the tokens after them.
+- :func:`row_kv`: one row's keys and values out of a batch cache, to put in the LRU.
+- :func:`pad_left`: keys or values left-padded to a wider batch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+KV = list[tuple["torch.Tensor", "torch.Tensor"]]
+"""Per layer, ``(keys, values)`` of shape ``[heads, length, head_dim]``."""
+
+
+class PrefixCache:
+    """An LRU of per-sequence KV caches keyed by the token ids they encode.
+
+    Each entry holds, per layer, ``(keys, values)`` of shape ``[heads, length, head_dim]``.
+    ``lookup`` returns the longest common prefix with any entry (any prefix of an entry is
+    usable: keys of token ``i`` depend only on tokens ``0..i``). Entries whose ids are a
+    prefix of a newer entry are dropped as redundant. The total is bounded in tokens.
+    """
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.tokens = 0
+        self._entries: OrderedDict[tuple[int, ...], KV] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, ids: Sequence[int]) -> tuple[int, KV | None]:
+        """The longest cached prefix of ``ids``: ``(length, per-layer kv)`` (kv may be longer)."""
+        best, best_key = 0, None
+        ids = tuple(ids)
+        for key in self._entries:
+            if not key or key[0] != ids[0] or len(key) <= best:  # cannot beat the best so far
+                continue
+            n = _common_prefix(key, ids)
+            if n > best:
+                best, best_key = n, key
+        if best_key is None:
+            return 0, None
+        self._entries.move_to_end(best_key)
+        return best, self._entries[best_key]
+
+    def insert(self, ids: Sequence[int], kv: KV) -> None:
+        ids = tuple(ids)
+        if not ids or len(ids) > self.max_tokens:
+            return
+        for key in list(self._entries):
+            if len(key) >= len(ids) and key[: len(ids)] == ids:
+                self._entries.move_to_end(key)  # already covered by a longer entry
+                return
+            if len(key) < len(ids) and ids[: len(key)] == key:
+                self._drop(key)
+        self._entries[ids] = kv
+        self.tokens += len(ids)
+        while self.tokens > self.max_tokens and self._entries:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        del self._entries[key]
+        self.tokens -= len(key)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.tokens = 0
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def plain_cache(model: Any) -> bool:
+    """Whether the model's cache is plain full attention (no sliding window, no recurrent
+    state): only then can cached prefixes be spliced in, and caches be trimmed."""
+    try:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        probe = DynamicCache(config=model.config)
+        return all(type(layer) is DynamicLayer for layer in probe.layers)
+    except Exception:
+        return False
+
+
+def splice(config: Any, prefixes: Sequence[tuple[int, KV | None]], past: int) -> Any:
+    """A ``DynamicCache`` of ``past`` columns for a left-padded batch: ``prefixes[u] =
+    (used, kv)`` puts the first ``used`` cached tokens of row ``u`` in its last ``used``
+    columns (zeros, masked out, before them). Empty when ``past <= 0``."""
+    from transformers import DynamicCache
+
+    if past <= 0:
+        return DynamicCache(config=config)
+    # the longest row reuses all `past` columns, so some row has used > 0 and a kv
+    reference = next(kv for used, kv in prefixes if used > 0 and kv is not None)
+    layers = []
+    for layer, (ref_keys, ref_values) in enumerate(reference):
+        heads, _, dim = ref_keys.shape
+        keys = ref_keys.new_zeros((len(prefixes), heads, past, dim))
+        values = ref_values.new_zeros((len(prefixes), heads, past, dim))
+        for u, (used, kv) in enumerate(prefixes):
+            if used > 0:
+                assert kv is not None
+                keys[u, :, past - used :] = kv[layer][0][:, :used]
+                values[u, :, past - used :] = kv[layer][1][:, :used]
+        layers.append((keys, values))
+    return DynamicCache(layers, config=config)
+
+
+def row_kv(cache: Any, row: int, length: int, width: int) -> KV:
+    """Row ``row``'s keys and values for its last ``length`` of ``width`` columns (the
+    tokens it encoded; the columns before them are padding), copied out of the batch."""
+    return [
+        (layer.keys[row, :, width - length :].clone(), layer.values[row, :, width - length :].clone())
+        for layer in cache.layers
+    ]
+
+
+def pad_left(kv: torch.Tensor, width: int) -> torch.Tensor:
+    """Left-pad ``[rows, heads, length, dim]`` keys or values with zeros to ``width``."""
+    import torch.nn.functional as F
+
+    missing = width - kv.shape[2]
+    return F.pad(kv, (0, 0, missing, 0)) if missing else kv

@@ -1,0 +1,466 @@
+"""The transformers backend's continuous-batching decode loop, written over the model's
+forward pass (see :mod:`.transformers` for why not ``model.generate``).
+
+One worker thread runs the loop. Each step it (1) admits waiting sequences into free
+rows: their prompts are prefilled (distinct prompts once, cached prefixes reused) and
+stacked onto the running batch; (2) picks one token for every row; (3) retires finished
+rows, resolving a request when all its ``n`` samples are done; (4) runs one decode
+forward pass over the rest. So a tree search's stragglers never hold the engine: other
+requests fill the rows they leave.
+
+Layout of the batch: rows are left-padded, with an explicit attention mask and position
+ids, so each row's keys carry the same rotary positions whatever else is in the batch;
+sampling uses a per-sample seeded generator, so a seeded request gets the same samples
+alone or under load. Prefix reuse: the KV cache of every finished sequence (prompt +
+generated tokens) goes into a bounded LRU keyed by token ids (:class:`.kv.PrefixCache`);
+a later prompt that shares a prefix with an entry (the next step of the same path,
+another sample of the same prompt) only encodes the tokens after the longest shared prefix.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from attrs import define
+
+from reason.engine import EngineStats
+from reason.errors import BackendError
+from reason.events import EngineStep
+from reason.log import get_logger
+from reason.types import Completion, GenerateRequest, sample_seed
+
+from . import kv
+from .kv import PrefixCache
+from .transformers_sequences import Batch, PendingRequest, SequenceState
+
+if TYPE_CHECKING:
+    import torch
+
+log = get_logger()
+
+
+@define
+class BackendStats(EngineStats):
+    """:class:`EngineStats` plus what the decode loop spent its time on."""
+
+    forward_passes: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+
+class DecodeLoop:
+    """The decode loop's state and steps, mixed into :class:`.TransformersBackend`, which
+    provides the model, the tokenizer, ``encode`` and the settings declared here."""
+
+    # provided by the backend
+    _model: Any
+    _tokenizer: Any
+    model_name: str
+    device: Any
+    eos_ids: frozenset[int]
+    pad_id: int
+    max_positions: int
+    max_batch: int
+    admit_min: int
+    plain_cache: bool
+    prefix_cache: PrefixCache
+    _continuous: bool
+    encode: Callable[[str], list[int]]
+    load: Callable[[], None]
+    emit: Callable[[Any], None]
+
+    def _init_loop(self) -> None:
+        self.stats = BackendStats()
+        self._rng = random.Random()
+        # the decode loop's inbox; the rest of its state is touched by its thread only
+        self._wake = threading.Condition()
+        self._arrivals: list[PendingRequest] = []
+        self._ready: deque[SequenceState] = deque()
+        self._admitting: list[SequenceState] = []
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self.rows_in_flight = 0
+        """Rows in the decode batch after the last step (for tests and monitoring)."""
+
+    def _stop_loop(self) -> None:
+        """Stop the decode loop: requests still running fail."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+            worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=60)
+
+    def _enqueue(self, pending: list[PendingRequest]) -> list[concurrent.futures.Future[list[Completion]]]:
+        with self._wake:
+            if self._closed:
+                raise BackendError("the transformers backend is closed")
+            self._arrivals.extend(pending)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve, name="reason-transformers", daemon=True)
+                self._worker.start()
+            self._wake.notify()
+            self.stats.requests += len(pending)
+        return [p.future for p in pending]
+
+    def _serve(self) -> None:
+        """The decode loop (one thread): admit waiting sequences into free rows, pick one
+        token for every row, retire finished rows, decode one step; sleep when idle."""
+        import torch
+
+        batch: Batch | None = None
+        while True:
+            with self._wake:
+                while not self._closed and not self._arrivals and not self._ready and batch is None:
+                    self._wake.wait()
+                if self._closed:
+                    break
+                arrivals, self._arrivals = self._arrivals, []
+            try:
+                with torch.inference_mode():
+                    self.load()
+                    for pending in arrivals:
+                        self._expand(pending)
+                    batch = self._iterate(batch)
+                    self.rows_in_flight = len(batch.rows) if batch else 0
+            except Exception as exc:  # a failed forward pass fails what it was computing
+                log.warning("transformers backend: decode step failed", error=str(exc))
+                failed = [s.owner for s in (batch.rows if batch else [])] + [s.owner for s in self._ready]
+                failed += [s.owner for s in self._admitting]  # taken off _ready, not yet in a batch
+                failed += [p for p in arrivals if p.sequences is None]
+                for pending in {id(p): p for p in failed}.values():
+                    pending.fail(exc)
+                batch, self._ready, self._admitting = None, deque(), []
+                self.rows_in_flight = 0
+        error = BackendError("the transformers backend was closed")
+        for pending in [*self._arrivals, *(s.owner for s in self._ready), *(s.owner for s in (batch.rows if batch else []))]:
+            pending.fail(error)
+
+    def _expand(self, pending: PendingRequest) -> None:
+        """Encode a new request and queue its ``n`` sequences for admission."""
+        request = pending.request
+        if pending.future.cancelled():  # its caller gave up before it was even encoded
+            self.stats.cancelled += request.n
+            return
+        try:
+            pending.sequences = self._sequences(request, pending)
+        except Exception as exc:  # a bad request fails alone
+            pending.fail(exc)
+            return
+        self._ready.extend(pending.sequences)
+
+    def _sequences(self, request: GenerateRequest, owner: PendingRequest) -> list[SequenceState]:
+        import torch
+
+        ids = tuple(self.encode(request.prompt))
+        if len(ids) >= self.max_positions:
+            raise BackendError(f"the prompt has {len(ids)} tokens; {self.model_name} takes at most {self.max_positions}")
+        seed = request.params.seed
+        if seed is None:
+            seed = self._rng.getrandbits(63)
+        sequences = []
+        for i in range(request.n):
+            generator = None
+            if request.params.temperature > 0:
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(sample_seed(seed, i))
+            sequences.append(SequenceState(owner=owner, index=i, params=request.params, prompt_ids=ids, generator=generator))
+        self.stats.sequences += len(sequences)
+        return sequences
+
+    def _iterate(self, batch: Batch | None) -> Batch | None:
+        """One engine step. Returns the batch that decodes on (None when empty)."""
+        start = time.perf_counter()
+        if batch is not None:
+            batch = self._drop_cancelled(batch)
+        if any(seq.owner.future.cancelled() for seq in self._ready):
+            waiting = len(self._ready)
+            self._ready = deque(seq for seq in self._ready if not seq.owner.future.cancelled())
+            self.stats.cancelled += waiting - len(self._ready)
+        free = self.max_batch - (len(batch.rows) if batch else 0)
+        # Rows join a running batch only with plain caches (others cannot be merged) and
+        # when batching continuously; otherwise a new batch starts when the old is done
+        # (static batching, as the lockstep runtime did).
+        # Each admission is a forward pass of its own (the newcomers' prefill): while rows
+        # decode, wait until admit_min rows are free (or every waiting one fits) so that
+        # one prefill serves several newcomers.
+        enough = batch is None or free >= min(self.admit_min, len(self._ready))
+        if self._ready and free > 0 and enough and (batch is None or (self.plain_cache and self._continuous)):
+            newcomers = [self._ready.popleft() for _ in range(min(free, len(self._ready)))]
+            self._admitting = newcomers
+            prefilled = self.stats.prefill_tokens, self.stats.reused_tokens
+            batch = self._admit(batch, newcomers)
+            admitted = len(newcomers)
+            prefill = self.stats.prefill_tokens - prefilled[0]
+            reused = self.stats.reused_tokens - prefilled[1]
+        else:
+            admitted = prefill = reused = 0
+        if batch is None:
+            return None
+        tokens = self._pick(batch.rows, batch.logits)
+        picked = len(tokens)
+        batch = self._retire(batch, tokens)
+        if batch is not None:
+            self._decode(batch, tokens)
+        self._admitting = []
+        self.emit(
+            EngineStep(
+                engine="transformers",
+                running=picked,
+                max_batch=self.max_batch,
+                waiting=len(self._ready) + len(self._arrivals),
+                admitted=admitted,
+                prefill_tokens=prefill,
+                reused_tokens=reused,
+                decode_tokens=picked,
+                seconds=time.perf_counter() - start,
+            )
+        )
+        return batch
+
+    def _admit(self, batch: Batch | None, newcomers: list[SequenceState]) -> Batch:
+        """Prefill the newcomers (distinct prompts once, reusing cached prefixes) and
+        join them to the running batch: both are left-padded to one width and stacked."""
+        import torch
+        import torch.nn.functional as F
+
+        start = time.perf_counter()
+        prompts: dict[tuple[int, ...], int] = {}
+        for seq in newcomers:
+            prompts.setdefault(seq.prompt_ids, len(prompts))
+        cache, mask, logits = self._prefill(list(prompts))
+        if len(prompts) != len(newcomers):  # samples of one prompt share its prefill
+            rows = torch.tensor([prompts[s.prompt_ids] for s in newcomers], device=self.device)
+            for layer in cache.layers:
+                layer.batch_select_indices(rows)
+            mask, logits = mask[rows], logits[rows]
+        lengths = [len(s.prompt_ids) for s in newcomers]
+        if batch is None:
+            joined = Batch(rows=newcomers, cache=cache, mask=mask, logits=logits, lengths=lengths)
+        else:
+            width = max(batch.mask.shape[1], mask.shape[1])
+            for old, new in zip(batch.cache.layers, cache.layers):
+                old.keys = torch.cat([kv.pad_left(old.keys, width), kv.pad_left(new.keys, width)])
+                old.values = torch.cat([kv.pad_left(old.values, width), kv.pad_left(new.values, width)])
+            joined = Batch(
+                rows=batch.rows + newcomers,
+                cache=batch.cache,
+                mask=torch.cat([F.pad(batch.mask, (width - batch.mask.shape[1], 0)), F.pad(mask, (width - mask.shape[1], 0))]),
+                logits=torch.cat([batch.logits, logits]),
+                lengths=batch.lengths + lengths,
+            )
+        self.stats.prefill_seconds += time.perf_counter() - start
+        return joined
+
+    def _retire(self, batch: Batch, tokens: list[int]) -> Batch | None:
+        """Take finished rows out of the batch (their keys and values go to the prefix
+        cache) and resolve every request whose samples are all done."""
+        done = [i for i, seq in enumerate(batch.rows) if seq.finish is not None]
+        if not done:
+            return batch
+        width = batch.mask.shape[1]
+        for i in done:
+            seq = batch.rows[i]
+            self._remember(seq, batch.cache, i, batch.lengths[i], width)
+            seq.owner.sample_done()
+        keep = [i for i, seq in enumerate(batch.rows) if seq.finish is None]
+        tokens[:] = [tokens[i] for i in keep]
+        return self._select(batch, keep)
+
+    def _drop_cancelled(self, batch: Batch) -> Batch | None:
+        keep = [i for i, seq in enumerate(batch.rows) if not seq.owner.future.cancelled()]
+        if len(keep) == len(batch.rows):
+            return batch
+        self.stats.cancelled += len(batch.rows) - len(keep)
+        return self._select(batch, keep)
+
+    def _select(self, batch: Batch, keep: list[int]) -> Batch | None:
+        import torch
+
+        if not keep:
+            return None
+        if len(keep) == len(batch.rows):
+            return batch
+        index = torch.tensor(keep, device=self.device)
+        for layer in batch.cache.layers:
+            layer.batch_select_indices(index)
+        batch = Batch(
+            rows=[batch.rows[i] for i in keep],
+            cache=batch.cache,
+            mask=batch.mask[index],
+            logits=batch.logits[index],
+            lengths=[batch.lengths[i] for i in keep],
+        )
+        batch.mask = self._trim(batch.cache, batch.mask)
+        return batch
+
+    def _decode(self, batch: Batch, tokens: list[int]) -> None:
+        """One forward pass over every row: feed each row its picked token."""
+        import torch
+
+        start = time.perf_counter()
+        rows = len(batch.rows)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((rows, 1))], dim=1)
+        out = self._model(
+            input_ids=torch.tensor([[t] for t in tokens], device=self.device),
+            attention_mask=batch.mask,
+            position_ids=torch.tensor([[n] for n in batch.lengths], device=self.device),
+            past_key_values=batch.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        batch.logits = out.logits[:, -1, :]
+        batch.lengths = [n + 1 for n in batch.lengths]
+        self.stats.forward_passes += 1
+        self.stats.decode_steps += 1
+        self.stats.decode_rows += rows
+        if self._ready or self._arrivals:
+            self.stats.waiting_steps += 1
+            self.stats.waiting_rows += rows
+        self.stats.decode_seconds += time.perf_counter() - start
+
+    def _prefill(self, prompts: list[tuple[int, ...]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Encode the distinct prompts of a chunk in one forward pass, reusing cached
+        prefixes. Returns the batch's cache, attention mask and last-position logits.
+
+        Layout: row ``u`` (prompt length ``T_u``) is left-padded to the longest prompt
+        ``T``. The forward pass encodes the last ``S`` columns, where ``S`` is the longest
+        uncached suffix; everything before them comes from the prefix cache. A row whose
+        cached prefix is longer than ``T_u - S`` simply recomputes a few cached tokens:
+        they cost nothing extra, as the batch computes ``S`` columns for every row anyway.
+        """
+        import torch
+
+        model = self._model
+        hits = []
+        for ids in prompts:
+            cached, entry = self.prefix_cache.lookup(ids) if self._reuse else (0, None)
+            hits.append((min(cached, len(ids) - 1), entry))  # the last token must run: we need its logits
+        total = max(len(ids) for ids in prompts)
+        suffix = max(len(ids) - cached for ids, (cached, _) in zip(prompts, hits))
+        past = total - suffix
+        rows = len(prompts)
+        # row u holds len(ids) - suffix cached tokens left of the encoded columns
+        cache = kv.splice(model.config, [(len(ids) - suffix, entry) for ids, (_, entry) in zip(prompts, hits)], past)
+        input_ids = torch.full((rows, suffix), self.pad_id, dtype=torch.long)
+        positions = torch.zeros((rows, suffix), dtype=torch.long)
+        mask = torch.zeros((rows, total), dtype=torch.long)
+        for u, ids in enumerate(prompts):
+            first = max(0, len(ids) - suffix)
+            width = len(ids) - first
+            input_ids[u, suffix - width :] = torch.tensor(ids[first:])
+            positions[u, suffix - width :] = torch.arange(first, len(ids))
+            mask[u, total - len(ids) :] = 1
+            self.stats.prefill_tokens += width
+            self.stats.reused_tokens += first
+        mask = mask.to(self.device)
+        out = model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask,
+            position_ids=positions.to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.stats.forward_passes += 1
+        return out.past_key_values, mask, out.logits[:, -1, :]
+
+    @property
+    def _reuse(self) -> bool:
+        return self.plain_cache and self.prefix_cache.max_tokens > 0
+
+    def _pick(self, active: list[SequenceState], logits: torch.Tensor) -> list[int]:
+        """Choose each row's next token, record its logprobs, and settle finished rows."""
+        import torch
+
+        logits = logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        k = max(seq.params.logprobs for seq in active)
+        top_values = logprobs.topk(k, dim=-1).values.tolist() if k else None
+        greedy = logits.argmax(dim=-1).tolist()
+        tokens = []
+        for i, seq in enumerate(active):
+            params = seq.params
+            if params.temperature == 0:
+                token = greedy[i]
+            else:
+                token = _sample(logits[i], params.temperature, params.top_p, seq.generator)
+            tokens.append(token)
+            seq.token_ids.append(token)
+            seq.logprobs.append(float(logprobs[i, token]))
+            seq.top_logprobs.append(tuple(top_values[i][: params.logprobs]) if top_values else ())
+            self._settle(seq, len(seq.prompt_ids) + len(seq.token_ids))
+            if seq.owner.on_text is not None:
+                text = seq.text if seq.finish else self._tokenizer.decode(seq.token_ids, skip_special_tokens=True)
+                try:
+                    seq.owner.on_text(seq.index, text)
+                except Exception as exc:  # a listener gone (its loop closed) must not fail the batch
+                    log.debug("on_text failed", error=str(exc))
+        self.stats.decode_tokens += len(active)
+        return tokens
+
+    def _settle(self, seq: SequenceState, total: int) -> None:
+        """Set ``seq.finish`` (and cut its text at a stop string) when it is done."""
+        params = seq.params
+        if seq.token_ids[-1] in self.eos_ids:
+            seq.finish = "eos"
+        elif params.stop:
+            before = len(seq.text)
+            seq.text = self._tokenizer.decode(seq.token_ids, skip_special_tokens=True)
+            # Earlier text had no stop string; look only where a new one can end. A few
+            # characters of slack cover a previous token that decoded incompletely.
+            ends = []
+            for stop in params.stop:
+                at = seq.text.find(stop, max(0, before - len(stop) - 4))
+                if at >= 0:
+                    ends.append(at + len(stop))
+            if ends:
+                seq.text = seq.text[: min(ends)]
+                seq.finish = "stop"
+                return
+        if seq.finish is None and (len(seq.token_ids) >= params.max_tokens or total >= self.max_positions):
+            seq.finish = "length"
+        if seq.finish is not None and seq.finish != "stop":
+            seq.text = self._tokenizer.decode(seq.token_ids, skip_special_tokens=True)
+
+    def _remember(self, seq: SequenceState, cache: Any, row: int, length: int, width: int) -> None:
+        """Put a finished row's keys and values (prompt + generated tokens that ran
+        through the model) into the prefix cache."""
+        if not self._reuse:
+            return
+        ids = (seq.prompt_ids + tuple(seq.token_ids))[:length]
+        self.prefix_cache.insert(ids, kv.row_kv(cache, row, length, width))
+
+    def _trim(self, cache: Any, mask: torch.Tensor) -> torch.Tensor:
+        """Drop leading columns that are padding in every remaining row."""
+        if not self.plain_cache:
+            return mask
+        used = mask.any(dim=0).nonzero()
+        first = int(used[0]) if len(used) else 0
+        if first == 0:
+            return mask
+        for layer in cache.layers:
+            layer.keys = layer.keys[:, :, first:]
+            layer.values = layer.values[:, :, first:]
+        return mask[:, first:]
+
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: Any) -> int:
+    import torch
+
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        # keep the smallest set whose mass reaches top_p (always at least the top token)
+        keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
+        sorted_probs = sorted_probs * keep
+        choice = torch.multinomial(sorted_probs, 1, generator=generator)
+        return int(order[choice])
+    return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,81 @@
+"""What the transformers backend's decode loop (:mod:`.transformers_loop`) works on: a
+submitted request, each of its samples, and the batch of rows decoding together."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from attrs import define, field
+
+from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams
+
+if TYPE_CHECKING:
+    import torch
+
+
+@define(eq=False)
+class PendingRequest:
+    """A submitted request: its future resolves when all its sequences are done."""
+
+    request: GenerateRequest
+    future: concurrent.futures.Future[list[Completion]]
+    on_text: Callable[[int, str], None] | None = None
+    sequences: list[SequenceState] | None = None
+    done: int = 0
+
+    def sample_done(self) -> None:
+        assert self.sequences is not None
+        self.done += 1
+        if self.done == len(self.sequences) and not self.future.done():
+            try:
+                self.future.set_result([seq.completion() for seq in self.sequences])
+            except concurrent.futures.InvalidStateError:  # cancelled meanwhile
+                pass
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            try:
+                self.future.set_exception(error)
+            except concurrent.futures.InvalidStateError:
+                pass
+
+
+@define(eq=False)
+class Batch:
+    """The rows decoding together, their KV cache, attention mask, the logits of their
+    next token, and how many tokens each row has in the cache."""
+
+    rows: list[SequenceState]
+    cache: Any
+    mask: torch.Tensor
+    logits: torch.Tensor
+    lengths: list[int]
+
+
+@define(eq=False)
+class SequenceState:
+    """One sample being generated: where it came from, and what it produced so far."""
+
+    owner: PendingRequest
+    index: int
+    params: SamplingParams
+    prompt_ids: tuple[int, ...]
+    generator: Any = None
+    token_ids: list[int] = field(factory=list)
+    logprobs: list[float] = field(factory=list)
+    top_logprobs: list[tuple[float, ...]] = field(factory=list)
+    text: str = ""
+    finish: FinishReason | None = None
+
+    def completion(self) -> Completion:
+        assert self.finish is not None
+        return Completion(
+            text=self.text,
+            token_ids=self.token_ids,
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs,
+            finish_reason=self.finish,
+            prompt_tokens=len(self.prompt_ids),
+        )
