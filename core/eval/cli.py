@@ -26,6 +26,7 @@ Examples:
   reason eval --dataset humaneval --limit 20 --search best-of-n --n 4 --verifier sandbox
   reason eval --dataset my.jsonl --question-field q --answer-field a --n 4
   reason eval --dataset gsm8k --out runs/g --resume        # continue an interrupted run
+  reason eval --dataset gsm8k --ray auto --n 8             # on the Ray cluster running here
   reason eval compare runs/bon runs/beam --plot compare.png
 """
 
@@ -120,7 +121,13 @@ class _Progress:
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the datasets [$REASON_DATA_DIR, ../shared/data].")
 @click.option("--question-field", help="JSONL datasets: the field with the question [question|problem|input|prompt].")
 @click.option("--answer-field", help="JSONL datasets: the field with the reference answer [answer|target|...].")
-@click.option("--concurrency", type=int, default=16, show_default=True, help="Problems in flight at once (their requests share the batch); the next starts as each finishes.")
+@click.option("--concurrency", type=int, default=16, show_default=True, help="Problems in flight at once (their requests share the batch; with --ray, on each worker); the next starts as each finishes.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Solve on Ray workers (needs reason-runtime[ray]): a cluster's ADDRESS (auto: the one running here, "
+                   "HOST:PORT, ray://HOST:PORT), or no value to start a local one. This process grades and writes.")
+@click.option("--workers", type=int, help="--ray: how many workers [as many as the cluster's CPUs fit, or GPUs with --worker-gpus].")
+@click.option("--worker-cpus", type=float, default=1.0, show_default=True, help="--ray: CPUs each worker reserves.")
+@click.option("--worker-gpus", type=float, default=0.0, show_default=True, help="--ray: GPUs each worker reserves (1: a model per GPU).")
 @click.option("--save-tree", is_flag=True, help="Store each problem's search tree in results.jsonl.")
 @click.option("--no-plot", is_flag=True, help="Do not draw accuracy_vs_budget.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
@@ -129,7 +136,8 @@ class _Progress:
 @click.pass_context
 def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None, offset: int, out: str | None,
                  resume: bool, data_dir: str | None, question_field: str | None, answer_field: str | None,
-                 concurrency: int, save_tree: bool, no_plot: bool, as_json: bool, quiet: bool, **params: Any) -> None:
+                 concurrency: int, ray_address: str | None, workers: int | None, worker_cpus: float, worker_gpus: float,
+                 save_tree: bool, no_plot: bool, as_json: bool, quiet: bool, **params: Any) -> None:
     """Evaluate a search strategy on a benchmark: accuracy against compute.
 
     Solves every problem (batched across problems), grades every candidate, and writes
@@ -164,6 +172,14 @@ def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None
         config = config.replace(options=extra)
     if concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1, got {concurrency}")
+    ray = None
+    if ray_address is not None:
+        from .distributed import import_ray
+
+        import_ray()  # before the run directory is made: no Ray, one line and nothing written
+        ray = {"address": ray_address, "workers": workers, "cpus": worker_cpus, "gpus": worker_gpus}
+    elif workers is not None:
+        raise UsageError("--workers needs --ray")
     spec = _dataset_spec(dataset_name)
     dataset = get_registry().create("dataset", spec, config)
     directory = Path(out) if out else _default_out(spec, config)
@@ -175,7 +191,7 @@ def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None
         todo = run.prepare()
         total = len(todo) + len(run.records)
         if todo:
-            _solve(run, todo, total, quiet or as_json)
+            _solve(run, todo, total, quiet or as_json, ray)
         elif not quiet:
             click.echo(f"reason eval: every selected problem is already in {directory / 'results.jsonl'}", err=True)
     except KeyboardInterrupt:
@@ -197,14 +213,23 @@ def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None
         click.echo(f"results: {directory}/results.jsonl, summary.json" + ("" if no_plot else ", accuracy_vs_budget.png"))
 
 
-def _solve(run: Any, todo: list, total: int, quiet: bool) -> None:
-    from reason import Runtime
-
+def _solve(run: Any, todo: list, total: int, quiet: bool, ray: dict[str, Any] | None) -> None:
+    """Solve on a Runtime here, or on Ray workers (``ray``: the :class:`RayPool`'s
+    arguments); either way this process grades, writes and reports."""
     label = f"{run.dataset_spec.rsplit('/', 1)[-1]} {run.config.search} n={run.config.n}"
+    if ray is None:
+        from reason import Runtime
+
+        solver: Any = Runtime(run.config)
+    else:
+        from .distributed import RayPool
+
+        solver = RayPool(run.config, **ray)
+        label += " (ray)"
     progress = _Progress(total, len(run.records), sum(1 for r in run.records if r.get("correct")), label, quiet)
     try:
-        with Runtime(run.config) as runtime:
-            run.run(runtime, todo, on_record=progress)
+        with solver:
+            run.run(solver, todo, on_record=progress)
     finally:
         progress.close()
 

@@ -194,11 +194,16 @@ class EvalRun:
         on_record: Callable[[dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Solve ``todo`` on ``runtime`` (batched across problems), grading and appending
-        each problem as it finishes. Returns every record of the run (old and new)."""
+        each problem as it finishes. Returns every record of the run (old and new).
+
+        ``runtime`` is a :class:`~reason.Runtime`, or anything with its ``solve_many``
+        and a ``load()`` (:class:`reason.eval.distributed.RayPool`: solutions come from
+        Ray workers, and are graded and written here all the same)."""
         index_of = {task.id: index for index, task in todo}
         full = {task.id: task for _, task in todo}
         results = self.results
-        runtime.backend.load()  # seconds per problem exclude loading the model
+        load = getattr(runtime, "load", None) or runtime.backend.load
+        load()  # seconds per problem exclude loading the model(s)
         last = time.perf_counter()
 
         def on_solution(solution: Solution) -> None:
