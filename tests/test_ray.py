@@ -26,7 +26,7 @@ from reason.eval.results import RESULTS
 
 PROBLEMS = 6
 EVAL = ["--dataset", "multiarith", "--limit", str(PROBLEMS), "--model", "smollm2", "--search", "best-of-n",
-        "--n", "2", "--max-tokens", "48", "--seed", "7", "--no-plot", "--json"]
+        "--n", "2", "--max-tokens", "48", "--seed", "7", "--no-plot", "--json", "-o", "threads=1"]
 
 # The driver as a subprocess; it reports at exit whether Ray was ever imported.
 DRIVER = """
