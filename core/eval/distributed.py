@@ -32,7 +32,7 @@ from typing import Any
 from attrs import define, field
 
 from reason import Config, Runtime, Solution, Task
-from reason.errors import UsageError
+from reason.errors import ReasonError, UsageError
 from reason.log import get_logger
 from reason.runtime import DEFAULT_CONCURRENCY
 
@@ -246,7 +246,7 @@ class RayPool:
             while queue or inflight:
                 self._dispatch(task_list, queue, inflight, concurrency)
                 if not inflight:
-                    raise RuntimeError(
+                    raise ReasonError(  # the CLI's one line; --resume continues the run
                         f"every Ray worker was lost; {len(queue)} problem(s) unsolved (finished ones are saved)"
                     )
                 (ref,), _ = ray.wait(list(inflight), num_returns=1)
