@@ -54,7 +54,8 @@ class Config:
     # model
     model: str | None = None
     """Model for the backend: HF directory, hub id, GGUF file, or server model name.
-    ``None`` = the embedded SmolLM2-135M-Instruct."""
+    ``None`` = ``$REASON_MODEL``, else the packaged Qwen2.5-Coder-0.5B-Instruct
+    (``smollm2`` names the small SmolLM2-135M-Instruct)."""
     device: str | None = None
     dtype: str | None = None
 

@@ -74,9 +74,7 @@ def resolve_model(spec: str | None) -> ModelSource:
     Raises :class:`~reason.errors.UsageError` when a packaged model is asked for but its
     wheels are missing or damaged, or when ``spec`` looks like a path that does not exist.
     """
-    if spec is None or not spec.strip():
-        spec = os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
-    spec = spec.strip()
+    spec = spec.strip() if spec and spec.strip() else default_spec()
     model = packaged.find(spec)
     if model is not None:
         return ModelSource("gguf", str(packaged.gguf_path(model, cache_root())), model.name)
@@ -96,6 +94,11 @@ def resolve_model(spec: str | None) -> ModelSource:
             f" a hub id, or a packaged model ({aliases})"
         )
     return ModelSource("hub", spec, spec.rsplit("/", 1)[-1])
+
+
+def default_spec() -> str:
+    """What no ``--model`` means: ``$REASON_MODEL``, else the default packaged model."""
+    return os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
 
 
 def _looks_like_path(spec: str) -> bool:

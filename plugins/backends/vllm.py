@@ -20,7 +20,8 @@ so requests with neighbouring seeds would share samples.)
 Settings (``config`` fields and ``options``, i.e. ``-o key=value``):
 
 - ``config.model`` (or ``--backend vllm:MODEL``): HF directory, hub id or ``.gguf`` file
-  (converted once to a dense HF directory); default the embedded SmolLM2.
+  (converted once to a dense HF directory), or a packaged model's name; default
+  ``$REASON_MODEL``, else Qwen2.5-Coder-0.5B-Instruct.
 - ``config.dtype`` or ``-o dtype`` (``auto``: vLLM's choice, bf16 on CPU), ``config.seed``.
 - options ``tensor_parallel_size`` (1), ``gpu_memory_utilization`` (0.9 on GPU; on CPU it is
   the share of RAM for the KV cache, default 0.3), ``max_model_len`` (the model's),
@@ -132,7 +133,9 @@ class VLLMBackend(StepRecorder, Backend):
 
     @property
     def model_name(self) -> str:
-        return str(self.arg or self.config.model or "SmolLM2-135M-Instruct (embedded)")
+        from reason.plugins.backends.models import default_spec
+
+        return str(self.arg or self.config.model or default_spec())
 
     def reset_stats(self) -> None:
         self.stats = VLLMStats(load_seconds=self.stats.load_seconds)

@@ -11,7 +11,7 @@ are the same number (up to float rounding).
 
 Options (``-o key=value``; the CLI's ``--prm-*`` flags set the same keys):
 
-- ``prm_model``: HF directory, hub id or ``.gguf``; default the embedded SmolLM2 (only
+- ``prm_model``: HF directory, hub id or ``.gguf``; default the default policy model (only
   useful to exercise the code path: it is not a reward model). ``--verifier prm:MODEL``
   works too.
 - ``prm_format``: ``auto`` (from the model name, else generic) | ``generic`` | ``rlhflow``
@@ -55,7 +55,7 @@ class PRMVerifier(ModelVerifier):
 
     option_prefix = "prm"
     options = (
-        Option("prm_model", str, None, help="the reward model: HF dir, hub id or .gguf [--verifier prm:MODEL, else the embedded model]"),
+        Option("prm_model", str, None, help="the reward model: HF dir, hub id or .gguf [--verifier prm:MODEL, else the default model]"),
         *FORMAT_OPTIONS,
         *scoring_options("prm"),
     )

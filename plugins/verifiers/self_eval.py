@@ -13,7 +13,7 @@ prefix (beam search re-scores growing paths every round).
 Options (``-o key=value``):
 
 - ``self_eval_model``: HF directory, hub id or ``.gguf``; default ``config.model`` (the
-  policy model; the embedded SmolLM2 when that is unset). ``--verifier self-eval:MODEL``
+  policy model; the default model when that is unset). ``--verifier self-eval:MODEL``
   works too.
 - ``self_eval_scope``: ``step`` (default; every step judged) or ``solution`` (only the
   whole path is judged, once; earlier steps score 1.0 so that ``last``, ``min`` and
