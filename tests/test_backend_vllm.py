@@ -513,6 +513,23 @@ def test_real_seed_gives_the_same_samples_alone_under_load_and_whatever_n(engine
 
 
 @pytest.mark.vllm
+def test_real_a_burst_of_seeded_prompts_larger_than_one_engine_step(engine):
+    """More prompt tokens at once than one step takes (the engine's max_model_len is 2048
+    here): vLLM 0.32 on CPU prefilled the last prompt in chunks and then crashed
+    ("CPU Generator does not use offset") rewinding its seeded generator. Found by the
+    continuous benchmark's 128-sequence burst; the backend turns chunked prefill off on CPU."""
+    story = "A train leaves the station at noon and travels east at a steady speed. "
+    requests = [
+        GenerateRequest(prompt=chat(engine, f"Problem {i}. {story * 5}How far?"), params=SamplingParams(temperature=0.8, max_tokens=4, seed=i))
+        for i in range(40)
+    ]
+    assert sum(len(engine.tokenizer.encode(r.prompt)) for r in requests) > 2 * 2048
+    results = engine.generate(requests)
+    assert [len(r) for r in results] == [1] * 40
+    assert all(r[0].num_tokens >= 1 for r in results)
+
+
+@pytest.mark.vllm
 def test_real_cancel_aborts_the_vllm_request(engine):
     prompt = chat(engine, "Count from 1 to 500, separated by commas.")
     vllm_engine = engine._engine

@@ -216,6 +216,13 @@ class VLLMBackend(StepRecorder, Backend):
             # Our own stat logger reports each step; vLLM's periodic log lines are noise here.
             disable_log_stats=True,
         )
+        if cpu:
+            # vLLM 0.32 on CPU crashes the engine ("CPU Generator does not use offset") when
+            # a seeded request's prompt is prefilled in chunks: it rewinds the request's
+            # generator, which only CUDA generators can do. Every sample here is seeded, and
+            # a burst of searches overflows one step's token budget, so on CPU whole
+            # prompts only (vLLM then raises the budget to the model's length).
+            kwargs["enable_chunked_prefill"] = False
         if self.max_model_len is not None:
             kwargs["max_model_len"] = self.max_model_len
         if self.block_size is not None:
