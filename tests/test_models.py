@@ -79,6 +79,22 @@ def test_cache_dir_follows_env_and_file_identity(tmp_path, monkeypatch):
     assert models.converted_dir(source) != first
 
 
+def test_a_reinstalled_gguf_finds_its_conversion(tmp_path, monkeypatch):
+    """The same bytes written again (a wheel reinstalled into a fresh virtualenv) keep
+    their cache directory, whatever the new timestamp; one changed byte does not."""
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF v1")
+    first = models.converted_dir(models.resolve_model(str(gguf)))
+    gguf.unlink()
+    gguf.write_bytes(b"GGUF v1")
+    os.utime(gguf, ns=(10**18, 10**18))
+    assert models.converted_dir(models.resolve_model(str(gguf))) == first
+    gguf.write_bytes(b"GGUF v2")
+    os.utime(gguf, ns=(10**18, 10**18))  # same size and mtime as before: the content decides
+    assert models.converted_dir(models.resolve_model(str(gguf))) != first
+
+
 def test_bad_dtype_is_a_usage_error():
     with pytest.raises(UsageError, match="--dtype"):
         models.resolve_dtype("int3", "cpu")

@@ -119,14 +119,30 @@ def cache_root() -> Path:
 
 
 def converted_dir(source: ModelSource) -> Path:
-    """The cache directory a GGUF source converts into (it may not exist yet)."""
+    """The cache directory a GGUF source converts into (it may not exist yet).
+
+    Named by the file's content, not its timestamp: a reinstalled wheel (a fresh virtualenv,
+    a CI clone) writes the same bytes with a new mtime and must find the same conversion,
+    or every install leaves another dense copy of the model behind in the cache.
+    """
     if source.kind != "gguf":
         raise ValueError(f"only GGUF models are converted, not {source.kind}")
-    stat = Path(source.path).stat()
-    digest = hashlib.sha256(
-        f"{CACHE_FORMAT}|{Path(source.path).name}|{stat.st_size}|{stat.st_mtime_ns}".encode()
-    ).hexdigest()[:16]
-    return cache_root() / "models" / f"{Path(source.path).stem}-{digest}"
+    path = Path(source.path)
+    stat = path.stat()
+    content = _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{content}".encode()).hexdigest()[:16]
+    return cache_root() / "models" / f"{path.stem}-{digest}"
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """SHA-256 of a file, hashed once per process while its stat stays the same (ctime too:
+    a rewrite can restore the mtime, not the ctime). About half a second for the default model."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _is_complete(folder: Path) -> bool:
