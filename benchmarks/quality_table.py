@@ -31,8 +31,8 @@ def row(directory: Path) -> dict[str, Any] | None:
         return None
     run = json.loads((directory / "run.json").read_text())
     config = run["identity"]["config"]
-    n = int(config["n"]) if config["search"] != "greedy" else 1
-    summary = compute_metrics(records, n)
+    summary = compute_metrics(records, int(config["n"]))
+    n = summary["n"]
     saved = [r["meta"].get("saved_fraction") for r in records if isinstance(r.get("meta"), dict)]
     saved = [s for s in saved if s is not None]
     code = records[0].get("kind") == "code"

@@ -96,6 +96,18 @@ def test_compute_metrics_averages_problems_and_scales_tokens():
     assert compute_metrics([], 4)["problems"] == 0
 
 
+def test_a_run_with_one_candidate_per_problem_is_measured_at_one():
+    """Greedy returns one candidate whatever --n says (the config default is 4): its
+    summary is @1 at its full tokens, not @4 with a quarter of them at @1."""
+    greedy = {**R1, "candidates": R1["candidates"][:1]}
+    s = compute_metrics([greedy, {**R2, "candidates": R2["candidates"][1:2]}], 4)
+    assert s["n"] == 1 and s["budgets"] == [1]
+    assert s["tokens@1"] == s["tokens_per_problem"] == 200
+    assert s["maj@1"] == 1.0 and "maj@2" not in s
+    # one problem with all four candidates keeps the run at n=4
+    assert compute_metrics([greedy, R2], 4)["n"] == 4
+
+
 def test_code_problems_get_pass_at_k_and_naive_only():
     record = {
         "task_id": "HumanEval/0", "kind": "code", "answer": "x", "correct": True,

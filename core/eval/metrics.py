@@ -126,7 +126,13 @@ def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]
     k-subset is exactly a k-sample run and ``tokens@k`` its cost. For step-level searches
     (beam, DVTS, MCTS) the candidates are the final paths of one search: ``@k`` votes over
     k of them and ``tokens@k`` only pro-rates that search's cost; their true budget point
-    is ``@n`` (run each N separately to trace their curve)."""
+    is ``@n`` (run each N separately to trace their curve).
+
+    ``n`` is the config's; when no problem returned that many candidates (greedy returns
+    one, whatever ``n`` says), the run is measured at the most any problem returned, so a
+    greedy run is not reported as ``@4`` at a quarter of its tokens."""
+    if records:
+        n = max(1, min(n, max(len(r.get("candidates") or []) for r in records)))
     count = len(records)
     summary: dict[str, Any] = {"problems": count, "n": n, "budgets": budgets(n)}
     if not count:
