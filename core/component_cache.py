@@ -13,11 +13,17 @@ The backend is the exception: a Runtime has one model and one engine, so its bac
 settings (:data:`BACKEND_FIELDS` and the backend's declared options) are fixed when the
 Runtime is built, and a solve that changes them is refused (:func:`check_backend`)
 rather than silently served by the old model.
+
+A long-lived Runtime (``reason serve``, where each request may set its own seed or
+temperature) must not grow without bound when a component reads every field, so at most
+:data:`VARIANTS_KEPT` are kept per name: the least recently used one is let go (not
+closed: a search may still hold it; what it holds is freed with it).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,6 +35,9 @@ from .registry import PluginRegistry
 
 BACKEND_FIELDS: tuple[str, ...] = ("backend", "model", "device", "dtype")
 """The Config fields that pick the model: fixed for a Runtime's life."""
+
+VARIANTS_KEPT = 16
+"""Components kept per (kind, name), one per config that matters to them."""
 
 Key = tuple[Any, ...]
 
@@ -84,20 +93,33 @@ class ComponentCache:
         wires its event emitter there)."""
         self.registry = registry
         self._adopt = adopt
-        self._built: dict[Key, Any] = {}
+        self._built: OrderedDict[Key, Any] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
+        self._warned: set[tuple[str, str]] = set()
 
     def get(self, kind: str, spec: str, config: Config) -> Any:
         registration, _ = self.registry.lookup(kind, spec)
         key = (kind, spec, config_key(registration.factory, config))
         with self._lock:
             component = self._built.get(key)
-            if component is None:
-                component = self.registry.create(kind, spec, config)
-                self._adopt(component, spec)
-                self._built[key] = component
-                if sum(1 for k in self._built if k[:2] == (kind, spec)) > 1:
-                    get_logger().debug("another component for another config", kind=kind, spec=spec)
+            if component is not None:
+                self._built.move_to_end(key)
+                return component
+            component = self.registry.create(kind, spec, config)
+            self._adopt(component, spec)
+            self._built[key] = component
+            variants = [k for k in self._built if k[:2] == (kind, spec)]
+            if len(variants) > 1:
+                get_logger().debug("another component for another config", kind=kind, spec=spec)
+            if len(variants) > VARIANTS_KEPT:
+                del self._built[variants[0]]
+                if (kind, spec) not in self._warned:
+                    self._warned.add((kind, spec))
+                    get_logger().warning(
+                        "component rebuilt for many configs; the oldest are let go. If it reads few "
+                        "Config fields, say which in its config_fields",
+                        kind=kind, spec=spec, kept=VARIANTS_KEPT,
+                    )
             return component
 
     def close(self) -> None:

@@ -70,6 +70,28 @@ def test_an_undeclared_component_is_rebuilt_for_any_other_config(registry):
         assert rt.verifier(rt.config.replace(n=9)) is not rt.verifier(rt.config)
 
 
+def test_a_long_lived_runtime_keeps_a_bounded_number_of_variants(registry):
+    """A server whose requests each set a seed must not keep one undeclared component per
+    request: the least recently used variant is let go, the ones in use stay."""
+    from reason.component_cache import VARIANTS_KEPT
+
+    class Legacy(reason.Verifier):
+        def score(self, requests):
+            return [reason.Score(step_scores=[0.5] * len(r.steps)) for r in requests]
+
+    registry.add("verifier", "legacy", Legacy)
+    with Runtime(Config(verifier="legacy"), registry=registry, backend=ScriptedBackend()) as rt:
+        first = rt.verifier(rt.config)
+        seeds = [rt.verifier(rt.config.replace(seed=s)) for s in range(1, VARIANTS_KEPT)]
+        assert rt.verifier(rt.config) is first  # 16 kept: the first is still there, now recent
+        rt.verifier(rt.config.replace(seed=1000))  # the 17th lets the least recent (seed 1) go
+        assert rt.verifier(rt.config) is first
+        assert rt.verifier(rt.config.replace(seed=2)) is seeds[1]
+        assert rt.verifier(rt.config.replace(seed=1)) is not seeds[0]
+        kept = [k for k in rt._cache._built if k[:2] == ("verifier", "legacy")]
+        assert len(kept) == VARIANTS_KEPT
+
+
 def test_a_runtimes_backend_settings_are_fixed():
     rt = Runtime(Config())  # the backend is built on first use: nothing loads here
     with pytest.raises(UsageError, match="backend is fixed when it is built; this run changes -o max_batch"):
