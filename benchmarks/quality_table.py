@@ -10,6 +10,12 @@ Columns: the strategy's choice (accuracy), the oracle-free vote at N (maj@N for 
 pass@N for code (an oracle ceiling: some candidate passes the hidden tests), generated
 tokens and wall seconds per problem, DeepConf's tokens saved against N full traces, and,
 for HumanEval, how many problems had no public tests (their candidates unverified).
+
+A second table asks whether the verifier helps, on each run's own candidates: the
+majority vote, the score-weighted vote and the top score (naive) at N on the same
+samples; "any right" (some candidate is right: what a perfect chooser gets); and the
+score's AUROC (the chance that a right candidate outscores a wrong one of the same run:
+0.5 is a coin).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from reason.eval.results import records_in
 ROOT = Path(__file__).resolve().parent / "results" / "quality"
 
 
-def row(directory: Path) -> dict[str, Any] | None:
+def row(directory: Path, name: str) -> dict[str, Any] | None:
     records = list(records_in(directory))
     if not records:
         return None
@@ -37,7 +43,7 @@ def row(directory: Path) -> dict[str, Any] | None:
     saved = [s for s in saved if s is not None]
     code = records[0].get("kind") == "code"
     return {
-        "run": directory.name,
+        "run": name,
         "dataset": run["identity"]["dataset"],
         "problems": len(records),
         "limit": run.get("limit"),
@@ -49,6 +55,45 @@ def row(directory: Path) -> dict[str, Any] | None:
         "saved": sum(saved) / len(saved) if saved else None,
         "unverified": sum(1 for r in records if code and not r.get("public_tests")) if code else None,
     }
+
+
+def choosers(directory: Path, name: str) -> dict[str, Any] | None:
+    """maj/weighted/naive at N, any-right and the score's AUROC on one run's candidates."""
+    records = [r for r in records_in(directory) if len(r.get("candidates") or []) > 1]
+    if not records:
+        return None
+    n = max(len(r["candidates"]) for r in records)
+    summary = compute_metrics(records, n)
+    right, wrong = [], []
+    for r in records:
+        for c in r["candidates"]:
+            if c.get("score") is not None:
+                (right if c.get("correct") else wrong).append(c["score"])
+    pairs = len(right) * len(wrong)
+    auroc = sum((a > b) + 0.5 * (a == b) for a in right for b in wrong) / pairs if pairs else None
+    return {
+        "run": name,
+        "n": n,
+        "maj": summary.get(f"maj@{n}"),
+        "weighted": summary.get(f"weighted@{n}"),
+        "naive": summary.get(f"naive@{n}"),
+        "any": sum(1 for r in records if any(c.get("correct") for c in r["candidates"])) / len(records),
+        "auroc": auroc,
+    }
+
+
+def render_choosers(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| run (its own candidates) | N | maj@N | weighted@N | naive@N (top score) | any right | score AUROC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        auroc = "-" if r["auroc"] is None else f"{r['auroc']:.2f}"
+        lines.append(
+            f"| {r['run']} | {r['n']} | {pct(r['maj'])} | {pct(r['weighted'])} | {pct(r['naive'])} | "
+            f"{pct(r['any'])} | {auroc} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def pct(value: float | None) -> str:
@@ -74,8 +119,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=ROOT)
     args = parser.parse_args()
-    rows = [r for d in sorted(args.root.iterdir()) if d.is_dir() and (r := row(d)) is not None]
+    # rows on the default backend first, then those kept from another (transformers/ROW)
+    runs = [f.parent for pattern in ("*/run.json", "*/*/run.json") for f in sorted(args.root.glob(pattern))]
+    runs = [(d, d.relative_to(args.root).as_posix()) for d in runs]
+    rows = [r for d, name in runs if (r := row(d, name)) is not None]
     table = render(rows)
+    chooser_rows = [r for d, name in runs if (r := choosers(d, name)) is not None]
+    if chooser_rows:
+        table += "\nThe same candidates, chosen four ways:\n\n" + render_choosers(chooser_rows)
     (args.root / "table.md").write_text(table)
     print(table, end="")
 

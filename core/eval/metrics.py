@@ -96,11 +96,15 @@ def _correct(cands: Sequence[dict[str, Any]], index: int | None) -> float:
     return 1.0 if index is not None and cands[index].get("correct") else 0.0
 
 
-def problem_metrics(record: dict[str, Any], n: int) -> dict[str, float]:
-    """One problem's expected accuracy of each rule at budget ``n`` (mean over subsets)."""
+def problem_metrics(record: dict[str, Any], n: int, scored: bool = True) -> dict[str, float]:
+    """One problem's expected accuracy of each rule at budget ``n`` (mean over subsets).
+    ``scored=False`` (no candidate of the run has a score) leaves out the rules that
+    choose by score."""
     cands = record.get("candidates") or []
     out: dict[str, float] = {}
     rules = ["naive"] if record.get("kind") == "code" else ["maj", "weighted", "naive"]
+    if not scored:
+        rules = [rule for rule in rules if rule == "maj"]
     picks = subsets(len(cands), n, record.get("task_id", "")) if cands else []
     for rule in rules:
         if not picks or not cands:
@@ -117,7 +121,8 @@ def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]
     """Every metric of a run, averaged over its problems.
 
     Keys: ``accuracy`` (the strategy's own choice), ``maj@k`` / ``weighted@k`` /
-    ``naive@k`` (and ``pass@k`` for code) for k in :func:`budgets`, ``tokens@k`` (generated
+    ``naive@k`` (and ``pass@k`` for code; the score rules only when some candidate has a
+    score) for k in :func:`budgets`, ``tokens@k`` (generated
     tokens per problem at that budget: the run's, scaled by k/n), ``tokens_per_problem``,
     ``prompt_tokens_per_problem``, ``seconds_per_problem`` (wall clock, model loading
     excluded), ``latency_per_problem`` (mean time from start to answer of one problem).
@@ -146,9 +151,10 @@ def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]
     summary["latency_per_problem"] = sum(r["seconds"] for r in records) / count
     summary["candidates_per_problem"] = sum(len(r.get("candidates") or []) for r in records) / count
     totals: dict[str, float] = {}
+    scored = any(c.get("score") is not None for r in records for c in r.get("candidates") or [])
     for k in budgets(n):
         for record in records:
-            for key, value in problem_metrics(record, k).items():
+            for key, value in problem_metrics(record, k, scored).items():
                 totals[key] = totals.get(key, 0.0) + value
         summary[f"tokens@{k}"] = tokens * k / n
     summary.update({key: value / count for key, value in totals.items()})
