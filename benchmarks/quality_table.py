@@ -58,9 +58,12 @@ def row(directory: Path, name: str) -> dict[str, Any] | None:
 
 
 def choosers(directory: Path, name: str) -> dict[str, Any] | None:
-    """maj/weighted/naive at N, any-right and the score's AUROC on one run's candidates."""
+    """maj/weighted/naive at N, any-right and the score's AUROC on one run's candidates;
+    ``None`` for a run without a verifier (self-consistency's rows recorded before its
+    candidates lost their scores carry vote shares, not a verifier's scores)."""
+    config = json.loads((directory / "run.json").read_text())["identity"]["config"]
     records = [r for r in records_in(directory) if len(r.get("candidates") or []) > 1]
-    if not records:
+    if not records or config.get("verifier") in (None, "none"):
         return None
     n = max(len(r["candidates"]) for r in records)
     summary = compute_metrics(records, n)
