@@ -65,7 +65,8 @@ RUN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--api-key", "options.api_key", dict(help="openai backend: API key [$OPENAI_API_KEY].")),
     ("--tokenizer", "options.tokenizer", dict(help="openai backend: tokenizer (HF dir or id) for the chat template.")),
     ("--prm-model", "options.prm_model", dict(help="prm verifier: reward model dir or id.")),
-    ("--prm-format", "options.prm_format", dict(type=click.Choice(["auto", "generic", "rlhflow", "math-shepherd", "qwen"]), help="prm verifier: input format [auto: from the model name]")),
+    # the formats are the prm plugin's to list (its declared option checks the value)
+    ("--prm-format", "options.prm_format", dict(help="prm verifier: input format (`reason plugins` lists them). [auto: from the model name]")),
     ("--prm-separator", "options.prm_separator", dict(help="prm verifier, generic format: text after each step (\\n escapes work).")),
     ("--prm-good-token", "options.prm_good_token", dict(help="prm verifier, generic format: the token meaning 'step is right'.")),
     ("--prm-bad-token", "options.prm_bad_token", dict(help="prm verifier, generic format: the token meaning 'step is wrong'.")),

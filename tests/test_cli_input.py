@@ -32,6 +32,8 @@ def run(*args, stdin=None):
         (["solve", "--recipe", "/nonexistent.toml", "q"], "recipe /nonexistent.toml does not exist"),
         (["solve", "-o", "novalue", "q"], "-o/--option takes key=value"),
         (["solve", "--task", "gsm8k"], "--task takes DATASET:ID"),
+        # the prm plugin's own declaration lists the formats (the CLI does not repeat them)
+        (["solve", "--verifier", "prm", "--prm-format", "nope", "q"], "prm_format='nope': must be one of auto, generic"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(args, message):
