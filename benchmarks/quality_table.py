@@ -31,13 +31,11 @@ from reason.eval.results import records_in
 ROOT = Path(__file__).resolve().parent / "results" / "quality"
 
 
-def row(directory: Path, name: str) -> dict[str, Any] | None:
-    records = list(records_in(directory))
+def row(run: dict[str, Any], records: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The main table's row of one run (``run``: its run.json)."""
     if not records:
         return None
-    run = json.loads((directory / "run.json").read_text())
-    config = run["identity"]["config"]
-    summary = compute_metrics(records, int(config["n"]))
+    summary = compute_metrics(records, int(run["identity"]["config"]["n"]))
     n = summary["n"]
     saved = [r["meta"].get("saved_fraction") for r in records if isinstance(r.get("meta"), dict)]
     saved = [s for s in saved if s is not None]
@@ -57,13 +55,12 @@ def row(directory: Path, name: str) -> dict[str, Any] | None:
     }
 
 
-def choosers(directory: Path, name: str) -> dict[str, Any] | None:
+def choosers(run: dict[str, Any], records: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     """maj/weighted/naive at N, any-right and the score's AUROC on one run's candidates;
     ``None`` for a run without a verifier (self-consistency's rows recorded before its
     candidates lost their scores carry vote shares, not a verifier's scores)."""
-    config = json.loads((directory / "run.json").read_text())["identity"]["config"]
-    records = [r for r in records_in(directory) if len(r.get("candidates") or []) > 1]
-    if not records or config.get("verifier") in (None, "none"):
+    records = [r for r in records if len(r.get("candidates") or []) > 1]
+    if not records or run["identity"]["config"].get("verifier") in (None, "none"):
         return None
     n = max(len(r["candidates"]) for r in records)
     summary = compute_metrics(records, n)
@@ -123,11 +120,13 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=ROOT)
     args = parser.parse_args()
     # rows on the default backend first, then those kept from another (transformers/ROW)
-    runs = [f.parent for pattern in ("*/run.json", "*/*/run.json") for f in sorted(args.root.glob(pattern))]
-    runs = [(d, d.relative_to(args.root).as_posix()) for d in runs]
-    rows = [r for d, name in runs if (r := row(d, name)) is not None]
-    table = render(rows)
-    chooser_rows = [r for d, name in runs if (r := choosers(d, name)) is not None]
+    runs = [
+        (json.loads(f.read_text()), list(records_in(f.parent)), f.parent.relative_to(args.root).as_posix())
+        for pattern in ("*/run.json", "*/*/run.json")
+        for f in sorted(args.root.glob(pattern))
+    ]
+    table = render([r for run in runs if (r := row(*run)) is not None])
+    chooser_rows = [r for run in runs if (r := choosers(*run)) is not None]
     if chooser_rows:
         table += "\nThe same candidates, chosen four ways:\n\n" + render_choosers(chooser_rows)
     (args.root / "table.md").write_text(table)
