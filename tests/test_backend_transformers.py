@@ -37,6 +37,15 @@ def one(backend, text: str, params: SamplingParams, n: int = 1):
     return backend.generate([GenerateRequest(text, params, n=n)])[0]
 
 
+def exact_on_cpu_only(request, backend) -> None:
+    """Results independent of the batch's shape (and logprobs equal to a plain forward pass
+    within 2e-4) are a CPU float32 property. On CUDA in bfloat16 the kernels change with the
+    batch's shape: on an H200, greedy text diverged at token 5 between a batch of 2 and a
+    batch of 1, and prefix-cache logprobs by 0.05. There these tests are expected failures."""
+    if backend.device.type != "cpu":
+        request.applymarker(pytest.mark.xfail(reason="CUDA bf16 kernels are not batch-invariant", strict=False))
+
+
 def test_registered_under_transformers():
     from reason import get_registry
     from reason.plugins.backends.transformers import TransformersBackend
@@ -108,9 +117,9 @@ def test_stop_string_cuts_text_right_after_it(backend):
         assert c.text.endswith(stop)
         assert stop not in c.text[: -len(stop)]
         assert c.text == full[: full.index(stop) + len(stop)]
-    # of several stop strings, the first one to appear wins
+    # of several stop strings, the first one to appear in the text wins (not the first listed)
     c = one(backend, p, greedy(24, stop=(".", " ")))[0]
-    assert c.text == full[: full.index(" ") + 1]
+    assert c.text == full[: min(full.index("."), full.index(" ")) + 1]
 
 
 def test_max_tokens_is_exact(backend):
@@ -130,7 +139,8 @@ def test_eos_ends_the_completion(backend):
     assert "<|im_end|>" not in c.text and "Paris" in c.text
 
 
-def test_logprobs_are_true_model_logprobs(backend):
+def test_logprobs_are_true_model_logprobs(request, backend):
+    exact_on_cpu_only(request, backend)
     import torch
 
     p = prompt(backend, "Count to five.")
@@ -145,7 +155,7 @@ def test_logprobs_are_true_model_logprobs(backend):
     # logprobs are taken before temperature scaling
     ids = backend.encode(p) + list(c.token_ids)
     with torch.inference_mode():
-        logits = backend.model(torch.tensor([ids])).logits[0].float()
+        logits = backend.model(torch.tensor([ids], device=backend.device)).logits[0].float()
     reference = torch.log_softmax(logits, dim=-1)
     start = len(ids) - c.num_tokens - 1
     for i, token in enumerate(c.token_ids):
@@ -160,7 +170,8 @@ def test_no_logprobs_when_k_is_zero(backend):
     assert len(c.logprobs) == c.num_tokens  # the chosen token's logprob is always there
 
 
-def test_temperature_zero_is_deterministic(backend):
+def test_temperature_zero_is_deterministic(request, backend):
+    exact_on_cpu_only(request, backend)
     p = prompt(backend, "Tell me a fact about cats.")
     first = one(backend, p, greedy(12), n=2)
     again = one(backend, p, greedy(12))
@@ -170,7 +181,8 @@ def test_temperature_zero_is_deterministic(backend):
     assert nucleus[0].token_ids == again[0].token_ids
 
 
-def test_seeds_reproducible_and_independent_of_the_batch(backend):
+def test_seeds_reproducible_and_independent_of_the_batch(request, backend):
+    exact_on_cpu_only(request, backend)
     p = prompt(backend, "Invent a name for a cat.")
     params = SamplingParams(temperature=1.0, max_tokens=12, seed=7)
     alone = one(backend, p, params, n=3)
@@ -206,13 +218,14 @@ def test_max_batch_does_not_change_results():
     assert small.stats.forward_passes > big.stats.forward_passes  # 5 sequences in 3 chunks vs 1
 
 
-def test_prefix_cache_gives_the_same_generations():
+def test_prefix_cache_gives_the_same_generations(request):
     """A beam-like workload: each round continues the previous round's paths. With the
     prefix cache the backend encodes far fewer prompt tokens and produces the same text."""
     from reason.plugins.backends.transformers import TransformersBackend
 
     cached = TransformersBackend(Config(options={"prefix_cache_tokens": 4096}))
     plain = TransformersBackend(Config(options={"prefix_cache_tokens": 0}))
+    exact_on_cpu_only(request, cached)
     base = prompt(cached, "Janet has 3 apples and buys 4 more. How many apples does she have? Think step by step.")
     results = {}
     for name, b in (("cached", cached), ("plain", plain)):

@@ -122,7 +122,7 @@ def test_gguf_converts_once_then_loads_from_the_cache(tmp_path, monkeypatch):
         cold = models.load_model(None)
         assert models._is_complete(target)
         assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no temp dirs left
-        ids = torch.tensor([models.load_tokenizer(None)("The sky is")["input_ids"]])
+        ids = torch.tensor([models.load_tokenizer(None)("The sky is")["input_ids"]], device=cold.device)
         with torch.inference_mode():
             cold_logits = cold(ids).logits
 

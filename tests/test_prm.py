@@ -106,7 +106,7 @@ def test_lm_read_matches_a_full_forward_softmax():
         model, [Row(list(encoded.input_ids), list(encoded.positions))], head="lm", labels=((good,), (bad,))
     )
     with torch.inference_mode():
-        logits = model(input_ids=torch.tensor([encoded.input_ids])).logits[0]
+        logits = model(input_ids=torch.tensor([encoded.input_ids], device=model.device)).logits[0]
     expected = [torch.softmax(logits[p, [good, bad]], dim=-1)[0].item() for p in encoded.positions]
     assert batches == 1
     assert values == pytest.approx(expected, abs=1e-5)
@@ -233,7 +233,7 @@ def test_qwen_format_reads_the_two_class_head_at_each_tag(monkeypatch):
     for path, score in zip(paths, scores):
         encoded = prm.format.encode(tokenizer, QUESTION, path)
         with torch.inference_mode():
-            logits = head(input_ids=torch.tensor([encoded.input_ids])).logits[0]
+            logits = head(input_ids=torch.tensor([encoded.input_ids], device=head.device)).logits[0]
         expected = [torch.softmax(logits[p], dim=-1)[1].item() for p in encoded.positions]
         assert score.step_scores == pytest.approx(expected, abs=1e-5)
     grown = prm.score([request(OTHER)])[0]

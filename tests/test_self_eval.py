@@ -56,7 +56,7 @@ def test_score_is_p_yes_over_yes_and_no_of_a_full_forward():
         ids = judge.judge_input(QUESTION, [s.strip() for s in STEPS[:k]])
         assert tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
         with torch.inference_mode():
-            probs = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), dim=-1)
+            probs = torch.softmax(model(input_ids=torch.tensor([ids], device=model.device)).logits[0, -1].float(), dim=-1)
         p_yes, p_no = probs[list(yes)].sum().item(), probs[list(no)].sum().item()
         expected.append(p_yes / (p_yes + p_no))
     assert scores == pytest.approx(expected, abs=1e-5)

@@ -7,6 +7,11 @@ temperature, top-p, seed and logprobs in one batch, per-sequence reproducible sa
 sequences that leave and join the batch between decode steps, and KV caches reused
 across requests.
 
+Reproducible means bit for bit on CPU in float32: a seeded or greedy request gives the same
+tokens whatever else shares its batch. On CUDA in bfloat16 it does not hold, since the
+kernels change with the batch's shape (on an H200, greedy text diverged at token 5 between
+a batch of 2 and a batch of 1); there a seeded run repeats only with the same batches.
+
 This module holds the backend class: loading the model, prompts, and handing requests
 to the loop.
 
