@@ -293,3 +293,16 @@ def test_the_plot_draws_pass_at_n_as_a_dashed_ceiling(tmp_path):
     finally:
         plt.close(fig)
     assert plot_run(CODE_SUMMARY, tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_a_search_that_ignores_n_is_not_labelled_with_it(problems, tmp_path, monkeypatch, scripted_backend):
+    monkeypatch.chdir(tmp_path)
+    common = ["eval", "--dataset", str(problems), "--backend", scripted_backend, "--limit", "2", "--no-plot"]
+    result = invoke(*common, "--search", "greedy")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert (tmp_path / "runs" / f"{problems.stem}-greedy" / SUMMARY).exists()
+    assert "n=4" not in result.output and "greedy n=1" in result.output  # the summary: one candidate
+    result = invoke(*common, "--search", "best-of-n", "--n", "2")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert (tmp_path / "runs" / f"{problems.stem}-best-of-n-n2" / SUMMARY).exists()
+    assert "best-of-n n=2" in result.output

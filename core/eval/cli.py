@@ -39,9 +39,24 @@ def _dataset_spec(name: str) -> str:
     return name
 
 
+def _reads_n(config: Any) -> bool:
+    """Whether the run's search reads ``--n`` (greedy returns one answer whatever it says),
+    so that labels and run directories name the n the run actually uses."""
+    from reason import get_registry
+
+    try:
+        registration, _ = get_registry().lookup("search", config.search)
+        fields = getattr(registration.factory, "config_fields", None)
+    except Exception:  # noqa: BLE001 -- an unknown search fails with its own message later
+        return True
+    return fields is None or "n" in fields
+
+
 def _default_out(spec: str, config: Any) -> Path:
+    """``runs/gsm8k-best-of-n-n8``; ``runs/gsm8k-greedy`` for a search that ignores --n."""
     name = Path(spec.partition(":")[2]).name.split(".")[0] if spec.startswith("jsonl:") else spec.replace(":", "-")
-    return Path("runs") / f"{name}-{config.search.replace(':', '-')}-n{config.n}"
+    search = config.search.replace(":", "-")
+    return Path("runs") / (f"{name}-{search}-n{config.n}" if _reads_n(config) else f"{name}-{search}")
 
 
 class _Progress:
@@ -216,7 +231,8 @@ def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None
 def _solve(run: Any, todo: list, total: int, quiet: bool, ray: dict[str, Any] | None) -> None:
     """Solve on a Runtime here, or on Ray workers (``ray``: the :class:`RayPool`'s
     arguments); either way this process grades, writes and reports."""
-    label = f"{run.dataset_spec.rsplit('/', 1)[-1]} {run.config.search} n={run.config.n}"
+    n = f" n={run.config.n}" if _reads_n(run.config) else ""
+    label = f"{run.dataset_spec.rsplit('/', 1)[-1]} {run.config.search}{n}"
     if ray is None:
         from reason import Runtime
 

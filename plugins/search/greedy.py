@@ -6,6 +6,7 @@ from reason import SearchContext, SearchOutcome, SearchPolicy
 
 class Greedy(SearchPolicy):
     options = ()
+    config_fields = ()  # one answer whatever --n and --temperature say
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         (leaf,) = await ctx.complete(ctx.root, 1, temperature=0.0)
