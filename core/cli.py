@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -334,13 +336,31 @@ def plugins(as_json: bool) -> None:
             click.echo(line)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds the way Ctrl-C does: searches
+    are cancelled, backends close (vLLM's engine processes too, which would otherwise
+    outlive a terminated command), and an eval keeps every line it wrote."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _interrupted(exc: BaseException) -> None:
+    terminated = isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated)
+    click.echo("reason: terminated" if terminated else "reason: interrupted", err=True)
+    sys.exit(128 + signal.SIGTERM if terminated else 130)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI; our errors become one line on stderr."""
+    """Entry point: run the CLI; our errors become one line on stderr. SIGTERM is handled
+    like Ctrl-C (:class:`Terminated`), for the command's lifetime only."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         cli.main(args=argv, prog_name="reason", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("reason: interrupted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt into Abort
+        _interrupted(exc)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -350,8 +370,10 @@ def main(argv: list[str] | None = None) -> None:
     except ReasonError as exc:
         click.echo(f"reason: error: {exc}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("reason: interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     except BrokenPipeError:
         sys.exit(0)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

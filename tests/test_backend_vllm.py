@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -633,6 +634,57 @@ def test_real_cli_solve_with_the_vllm_backend(engine):
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(result.stdout)  # stdout holds the JSON alone: vLLM logs to stderr
     assert data["usage"]["completion_tokens"] > 0 and data["usage"]["model_calls"] >= 1
+
+
+def live_processes_in_group(group: int) -> list[str]:
+    """The processes of process group ``group`` that still run (zombies left unreaped by
+    a container's init are not running), as "pid name"."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # it ended while we looked
+            continue
+        name, fields = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        if int(fields[2]) == group and fields[0] != "Z":
+            found.append(f"{stat.parent.name} {name}")
+    return found
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(900)
+def test_real_sigterm_mid_eval_stops_vllms_processes_and_keeps_the_results(tmp_path):
+    require_vllm()
+    out = tmp_path / "run"
+    args = ["eval", "--backend", "vllm", "-o", "max_model_len=1024", "-o", f"gpu_memory_utilization={SMALL['gpu_memory_utilization']}",
+            "--dataset", "multiarith", "--limit", "40", "--n", "2", "--max-tokens", "64", "--seed", "0",
+            "--concurrency", "1", "--quiet", "--no-plot", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from reason.cli import main; main()", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    results = out / "results.jsonl"
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None and not (results.exists() and results.read_text().count("\n")):
+            time.sleep(0.2)
+        assert proc.poll() is None, "the eval ended before it could be terminated"
+        assert live_processes_in_group(proc.pid)[1:], "vLLM's engine should run in processes of its own"
+        proc.terminate()
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + 15, output[-3000:]
+    assert "reason: terminated" in output and "--resume" in output
+    deadline = time.monotonic() + 30
+    while (left := live_processes_in_group(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in (int(p.split()[0]) for p in left):
+        os.kill(pid, 9)
+    assert not left, f"still running after the command ended: {left}"
+    lines = results.read_text().splitlines()
+    assert lines and all(json.loads(line)["task_id"].startswith("multiarith/") for line in lines)
 
 
 # -- CUDA only ----------------------------------------------------------------------------------------
