@@ -15,6 +15,18 @@ from typing import Any
 _pending: tuple[str, bool | None] | None = None
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written. Binding the stream object at
+    configure time breaks once it is swapped and closed (by a test's capture, a tool
+    embedding the CLI), and the next warning, from an engine thread, would raise there."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "warning", json_logs: bool | None = None) -> None:
     """(CLI only) structlog to stderr: console format on a TTY, JSON lines otherwise."""
     global _pending
@@ -37,7 +49,7 @@ def _apply() -> None:
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from reason import Config, GenerateRequest, Runtime, SamplingParams
+from reason.plugins.backends import transformers_loop
 
 pytestmark = pytest.mark.model
 
@@ -166,16 +167,21 @@ def test_a_failing_step_fails_every_request_it_held_and_the_engine_goes_on(backe
     """A forward pass that raises after newcomers were taken into the batch must fail
     their requests too (not leave them waiting forever)."""
     real = backend._decode
-    calls = {"n": 0}
 
     def flaky(batch, tokens):
-        calls["n"] += 1
-        if calls["n"] == 3:
+        # the first pass with the newcomers in the batch (1 row + 2 samples), whenever the
+        # submit below lands: failing at a fixed pass count raced the submit on a slow machine
+        if len(tokens) >= 3:
             raise RuntimeError("simulated out of memory")
         return real(batch, tokens)
 
+    class BrokenLog:  # a log sink that fails (a closed stream) must not end the loop either
+        def warning(self, *args, **kwargs):
+            raise ValueError("I/O operation on closed file.")
+
     monkeypatch.setattr(backend, "_decode", flaky)
-    first = backend.submit(GenerateRequest(prompt(backend, QUESTIONS[0]), SamplingParams(temperature=0, max_tokens=40)))
+    monkeypatch.setattr(transformers_loop, "log", BrokenLog())
+    first = backend.submit(GenerateRequest(prompt(backend, QUESTIONS[0]), SamplingParams(temperature=0, max_tokens=200)))
     wait_for(lambda: backend.rows_in_flight == 1)
     joining = backend.submit(GenerateRequest(prompt(backend, QUESTIONS[1]), SamplingParams(temperature=0, max_tokens=40), n=2))
     for future in (first, joining):

@@ -48,3 +48,19 @@ def test_the_cli_configuration_logs_json_to_stderr_at_its_level():
     (line,) = result.stderr.strip().splitlines()
     record = json.loads(line)
     assert record["event"] == "at-level" and record["level"] == "info" and record["a"] == 1 and result.stdout == ""
+
+
+def test_the_cli_configuration_writes_to_the_stderr_of_the_moment():
+    """A swapped and closed stderr (a test's capture, an app embedding the CLI) must not
+    make the next log line raise: on an engine thread that ended the engine."""
+    result = python(
+        "import io, sys\n"
+        "from reason import log\n"
+        "first = sys.stderr = io.StringIO()\n"
+        "log.configure('info', json_logs=True)\n"
+        "log.get_logger().info('one')\n"
+        "sys.stderr = sys.__stderr__; first.close()\n"
+        "log.get_logger().info('two')\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stderr)["event"] == "two"

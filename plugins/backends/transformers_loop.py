@@ -20,6 +20,7 @@ another sample of the same prompt) only encodes the tokens after the longest sha
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import random
 import threading
 import time
@@ -130,7 +131,6 @@ class DecodeLoop:
                     batch = self._iterate(batch)
                     self.rows_in_flight = len(batch.rows) if batch else 0
             except Exception as exc:  # a failed forward pass fails what it was computing
-                log.warning("transformers backend: decode step failed", error=str(exc))
                 failed = [s.owner for s in (batch.rows if batch else [])] + [s.owner for s in self._ready]
                 failed += [s.owner for s in self._admitting]  # taken off _ready, not yet in a batch
                 failed += [p for p in arrivals if p.sequences is None]
@@ -138,6 +138,10 @@ class DecodeLoop:
                     pending.fail(exc)
                 batch, self._ready, self._admitting = None, deque(), []
                 self.rows_in_flight = 0
+                # Logged last and guarded: the callers already have the error, and a broken
+                # log sink must not end the loop that every later request waits on.
+                with contextlib.suppress(Exception):
+                    log.warning("transformers backend: decode step failed", error=str(exc))
         error = BackendError("the transformers backend was closed")
         for pending in [*self._arrivals, *(s.owner for s in self._ready), *(s.owner for s in (batch.rows if batch else []))]:
             pending.fail(error)
