@@ -31,6 +31,9 @@ def backend():
     registry.add("backend", "sigterm", lambda config, arg: TerminatedMidGeneration(config=config))
     yield "sigterm"
     registry.remove("backend", "sigterm")
+    import structlog
+
+    structlog.reset_defaults()  # main() configured logging for the CLI; later tests expect none
 
 
 def test_sigterm_unwinds_like_ctrl_c_closes_the_backend_and_exits_143(backend, capsys):

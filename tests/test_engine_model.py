@@ -170,7 +170,7 @@ def test_a_failing_step_fails_every_request_it_held_and_the_engine_goes_on(backe
 
     def flaky(batch, tokens):
         # the first pass with the newcomers in the batch (1 row + 2 samples), whenever the
-        # submit below lands: failing at a fixed pass count raced the submit on a slow machine
+        # submit below lands (a fixed pass count would miss them if it landed late)
         if len(tokens) >= 3:
             raise RuntimeError("simulated out of memory")
         return real(batch, tokens)
