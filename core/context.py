@@ -4,6 +4,15 @@ A policy never talks to the backend directly. It awaits :meth:`SearchContext.exp
 :meth:`SearchContext.complete` and :meth:`SearchContext.score`; each request goes to its
 engine at once and is batched there with every other running search's. The context also keeps the tree, the usage, and
 applies reflection triggers, so policies stay short.
+
+Seeds: with a run seed, each request gets a seed of its own, derived from the run's seed,
+the key of the node it starts from (:attr:`Node.key`) and how many requests that node has
+started before. One seed for every request would draw the same samples for every request
+from the same node: DVTS's subtrees, all started at the root, would be copies of one
+subtree, and a rollout repeated from an MCTS node would repeat itself. Keys, unlike node
+ids, do not depend on which request finished first, so a seeded search stays
+reproducible. The root's first request keeps the run's seed itself, so best-of-N and
+self-consistency draw what one ``reason solve --seed`` request draws.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from .config import Config
 from .engine import gather_all
 from .events import AnswerFound, Event, NodesPruned, ReflectionInjected, StepsGenerated, StepsScored, TextGenerated
 from .tree import Node, Tree
-from .types import Candidate, GenerateRequest, SamplingParams, Score, ScoreRequest, Step, Task, Usage, aggregate
+from .types import Candidate, GenerateRequest, SamplingParams, Score, ScoreRequest, Step, Task, Usage, aggregate, derive_seed
 
 if TYPE_CHECKING:
     from .engine import Engines
@@ -177,6 +186,9 @@ class SearchContext:
         return await self._generate(node, n, params)
 
     async def _generate(self, node: Node, n: int, params: SamplingParams, whole: bool = False) -> list[Node]:
+        draw = _next_draw(node)
+        if params.seed is not None and (draw or node.parent is not None):
+            params = _evolve(params, seed=derive_seed(params.seed, "node", node.key, draw))
         request = GenerateRequest(prompt=self.prompt + node.text(), params=params, n=n)
         start = time.perf_counter()
         on_text = None
@@ -187,8 +199,8 @@ class SearchContext:
 
         completions = await self._engines.generate(self, request, on_text)
         children = []
-        for completion in completions:
-            child = self.tree.add(node, Step.from_completion(completion))
+        for index, completion in enumerate(completions):
+            child = self.tree.add(node, Step.from_completion(completion), key=f"{node.key}/{draw}.{index}")
             spent = child.num_tokens >= self.config.max_tokens
             child.terminal = completion.finished or spent or (whole and completion.finish_reason != "stop")
             if whole:
@@ -279,7 +291,8 @@ class SearchContext:
             node.step = _evolve(node.step, text=node.step.text[: -len(suppress)])
             node.meta["suppressed"] = suppress
         node.terminal = False
-        child = self.tree.add(node, Step(text=text, injected=True), kind="reflection", trigger=trigger)
+        key = f"{node.key}/{_next_draw(node)}.{trigger}"
+        child = self.tree.add(node, Step(text=text, injected=True), kind="reflection", key=key, trigger=trigger)
         self.emit(ReflectionInjected(task_id=self.task.id, trigger=trigger, node_id=child.id, parent_id=node.id, text=text))
         return child
 
@@ -310,6 +323,13 @@ class SearchContext:
             node.pruned = True
         if nodes:
             self.emit(NodesPruned(task_id=self.task.id, node_ids=tuple(n.id for n in nodes), reason=reason))
+
+
+def _next_draw(node: Node) -> int:
+    """Count a request (or reflection) started from ``node``; return its index there. Called
+    before the first await, in the order searches make requests (see the module doc)."""
+    node.draws += 1
+    return node.draws - 1
 
 
 def _evolve(params: SamplingParams, **changes: Any) -> SamplingParams:

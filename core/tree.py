@@ -42,6 +42,12 @@ class Node:
     answer: str | None = None
     meta: dict[str, Any] = field(factory=dict)
     """Anything else a strategy wants recorded in the tree (e.g. subtree index)."""
+    key: str = ""
+    """Where the node sits, named by the requests that made it (``/0.3``: sample 3 of the
+    root's first request), not by its id: ids follow the order in which requests finish,
+    keys the order in which searches make them. Seeds derive from keys."""
+    draws: int = 0
+    """How many requests (and reflections) have started from this node so far."""
 
     @property
     def depth(self) -> int:
@@ -118,8 +124,12 @@ class Tree:
     def root(self) -> Node:
         return self.nodes[0]
 
-    def add(self, parent: Node, step: Step, kind: str = "step", **meta: Any) -> Node:
-        node = Node(id=len(self.nodes), step=step, parent=parent, kind=kind, meta=dict(meta))
+    def add(self, parent: Node, step: Step, kind: str = "step", key: str | None = None, **meta: Any) -> Node:
+        """Add a child of ``parent``; ``key`` (see :attr:`Node.key`) defaults to one made
+        from the new node's id."""
+        node_id = len(self.nodes)
+        key = f"{parent.key}/#{node_id}" if key is None else key
+        node = Node(id=node_id, step=step, parent=parent, kind=kind, meta=dict(meta), key=key)
         parent.children.append(node)
         self.nodes.append(node)
         return node

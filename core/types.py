@@ -47,11 +47,18 @@ class SamplingParams:
             raise ValueError(f"max_tokens must be >= 1, got {value}")
 
 
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed made from ``seed`` and ``parts``: the same on every run, and
+    unrelated to the seed made from any other parts."""
+    text = ":".join(str(part) for part in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
 def sample_seed(seed: int, index: int) -> int:
     """The seed of sample ``index`` of a request seeded with ``seed``. Every backend that
     can seeds each sample with it, so sample ``i`` draws the same numbers whatever else is
     in the batch and whatever the request's ``n``."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
+    return derive_seed(seed, index)
 
 
 @frozen

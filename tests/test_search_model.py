@@ -74,6 +74,12 @@ def test_dvts(tmp_path):
     # per round when both subtrees asked together, at most once per subtree per round
     rounds = solution["meta"]["rounds"]
     assert rounds <= solution["usage"]["model_calls"] <= rounds * len(groups)
+    # seeded (--seed 0), the subtrees still draw their own samples from the root: with one
+    # seed for every request they were copies of each other
+    first_steps = [
+        {nodes[i]["text"] for i in nodes[0]["children"] if nodes[i]["meta"]["subtree"] == index} for index in range(2)
+    ]
+    assert first_steps[0] != first_steps[1]
 
 
 def test_mcts(tmp_path):
