@@ -95,10 +95,18 @@ def tagged_steps_script(finish_depth: int = 4, same_first: bool = False):
             return f"Step {depth} #{k} The answer is \\boxed{{{k}}} <{tag_for(k)}>"
         return f"Step {depth} #{k} <{tag_for(k)}>\n\n"
 
+    return step_script(lambda request, index, depth: one(depth), finish_depth)
+
+
+def step_script(one, finish_depth: int):
+    """A script for step-wise searches made from ``one(request, index, depth)``, the step
+    written at ``depth``: a request that stops at blank lines gets one step, a completion
+    to the end every step left."""
+
     def script(request, index):
         depth = depth_of(request.prompt)
         if "\n\n" in request.params.stop:
-            return one(depth)
-        return "".join(one(d) for d in range(depth, finish_depth))
+            return one(request, index, depth)
+        return "".join(one(request, index, d) for d in range(depth, finish_depth))
 
     return script

@@ -9,7 +9,7 @@ import hashlib
 
 import pytest
 from scripted import ContinuousScriptedBackend, ScriptedBackend
-from search_helpers import depth_of, register_tag_verifier, tag_for, unregister_tag_verifier
+from search_helpers import register_tag_verifier, step_script, tag_for, unregister_tag_verifier
 
 from reason import Config, Runtime, SearchContext, SearchOutcome, SearchPolicy
 from reason.registry import get_registry
@@ -34,13 +34,7 @@ def seeded_script(finish_depth: int = 3):
             return f"Step {depth} {draw} The answer is \\boxed{{{depth}}} <{tag_for(draw)}>"
         return f"Step {depth} {draw} <{tag_for(draw)}>\n\n"
 
-    def script(request, index):
-        depth = depth_of(request.prompt)
-        if "\n\n" in request.params.stop:
-            return one(request, index, depth)
-        return "".join(one(request, index, d) for d in range(depth, finish_depth))
-
-    return script
+    return step_script(one, finish_depth)
 
 
 def solve(search="dvts", backend=None, seed=0, **config):
