@@ -54,7 +54,7 @@ def first_steps_by_subtree(solution):
 
 def test_dvts_subtrees_started_at_the_root_draw_different_samples():
     solution, backend = solve()
-    (first_call,) = backend.calls[:1]
+    first_call = backend.calls[0]
     seeds = [request.params.seed for request in first_call]
     assert len(first_call) == 4 and len(set(seeds)) == 4  # one seed per subtree
     steps = first_steps_by_subtree(solution)
