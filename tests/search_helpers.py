@@ -78,26 +78,6 @@ def depth_of(prompt: str) -> int:
     return prompt.count("Step ")
 
 
-def tagged_steps_script(finish_depth: int = 4, same_first: bool = False):
-    """A script for step-wise searches: every sample writes one unique step
-    ``Step d #k <tag>`` (k counts samples, so every text and score differs); the step at
-    depth ``finish_depth - 1`` gives a boxed answer and ends the text. With
-    ``same_first`` every first step is identical (for de-duplication tests). A request
-    without a blank-line stop (a completion to the end) gets every remaining step."""
-    counter = [0]
-
-    def one(depth: int) -> str:
-        counter[0] += 1
-        k = counter[0]
-        if same_first and depth == 0:
-            return "Step 0 same <0.5>\n\n"
-        if depth >= finish_depth - 1:
-            return f"Step {depth} #{k} The answer is \\boxed{{{k}}} <{tag_for(k)}>"
-        return f"Step {depth} #{k} <{tag_for(k)}>\n\n"
-
-    return step_script(lambda request, index, depth: one(depth), finish_depth)
-
-
 def step_script(one, finish_depth: int):
     """A script for step-wise searches made from ``one(request, index, depth)``, the step
     written at ``depth``: a request that stops at blank lines gets one step, a completion
@@ -110,3 +90,23 @@ def step_script(one, finish_depth: int):
         return "".join(one(request, index, d) for d in range(depth, finish_depth))
 
     return script
+
+
+def tagged_steps_script(finish_depth: int = 4, same_first: bool = False):
+    """A script for step-wise searches: every sample writes one unique step
+    ``Step d #k <tag>`` (k counts samples, so every text and score differs); the step at
+    depth ``finish_depth - 1`` gives a boxed answer and ends the text. With
+    ``same_first`` every first step is identical (for de-duplication tests). Requests
+    are answered as in ``step_script``."""
+    counter = [0]
+
+    def one(depth: int) -> str:
+        counter[0] += 1
+        k = counter[0]
+        if same_first and depth == 0:
+            return "Step 0 same <0.5>\n\n"
+        if depth >= finish_depth - 1:
+            return f"Step {depth} #{k} The answer is \\boxed{{{k}}} <{tag_for(k)}>"
+        return f"Step {depth} #{k} <{tag_for(k)}>\n\n"
+
+    return step_script(lambda request, index, depth: one(depth), finish_depth)
