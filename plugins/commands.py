@@ -9,3 +9,6 @@ def reason_register_commands(cli):
     from reason.sandboxes.cli import sandbox_group  # cheap: click only; docker loads when a command runs
 
     cli.add_command(sandbox_group)
+    from reason.plugins.learn import cli as learn_cli  # click only, like the sandbox group
+
+    learn_cli.register(cli)

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from reason import Config, Dataset, Task, hookimpl
 from reason.answers import asks_for_percent, is_equivalent
 from reason.errors import UsageError
@@ -143,6 +145,17 @@ class GSM8K(NumericAnswers, FileDataset):
             reference=gsm8k_reference(record["answer"]),
             metadata={"solution": record["answer"]},
         )
+
+
+class GSM8KTrain(GSM8K):
+    """GSM8K train (7473 problems): for training and calibrating learned components
+    (``reason learn``), never for reporting accuracy. Ids ``gsm8k-train/N``."""
+
+    name = "gsm8k-train"
+    relative_path = "gsm8k/train.jsonl"
+
+    def task(self, index: int, record: dict[str, Any]) -> Task:
+        return attrs.evolve(super().task(index, record), id=f"gsm8k-train/{index}")
 
 
 class MultiArith(NumericAnswers, FileDataset):
@@ -328,6 +341,7 @@ def _final_answer(value: Any) -> str:
 
 DATASETS: dict[str, type[Dataset]] = {
     "gsm8k": GSM8K,
+    "gsm8k-train": GSM8KTrain,
     "math500": Math500,
     "multiarith": MultiArith,
     "humaneval": HumanEval,

@@ -29,6 +29,7 @@ def _no_env(monkeypatch):
     "name, count, first_id, first_reference",
     [
         ("gsm8k", 1319, "gsm8k/0", "18"),
+        ("gsm8k-train", 7473, "gsm8k-train/0", "72"),
         ("math500", 500, "math500/0", r"\left( 3, \frac{\pi}{2} \right)"),
         ("multiarith", 600, "multiarith/0", "39"),
         ("humaneval", 164, "HumanEval/0", None),

@@ -158,7 +158,65 @@ def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]
                 totals[key] = totals.get(key, 0.0) + value
         summary[f"tokens@{k}"] = tokens * k / n
     summary.update({key: value / count for key, value in totals.items()})
+    if scored:
+        summary.update(score_quality(records))
     return summary
+
+
+# --- how well the verifier's scores tell right from wrong ------------------------------------
+
+
+def auroc(right: Sequence[float], wrong: Sequence[float]) -> float | None:
+    """P(a right candidate's score > a wrong one's), ties counting half (Mann-Whitney);
+    ``None`` without both kinds."""
+    if not right or not wrong:
+        return None
+    ranked = sorted([(s, 1) for s in right] + [(s, 0) for s in wrong])
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):  # average ranks over ties
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        rank_sum += sum(label for _, label in ranked[i:j]) * (i + j + 1) / 2
+        i = j
+    n1, n0 = len(right), len(wrong)
+    return (rank_sum - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def average_precision(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """PR-AUC as average precision: the mean precision at the rank of each right one."""
+    positives = sum(1 for label in labels if label)
+    if not positives:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    hits, total = 0, 0.0
+    for rank, i in enumerate(order, 1):
+        if labels[i]:
+            hits += 1
+            total += hits / rank
+    return total / positives
+
+
+def score_quality(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How the candidates' scores separate right from wrong: ``score_auroc`` over every
+    candidate of the run, and ``score_auroc_within`` averaged over the problems that have
+    both right and wrong candidates (what choosing among one problem's candidates needs;
+    pooled AUROC also rewards telling easy problems from hard ones), with their count."""
+    right, wrong, within = [], [], []
+    for record in records:
+        mine = [(c["score"], bool(c.get("correct"))) for c in record.get("candidates") or [] if c.get("score") is not None]
+        r = [s for s, ok in mine if ok]
+        w = [s for s, ok in mine if not ok]
+        right += r
+        wrong += w
+        value = auroc(r, w)
+        if value is not None:
+            within.append(value)
+    return {
+        "score_auroc": auroc(right, wrong),
+        "score_auroc_within": sum(within) / len(within) if within else None,
+        "problems_mixed": len(within),
+    }
 
 
 def metric_names(summary: dict[str, Any]) -> list[str]:

@@ -88,6 +88,7 @@ def make_record(
                 "verifier_passed": getattr(score, "passed", None),
                 "group": group,
                 "tokens": node.num_tokens if node is not None else None,
+                "node": cand.node_id,
                 "text": cand.text,
             }
         )

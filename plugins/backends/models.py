@@ -145,6 +145,29 @@ def _file_sha256(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(source: ModelSource) -> str:
+    """A checksum of the model's weights, naming what a learned component (a probe head)
+    was trained on: the file's SHA-256 for a GGUF, and for a directory the SHA-256 over its
+    weight files' names and hashes. A hub id is hashed from its local snapshot."""
+    if source.kind == "gguf":
+        path = Path(source.path)
+        stat = path.stat()
+        return _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    folder = Path(source.path)
+    if source.kind == "hub":
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(source.path, local_files_only=True))
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        raise UsageError(f"model {source.name}: no weight files (*.safetensors, *.bin) in {folder}")
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.name}:{_file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)}\n".encode())
+    return digest.hexdigest()
+
+
 def _is_complete(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors")) and (
         folder / "tokenizer_config.json"

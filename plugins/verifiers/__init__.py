@@ -11,4 +11,5 @@ def reason_register_verifiers(register):
     register("confidence", ConfidenceVerifier)
     register("prm", lazy("reason.plugins.verifiers.prm:PRMVerifier"))
     register("self-eval", lazy("reason.plugins.verifiers.self_eval:SelfEvalVerifier"))
+    register("probe", lazy("reason.plugins.verifiers.probe:ProbeVerifier"))
     register("sandbox", lazy("reason.plugins.verifiers.sandbox:SandboxVerifier"))

@@ -1,0 +1,163 @@
+"""`reason learn`'s labels on a scripted backend: a trajectory that reaches the reference is
+labelled right, one that does not, wrong; Monte-Carlo labels from a shared tree; steps;
+the SFT export; the refusal of test splits; the verifier-quality metrics."""
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+from scripted import ScriptedBackend
+
+from reason import Config, Runtime, get_registry
+from reason.errors import UsageError
+from reason.eval.metrics import auroc, average_precision, score_quality
+from reason.eval.run import EvalRun
+from reason.plugins.learn.labels import record_trajectories, sft_records, split_paragraphs
+
+
+def adder(request, index):
+    """Even samples add correctly (in two steps), odd ones are off by one."""
+    a, b = map(int, re.findall(r"What is (\d+) plus (\d+)\?", request.prompt)[-1])
+    return f"Add {a} and {b}.\n\nThe answer is \\boxed{{{a + b + index % 2}}}."
+
+
+@pytest.fixture
+def problems(tmp_path):
+    path = tmp_path / "sums.jsonl"
+    rows = [{"question": f"What is {i} plus {i + 1}?", "answer": str(2 * i + 1)} for i in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def rollouts(path, out, script=adder, **config):
+    config = Config(**{"n": 2, "verifier": "none", "search": "self-consistency", "max_tokens": 64, **config})
+    dataset = get_registry().create("dataset", f"jsonl:{path}", config)
+    run = EvalRun(dataset_spec=f"jsonl:{path}", dataset=dataset, config=config, out=out, save_tree=True)
+    with Runtime(config, backend=ScriptedBackend(script)) as runtime:
+        return run.run(runtime, run.prepare())
+
+
+def test_a_trajectory_that_reaches_the_reference_is_right_and_one_that_does_not_is_wrong(problems, tmp_path):
+    records = rollouts(problems, tmp_path / "run")
+    trajectories = [t for r in records for t in record_trajectories(r)]
+    assert len(trajectories) == 6
+    for t in trajectories:
+        expected = t["candidate"] % 2 == 0  # the scripted even samples add correctly
+        assert t["correct"] is expected
+        assert t["labels"]["outcome"] == [int(expected)] * len(t["steps"])
+        assert t["labels"]["mc"] == [float(expected)] * len(t["steps"])  # independent samples: mc == outcome
+        assert "".join(t["steps"]).endswith("}.")
+        assert len(t["steps"]) == 2  # the sample is one tree node, cut at its blank line
+        assert t["token_ids"] and t["prompt"].endswith("<assistant>")
+
+
+def test_monte_carlo_labels_count_the_candidates_that_share_a_node(problems, tmp_path):
+    """Beam search shares its first steps between candidates: a shared step's estimate is
+    the share of right candidates below it."""
+    def two_steps(request, index):
+        a, b = map(int, re.findall(r"What is (\d+) plus (\d+)\?", request.prompt)[-1])
+        if "Add" not in request.prompt:
+            return f"Add {a} and {b}.\n\n"
+        return f"The answer is \\boxed{{{a + b + index % 2}}}."
+
+    records = rollouts(problems, tmp_path / "run", script=two_steps, search="beam", n=2, beam_width=2,
+                       verifier="confidence", max_steps=3)
+    record = records[0]
+    trajectories = record_trajectories(record)
+    right = [t for t in trajectories if t["correct"]]
+    wrong = [t for t in trajectories if not t["correct"]]
+    assert right and wrong
+    for t in trajectories:
+        assert t["labels"]["outcome"] == [int(t["correct"])] * len(t["steps"])
+    # N=2, M=2 keeps one first step and expands it twice: both candidates share that node,
+    # so its estimate is the share of right candidates below it
+    assert len({t["nodes"][0] for t in trajectories}) == 1
+    assert all(t["labels"]["mc"][0] == 0.5 for t in trajectories)
+    # the last step is each candidate's own: its estimate is its outcome
+    assert all(t["labels"]["mc"][-1] == float(t["correct"]) for t in trajectories)
+
+
+def test_steps_join_back_to_the_text():
+    text = "One.\n\nTwo.\n \nThree."
+    assert split_paragraphs(text) == ["One.\n\n", "Two.\n \n", "Three."]
+    assert "".join(split_paragraphs("a\n\n")) == "a\n\n"
+    assert split_paragraphs("") == []
+
+
+def test_sft_export_keeps_only_right_trajectories_in_chat_form(problems, tmp_path):
+    records = rollouts(problems, tmp_path / "run")
+    trajectories = [t for r in records for t in record_trajectories(r)]
+    sft = list(sft_records(trajectories, system_prompt="Be brief."))
+    assert len(sft) == 3
+    for item in sft:
+        roles = [m["role"] for m in item["messages"]]
+        assert roles == ["system", "user", "assistant"]
+        assert item["messages"][2]["content"].startswith("Add")
+
+
+def test_a_record_without_a_tree_is_refused_with_the_fix(problems, tmp_path):
+    record = rollouts(problems, tmp_path / "run")[0]
+    del record["tree"]
+    with pytest.raises(UsageError, match="--save-tree"):
+        record_trajectories(record)
+
+
+@pytest.fixture
+def scripted_backend():
+    registry = get_registry()
+    registry.add("backend", "scripted-adder", lambda config, arg: ScriptedBackend(adder, config), plugin="tests")
+    yield "scripted-adder"
+    registry.remove("backend", "scripted-adder")
+
+
+def invoke(*args):
+    from reason.cli import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=True)
+
+
+def test_cli_rollouts_labels_and_export(problems, tmp_path, scripted_backend):
+    out = tmp_path / "learn"
+    result = invoke("learn", "rollouts", "--dataset", str(problems), "--backend", scripted_backend, "--n", "2",
+                    "--search", "self-consistency", "--verifier", "none", "--max-tokens", "64", "--out", str(out), "-q")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    trajectories = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
+    assert len(trajectories) == 6 and sum(t["correct"] for t in trajectories) == 3
+    stats = json.loads((out / "trajectories.json").read_text())
+    assert stats["problems_with_mixed_outcomes"] == 3 and len(stats["sha256"]) == 64
+    sft = tmp_path / "sft.jsonl"
+    result = invoke("learn", "export-sft", str(out), "--out", str(sft))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert len(sft.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("dataset", ["gsm8k", "multiarith", "math500", "humaneval"])
+def test_rollouts_refuse_test_splits(dataset, tmp_path):
+    result = invoke("learn", "rollouts", "--dataset", dataset, "--out", str(tmp_path / "x"))
+    assert isinstance(result.exception, UsageError)
+    assert "test split" in str(result.exception) and "gsm8k-train" in str(result.exception)
+    assert not (tmp_path / "x").exists()
+
+
+def test_learn_commands_name_a_missing_run():
+    result = invoke("learn", "features", "/nonexistent/run")
+    assert isinstance(result.exception, UsageError) and "reason learn rollouts" in str(result.exception)
+
+
+def test_auroc_pr_auc_and_within_problem_quality():
+    assert auroc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert auroc([0.1], [0.9]) == 0.0
+    assert auroc([0.5], [0.5]) == 0.5
+    assert auroc([], [0.5]) is None
+    assert average_precision([0.9, 0.1, 0.8], [True, False, False]) == 1.0
+    assert average_precision([0.9, 0.8, 0.1], [False, True, True]) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # problem A is easy (high scores), B hard: pooled AUROC rewards that, within-problem does not
+    records = [
+        {"candidates": [{"score": 0.9, "correct": False}, {"score": 0.95, "correct": True}]},
+        {"candidates": [{"score": 0.2, "correct": True}, {"score": 0.3, "correct": False}]},
+        {"candidates": [{"score": 0.1, "correct": False}]},
+    ]
+    q = score_quality(records)
+    assert q["problems_mixed"] == 2 and q["score_auroc_within"] == 0.5
+    assert q["score_auroc"] == pytest.approx(auroc([0.95, 0.2], [0.9, 0.3, 0.1]))
