@@ -189,6 +189,7 @@ def features_command(run_dir: str, layers: str, limit: int | None, device: str |
 @click.option("--folds", "k", type=int, default=5, show_default=True, help="Cross-validation folds, by problem.")
 def train_command(run_dir: str, layers: str, out: str, kinds: str, label: str, k: int) -> None:
     """Cross-validate heads by problem, keep the best, calibrate it and save it with its card."""
+    from .heads import head_files
     from .labels import file_sha256
     from . import train as tr
 
@@ -225,7 +226,7 @@ def train_command(run_dir: str, layers: str, out: str, kinds: str, label: str, k
     }
     card["cross_validation"] = [dict(r, logits=None, name=c.name) for c, r in results]
     path = tr.save(head, card, Path(out))
-    _say(f"head saved: {path} and {path.with_suffix('.safetensors')}")
+    _say(f"head saved: {path} and {head_files(path)[1]}")
 
 
 def register(cli: click.Group) -> None:

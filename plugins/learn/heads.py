@@ -80,20 +80,29 @@ def parameter_count(head: Any) -> int:
     return sum(p.numel() for p in head.parameters())
 
 
+def head_files(path: Path | str) -> tuple[Path, Path]:
+    """The card and weights of the head named by ``path`` (its ``.json``, its ``.safetensors``
+    or the bare name). Only those two suffixes are stripped: a name such as
+    ``qwen2.5-coder-0.5b`` keeps its dots."""
+    path = Path(path)
+    if path.suffix in (".json", ".safetensors"):
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".json"), path.with_name(path.name + ".safetensors")
+
+
 def save_head(head: Any, card: dict[str, Any], path: Path) -> Path:
     """Write ``path.safetensors`` and ``path.json`` (the card, with the weights' checksum);
     each through a temporary file renamed into place, card last."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    weights = path.with_suffix(".safetensors")
-    tmp = weights.with_suffix(".safetensors.tmp")
+    card_path, weights = head_files(path)
+    card_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_name(weights.name + ".tmp")
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp))
+    tmp.chmod(0o644)  # safetensors writes 0600; a head is shipped and shared, not a secret
     tmp.replace(weights)
     card = {**card, "format": CARD_FORMAT, "weights_sha256": _sha256(weights)}
-    card_path = path.with_suffix(".json")
-    tmp_card = card_path.with_suffix(".json.tmp")
+    tmp_card = card_path.with_name(card_path.name + ".tmp")
     tmp_card.write_text(json.dumps(card, indent=2) + "\n")
     tmp_card.replace(card_path)
     return card_path
@@ -101,7 +110,7 @@ def save_head(head: Any, card: dict[str, Any], path: Path) -> Path:
 
 def read_card(path: Path) -> dict[str, Any]:
     """The card of the head at ``path`` (``.json``, ``.safetensors`` or the bare stem)."""
-    card_path = Path(path).with_suffix(".json")
+    card_path, _ = head_files(path)
     try:
         card = json.loads(card_path.read_text())
     except FileNotFoundError:
@@ -123,17 +132,17 @@ def load_head(path: Path, policy_sha256: str, policy_name: str) -> tuple[Any, di
     from safetensors.torch import load_file
 
     card = read_card(path)
+    card_path, weights = head_files(path)
     policy = card["policy"]
     if policy["sha256"] != policy_sha256:
         raise UsageError(
-            f"probe head {Path(path).with_suffix('.json')} was trained for {policy['name']} "
+            f"probe head {card_path} was trained for {policy['name']} "
             f"(sha256 {policy['sha256'][:12]}), not the policy {policy_name} (sha256 {policy_sha256[:12]}): "
             "train a head for this model with `reason learn`"
         )
-    weights = Path(path).with_suffix(".safetensors")
     if not weights.is_file() or _sha256(weights) != card["weights_sha256"]:
         raise UsageError(
-            f"probe head {weights} is missing or damaged (its checksum does not match {weights.with_suffix('.json').name}): "
+            f"probe head {weights} is missing or damaged (its checksum does not match {card_path.name}): "
             "retrain it or reinstall the package"
         )
     head = build_head(card["kind"], int(card["input_features"]), card.get("config"))
