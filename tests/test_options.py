@@ -173,7 +173,7 @@ def test_reason_plugins_shows_every_components_options():
     result = run("plugins")
     assert result.returncode == 0, result.stderr
     assert re.search(r"-o lookahead=int >= 0 +score each new step .* \(default 0\)", result.stdout)
-    assert re.search(r"-o final=visits\|value +the answer path .* \(default \"visits\"\)", result.stdout)
+    assert re.search(r"-o final=top\|vote\|weighted-vote\|visits\|value +the answer among rollouts: .* \(default \"weighted-vote\"\)", result.stdout)
     assert "no options: confidence" in result.stdout
     listed = json.loads(run("plugins", "--json").stdout)
     search = next(p for p in listed if p["name"] == "reason.plugins.search")

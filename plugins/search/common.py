@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from reason import Candidate, Node, SearchContext
 from reason import answers
+from reason.options import Option
 
 _BOXED = re.compile(r"\\boxed\{.*\}", re.DOTALL)
 
@@ -41,16 +42,45 @@ def distribute(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def choose(ctx: SearchContext, candidates: Sequence[Candidate]) -> tuple[Candidate | None, dict]:
-    """The final choice among scored candidates: the highest score (naive), or with
-    ``config.weighted`` the answer whose candidates' scores sum highest, then its best
-    candidate (search-and-learn's weighted best-of-N). The rules are
-    :func:`reason.answers.choose`'s, the ones ``reason eval`` measures."""
+FINALS = ("top", "vote", "weighted-vote")
+"""How a tree search picks its answer among the candidates it gathered (``-o final=``)."""
+
+_RULES = {"top": "naive", "vote": "majority", "weighted-vote": "weighted"}
+
+
+def final_option(default: str | None, help: str, extra: Sequence[str] = ()) -> Option:
+    """The ``final`` option a tree search declares: :data:`FINALS` (plus ``extra``
+    policy-specific choices), with the policy's default and help."""
+    return Option("final", str, default, choices=(*FINALS, *extra), help=help)
+
+
+def choose(
+    ctx: SearchContext,
+    candidates: Sequence[Candidate],
+    final: str | None = None,
+    weights: Sequence[float] | None = None,
+) -> tuple[Candidate | None, dict]:
+    """The final choice among scored candidates, by ``final``:
+
+    - ``top``: the highest score (naive best-of-N);
+    - ``vote``: the most frequent answer (self-consistency), then its best candidate;
+    - ``weighted-vote``: the answer whose candidates' scores sum highest, then its best
+      candidate (search-and-learn's weighted best-of-N);
+    - None: ``weighted-vote`` with ``config.weighted``, else ``top`` (best-of-N's rule).
+
+    ``weights`` replace the scores in the ranking and the sums (particle filtering
+    weighs by its particle weights). The rules are :func:`reason.answers.choose`'s, the
+    ones ``reason eval`` measures."""
+    if final is None:
+        final = "weighted-vote" if ctx.config.weighted else "top"
     if not candidates:
-        return None, {"mode": "none"}
-    mode = "weighted" if ctx.config.weighted else "naive"
-    index, total = answers.choose([c.answer for c in candidates], [c.score for c in candidates], mode)
-    meta = {"mode": mode, "answer_weight": total} if mode == "weighted" else {"mode": mode}
+        return None, {"mode": "none", "final": final}
+    mode = _RULES[final]
+    ranks = list(weights) if weights is not None else [c.score for c in candidates]
+    index, total = answers.choose([c.answer for c in candidates], ranks, mode)
+    meta: dict = {"mode": mode, "final": final}
+    if mode != "naive":
+        meta["answer_weight"] = total
     return candidates[index], meta
 
 

@@ -5,19 +5,31 @@ next steps from its current node, scores them, and greedily moves to the best on
 others are pruned. A subtree ends when its chosen step finishes the path (EOS, a boxed
 answer, the token budget) or at ``max_steps`` (the last round completes the path). Its
 M final siblings are its completions, so the search returns N completions grouped by
-subtree (``meta["subtrees"]``); the answer is chosen among them like best-of-N (naive,
-or ``weighted``). Subtrees never share nodes, which keeps the N paths diverse at large N.
+subtree (``meta["subtrees"]``). Subtrees never share nodes, which keeps the N paths
+diverse at large N.
+
+Option ``final`` (top | vote | weighted-vote): the answer among the N completions, as
+in best-of-N. Unset, today's rule: ``weighted-vote`` with ``--weighted``, else ``top``
+(so existing runs and recipes choose as before). With the confidence verifier prefer a
+vote: on the quality table DVTS's most confident completion got 26% on GSM8K and 56% on
+MultiArith, its weighted vote 34% and 74%.
 """
 
 from __future__ import annotations
 
 from reason import Node, SearchContext, SearchOutcome, SearchPolicy
 
-from .common import choose, is_finished, reflect_on_scores
+from .common import choose, final_option, is_finished, reflect_on_scores
 
 
 class DVTS(SearchPolicy):
-    options = ()
+    options = (
+        final_option(None, "the answer among the completions: top score, vote, or score-weighted vote [weighted-vote with --weighted, else top]"),
+    )
+
+    def __init__(self, config, arg=None):
+        super().__init__(config, arg)
+        self.final = self.option("final")
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         n, m = ctx.config.n, ctx.config.beam_width
@@ -28,7 +40,7 @@ class DVTS(SearchPolicy):
         for index, leaves in enumerate(finals):
             groups.append([node.id for node, _ in leaves])
             candidates.extend(ctx.candidate(node, score) for node, score in leaves)
-        chosen, meta = choose(ctx, candidates)
+        chosen, meta = choose(ctx, candidates, self.final)
         meta.update(subtrees=groups, rounds=max((node.meta.get("round", 0) + 1 for leaves in finals for node, _ in leaves), default=0))
         return SearchOutcome(candidates=candidates, chosen=chosen, meta=meta)
 

@@ -15,14 +15,25 @@ Marco-o1). Each iteration:
 5. *backpropagate*: every node from the simulated one up to the root gains one visit
    and the reward.
 
-After ``iterations`` iterations (default N) the answer path follows the most visited
-child from the root (``final = "visits"``) or the one with the highest mean value
-(``final = "value"``) down to a leaf, and ends with that leaf's best rollout. Every
-rollout is a candidate. Finished nodes are simulated by scoring their own path.
+After ``iterations`` iterations every rollout is a candidate, and ``final`` picks the
+answer among them:
+
+- ``weighted-vote`` (default): the answer whose rollouts' rewards sum highest, then its
+  best rollout. The default because it is what the search's evidence supports: on the
+  quality table the most visited path was right on 14% of GSM8K problems (below greedy's
+  22%) and 70% of MultiArith's, the weighted vote over the same rollouts on 26% and 82%.
+- ``vote``: the most frequent answer among the rollouts; ``top``: the best reward.
+- ``visits`` / ``value`` (Marco-o1's choice): follow the most visited child (or the one
+  with the highest mean value) from the root down to a leaf, and answer with that
+  leaf's best rollout.
+
+``meta["answer_path"]`` is the visits (or, with ``final = "value"``, the value) path
+whatever the choice. Finished nodes are simulated by scoring their own path.
 
 Options: ``iterations`` (N), ``expansion_width`` (2), ``exploration`` (1.414),
-``final`` (visits | value). One iteration costs at most one step request (k samples),
-one rollout and one verifier call; the engines batch them with other problems' requests.
+``final`` (weighted-vote | vote | top | visits | value). One iteration costs at most
+one step request (k samples), one rollout and one verifier call; the engines batch them
+with other problems' requests.
 """
 
 from __future__ import annotations
@@ -32,9 +43,10 @@ import math
 from reason import Candidate, Node, SearchContext, SearchOutcome, SearchPolicy
 from reason.options import Option
 
-from .common import is_finished, reflect_on_scores
+from .common import choose, final_option, is_finished, reflect_on_scores
 
-FINALS = ("visits", "value")
+TREE_FINALS = ("visits", "value")
+"""Marco-o1's choices: the answer path follows the most visited or best-valued child."""
 
 
 def uct(parent: Node, child: Node, exploration: float) -> float:
@@ -63,7 +75,11 @@ class MCTS(SearchPolicy):
         Option("iterations", int, None, minimum=1, help="select-expand-simulate-backpropagate rounds [--n]"),
         Option("expansion_width", int, 2, minimum=1, help="steps sampled when a node is expanded"),
         Option("exploration", float, 1.414, minimum=0, help="UCT exploration constant"),
-        Option("final", str, "visits", choices=FINALS, help="the answer path follows the most visited or best-valued child"),
+        final_option(
+            "weighted-vote",
+            "the answer among rollouts: top reward, vote, reward-weighted vote, or the most visited / best-valued path's",
+            extra=TREE_FINALS,
+        ),
     )
 
     def __init__(self, config, arg=None):
@@ -93,13 +109,15 @@ class MCTS(SearchPolicy):
             self.rollouts.setdefault(node.id, []).append((leaf, value))
             backpropagate(node, value)
             candidates.append(ctx.candidate(leaf, value))
-        chosen = self._final(ctx, candidates)
-        meta = {
-            "iterations": self.iterations,
-            "final": self.final,
-            "root_visits": ctx.root.visits,
-            "answer_path": [n.id for n in self._answer_path(ctx)],
-        }
+        if self.final in TREE_FINALS:
+            chosen, meta = self._final(ctx, candidates), {"final": self.final}
+        else:
+            chosen, meta = choose(ctx, candidates, self.final)
+        meta.update(
+            iterations=self.iterations,
+            root_visits=ctx.root.visits,
+            answer_path=[n.id for n in self._answer_path(ctx)],
+        )
         return SearchOutcome(candidates=candidates, chosen=chosen, meta=meta)
 
     def _select(self, ctx: SearchContext) -> Node:
@@ -127,10 +145,10 @@ class MCTS(SearchPolicy):
             visited = [child for child in self.kids.get(node.id, []) if child.visits > 0]
             if not visited:
                 return path
-            if self.final == "visits":
-                node = max(visited, key=lambda c: (c.visits, c.value))
-            else:
+            if self.final == "value":
                 node = max(visited, key=lambda c: (c.value, c.visits))
+            else:
+                node = max(visited, key=lambda c: (c.visits, c.value))
             path.append(node)
 
     def _final(self, ctx: SearchContext, candidates: list[Candidate]) -> Candidate | None:
