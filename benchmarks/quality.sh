@@ -52,6 +52,13 @@ answers() {  # the seven strategies on a dataset of numeric answers
     row "$dataset-deepconf8" "$dataset" 50 "$tokens" --search deepconf --n 8 --verifier none -o window=32 -o chunk=32 -o percentile=10
 }
 
+probe() {  # the learned verifier shipped for the default model (issue 26) in place of confidence
+    local dataset=$1 tokens=320
+    [[ $dataset == gsm8k ]] && tokens=512
+    row "$dataset-bon8-probe" "$dataset" 50 "$tokens" --search best-of-n --n 8 --weighted --verifier probe
+    row "$dataset-beam8-probe" "$dataset" 50 "$tokens" --search beam --n 8 --beam-width 2 --weighted --verifier probe
+}
+
 answers multiarith
 
 # HumanEval: the sandbox verifier runs each prompt's own examples (public tests), never the
@@ -62,6 +69,14 @@ row humaneval-bon8-public-reflect humaneval 80 384 --search best-of-n --n 8 --ve
     --reflect on-verifier-fail
 
 answers gsm8k
+probe gsm8k
+probe multiarith
+# GSM8K's first 100 (issue 26's yardstick). Each continues the 50-problem row of the same
+# settings (copied in: the seeds are per problem, so the first 50 are those problems' runs).
+# best-of-8 draws the same samples as self-consistency@8 at the same seed, so its maj@8 is
+# self-consistency@8 on these 100.
+row gsm8k100-greedy gsm8k 100 512 --search greedy
+row gsm8k100-bon8-probe gsm8k 100 512 --search best-of-n --n 8 --weighted --verifier probe
 
 if ((${#FAILED[@]})); then
     echo "failed rows: ${FAILED[*]}" >&2
