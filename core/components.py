@@ -136,6 +136,12 @@ class Verifier(Component, ABC):
     """Scores paths, step by step. Called in a worker thread with every path whose score
     was asked for while the previous call ran (one call at a time per verifier)."""
 
+    hidden_layers: tuple[int, ...] = ()
+    """Layers of the policy whose states this verifier reads (transformers' numbering:
+    ``k`` is block ``k``'s output). A run asks its backend to capture them while it samples;
+    where the backend can (transformers), each step arrives with them (``Step.hidden``) and
+    the verifier need not run the policy over the path again."""
+
     @abstractmethod
     def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
         """Return one :class:`Score` per request with one score per step, each in [0, 1]."""

@@ -139,11 +139,19 @@ class SearchContext:
         remaining = self.config.max_tokens - node.num_tokens
         if remaining <= 0:
             return None
-        params = self.splitter.step_params(self.config.sampling(**overrides))
-        for _, trigger in self.reflections:
-            params = trigger.adjust_params(params)
+        params = self.adjusted(self.splitter.step_params(self.config.sampling(**overrides)))
         if params.max_tokens > remaining:
             params = _evolve(params, max_tokens=remaining)
+        return params
+
+    def adjusted(self, params: SamplingParams) -> SamplingParams:
+        """``params`` as the run's components need them: each reflection trigger's change
+        (a stop string), and the layers whose states the verifier reads."""
+        for _, trigger in self.reflections:
+            params = trigger.adjust_params(params)
+        layers = self.verifier.hidden_layers if self.verifier is not None else ()
+        if layers and layers != params.hidden_layers:
+            params = _evolve(params, hidden_layers=layers)
         return params
 
     async def expand(self, node: Node, n: int = 1, **overrides: Any) -> list[Node]:
@@ -166,9 +174,7 @@ class SearchContext:
         if remaining <= 0:
             node.terminal = True
             return []
-        params = self.config.sampling(max_tokens=remaining, **overrides)
-        for _, trigger in self.reflections:
-            params = trigger.adjust_params(params)
+        params = self.adjusted(self.config.sampling(max_tokens=remaining, **overrides))
         children = await self._generate(node, n, params, whole=True)
         # A reflection trigger may have re-opened a finished path, or stopped it at a stop
         # string of its own (budget forcing's "</think>"): let the model go on (each
@@ -359,6 +365,7 @@ def split_step(step: Step, pieces: Sequence[str]) -> list[Step]:
                 logprobs=step.logprobs[start:end],
                 top_logprobs=step.top_logprobs[start:end],
                 finish_reason=step.finish_reason if i == len(pieces) - 1 else "stop",
+                hidden=None if step.hidden is None else step.hidden[start:end],
             )
         )
         start = end

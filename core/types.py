@@ -35,6 +35,12 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int = 5
     """How many top alternatives to report per generated token (0 = none)."""
+    hidden_layers: tuple[int, ...] = field(default=(), converter=lambda xs: tuple(sorted(set(xs))))
+    """Residual-stream layers whose state at every generated token the backend should
+    return (``Completion.hidden``), numbered as transformers' ``hidden_states`` (0 the
+    embeddings, ``k`` block ``k``'s output). Set by runs whose verifier reads the policy's
+    states (:attr:`reason.Verifier.hidden_layers`); backends that cannot capture them
+    (vLLM, servers) ignore it and the verifier runs the policy itself."""
 
     @top_p.validator
     def _check_top_p(self, attribute: Any, value: float) -> None:
@@ -85,6 +91,10 @@ class Completion:
     top_logprobs: tuple[tuple[float, ...], ...] = field(converter=lambda xs: tuple(tuple(x) for x in xs))
     finish_reason: FinishReason
     prompt_tokens: int = 0
+    hidden: Any = field(default=None, eq=False, repr=False)
+    """``[tokens, layers, hidden]`` tensor: the states at ``params.hidden_layers`` (ascending)
+    of every generated token, when the request asked for them and the backend captures
+    them; else ``None``."""
 
     @property
     def num_tokens(self) -> int:
@@ -109,6 +119,8 @@ class Step:
     finish_reason: FinishReason | None = None
     injected: bool = False
     """True for text the runtime inserted (a reflection), not sampled from the model."""
+    hidden: Any = field(default=None, eq=False, repr=False)
+    """The policy's states at the step's tokens (:attr:`Completion.hidden`), or ``None``."""
 
     @classmethod
     def from_completion(cls, completion: Completion) -> Step:
@@ -118,6 +130,7 @@ class Step:
             logprobs=completion.logprobs,
             top_logprobs=completion.top_logprobs,
             finish_reason=completion.finish_reason,
+            hidden=completion.hidden,
         )
 
 

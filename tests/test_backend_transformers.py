@@ -164,6 +164,37 @@ def test_logprobs_are_true_model_logprobs(request, backend):
         assert list(c.top_logprobs[i]) == pytest.approx(row.topk(4).values.tolist(), abs=2e-4)
 
 
+def test_hidden_states_of_every_generated_token_come_with_the_completion(request, backend):
+    """Asked for layers, the backend returns each generated token's states from the decode
+    passes it ran (the last token runs once more): equal to a plain forward pass over
+    prompt + completion, and the samples themselves are the same as without."""
+    exact_on_cpu_only(request, backend)
+    import torch
+
+    p = prompt(backend, "Count to five.")
+    plain_params = SamplingParams(temperature=1.0, max_tokens=12, seed=5)
+    plain = one(backend, p, plain_params, n=2)
+    asked = one(backend, p, attrs_evolve(plain_params, hidden_layers=(8, 4)), n=2)
+    assert [c.token_ids for c in asked] == [c.token_ids for c in plain]
+    assert all(c.hidden is None for c in plain)
+    for c in asked:
+        assert tuple(c.hidden.shape) == (c.num_tokens, 2, 576)  # layers ascending: 4, then 8
+        ids = backend.encode(p) + list(c.token_ids)
+        with torch.inference_mode():
+            states = backend.model(torch.tensor([ids], device=backend.device), output_hidden_states=True).hidden_states
+        for j, layer in enumerate((4, 8)):
+            expected = states[layer][0, -c.num_tokens :].float()
+            assert torch.allclose(c.hidden[:, j].float(), expected, atol=2e-3, rtol=1e-3)
+    eos = one(backend, p, greedy(200, hidden_layers=(4,)))[0]  # ends on EOS: that token's state too
+    assert eos.finish_reason == "eos" and eos.hidden.shape[0] == eos.num_tokens
+
+
+def attrs_evolve(params, **changes):
+    import attrs
+
+    return attrs.evolve(params, **changes)
+
+
 def test_no_logprobs_when_k_is_zero(backend):
     c = one(backend, prompt(backend, "Hi"), greedy(4, logprobs=0))[0]
     assert c.top_logprobs == ((),) * c.num_tokens

@@ -82,6 +82,32 @@ def test_the_probe_verifier_scores_a_real_solve(trained):
     assert solution.answer is not None or solution.candidates
 
 
+def test_on_the_transformers_backend_the_probe_reads_the_states_the_engine_kept(trained):
+    """No second pass over the text: the backend hands each step's states over, and the
+    scores equal what the verifier's own forward pass gives."""
+    import attrs
+
+    from reason import ScoreRequest
+
+    config = Config(model="smollm2", backend="transformers", search="beam", n=2, beam_width=2, max_tokens=48,
+                    seed=2, step_tokens=16, verifier=f"probe:{trained['head']}.json")
+    seen = []
+    with Runtime(config) as rt:
+        verifier = rt.verifier(config)
+        original = verifier.score
+        verifier.score = lambda requests: (seen.extend(requests), original(requests))[1]
+        solution = rt.solve("What is 2 plus 2?")
+        assert solution.candidates and seen
+        assert verifier.captured_tokens > 0 and verifier.read_tokens == 0
+        assert all(step.hidden is not None for request in seen for step in request.steps)
+        request = seen[-1]
+        captured = original([request])[0].step_scores
+        stripped = attrs.evolve(request, steps=[attrs.evolve(step, hidden=None) for step in request.steps])
+        read = original([stripped])[0].step_scores
+        assert verifier.read_tokens > 0
+        assert captured == pytest.approx(read, abs=2e-3)
+
+
 def test_the_probe_never_receives_the_reference_and_ignores_it(trained, tmp_path, monkeypatch):
     from reason.plugins.verifiers.probe import ProbeVerifier
 

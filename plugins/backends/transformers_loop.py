@@ -265,7 +265,7 @@ class DecodeLoop:
     def _retire(self, batch: Batch, tokens: list[int]) -> Batch | None:
         """Take finished rows out of the batch (their keys and values go to the prefix
         cache) and resolve every request whose samples are all done."""
-        done = [i for i, seq in enumerate(batch.rows) if seq.finish is not None]
+        done = [i for i, seq in enumerate(batch.rows) if seq.finish is not None and not seq.draining]
         if not done:
             return batch
         width = batch.mask.shape[1]
@@ -273,7 +273,7 @@ class DecodeLoop:
             seq = batch.rows[i]
             self._remember(seq, batch.cache, i, batch.lengths[i], width)
             seq.owner.sample_done()
-        keep = [i for i, seq in enumerate(batch.rows) if seq.finish is None]
+        keep = [i for i, seq in enumerate(batch.rows) if seq.finish is None or seq.draining]
         tokens[:] = [tokens[i] for i in keep]
         return self._select(batch, keep)
 
@@ -311,6 +311,7 @@ class DecodeLoop:
         start = time.perf_counter()
         rows = len(batch.rows)
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((rows, 1))], dim=1)
+        wanted = {seq.params.hidden_layers for seq in batch.rows if seq.params.hidden_layers}
         out = self._model(
             input_ids=torch.tensor([[t] for t in tokens], device=self.device),
             attention_mask=batch.mask,
@@ -318,7 +319,10 @@ class DecodeLoop:
             past_key_values=batch.cache,
             use_cache=True,
             logits_to_keep=1,
+            output_hidden_states=bool(wanted),
         )
+        if wanted:
+            self._keep_states(batch.rows, out.hidden_states, wanted)
         batch.logits = out.logits[:, -1, :]
         batch.lengths = [n + 1 for n in batch.lengths]
         self.stats.forward_passes += 1
@@ -328,6 +332,19 @@ class DecodeLoop:
             self.stats.waiting_steps += 1
             self.stats.waiting_rows += rows
         self.stats.decode_seconds += time.perf_counter() - start
+
+    def _keep_states(self, rows: list[SequenceState], states: tuple[torch.Tensor, ...], wanted: set[tuple[int, ...]]) -> None:
+        """Give every row that asked for them the states of the token it was just fed (the
+        last one it picked) at its layers: the pass computed them anyway."""
+        import torch
+
+        for layers in wanted:
+            if layers[-1] >= len(states):
+                raise BackendError(f"hidden_layers asks for layer {layers[-1]}; {self.model_name} has {len(states) - 1}")
+            stacked = torch.stack([states[k][:, -1] for k in layers], dim=1)  # [rows, layers, hidden]
+            for i, seq in enumerate(rows):
+                if seq.params.hidden_layers == layers:
+                    seq.hidden.append(stacked[i].clone())  # a copy: a view would keep the whole batch's states alive
 
     def _prefill(self, prompts: list[tuple[int, ...]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """Encode the distinct prompts of a chunk in one forward pass, reusing cached
@@ -389,7 +406,12 @@ class DecodeLoop:
         top_values = logprobs.topk(k, dim=-1).values.tolist() if k else None
         greedy = logits.argmax(dim=-1).tolist()
         tokens = []
+        drained = 0
         for i, seq in enumerate(active):
+            if seq.finish is not None:  # draining: its last token has run, nothing is picked
+                tokens.append(seq.token_ids[-1])
+                drained += 1
+                continue
             params = seq.params
             if params.temperature == 0:
                 token = greedy[i]
@@ -406,7 +428,7 @@ class DecodeLoop:
                     seq.owner.on_text(seq.index, text)
                 except Exception as exc:  # a listener gone (its loop closed) must not fail the batch
                     log.debug("on_text failed", error=str(exc))
-        self.stats.decode_tokens += len(active)
+        self.stats.decode_tokens += len(active) - drained
         return tokens
 
     def _settle(self, seq: SequenceState, total: int) -> None:

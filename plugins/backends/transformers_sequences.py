@@ -68,9 +68,23 @@ class SequenceState:
     top_logprobs: list[tuple[float, ...]] = field(factory=list)
     text: str = ""
     finish: FinishReason | None = None
+    hidden: list[torch.Tensor] = field(factory=list)
+    """``[layers, hidden]`` per generated token that ran through the model, when
+    ``params.hidden_layers`` asks for them."""
+
+    @property
+    def draining(self) -> bool:
+        """Finished, but its last token has not run through the model yet, and its state
+        was asked for: the row stays for one more decode pass that only reads states."""
+        return self.finish is not None and bool(self.params.hidden_layers) and len(self.hidden) < len(self.token_ids)
 
     def completion(self) -> Completion:
         assert self.finish is not None
+        hidden = None
+        if self.params.hidden_layers and self.hidden and len(self.hidden) == len(self.token_ids):
+            import torch
+
+            hidden = torch.stack(self.hidden)
         return Completion(
             text=self.text,
             token_ids=self.token_ids,
@@ -78,4 +92,5 @@ class SequenceState:
             top_logprobs=self.top_logprobs,
             finish_reason=self.finish,
             prompt_tokens=len(self.prompt_ids),
+            hidden=hidden,
         )

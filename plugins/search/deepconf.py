@@ -161,10 +161,7 @@ class DeepConf(SearchPolicy):
         remaining = ctx.config.max_tokens - node.num_tokens
         if remaining <= 0:
             return None
-        params = ctx.config.sampling(max_tokens=min(self.chunk, remaining))
-        for _, trigger in ctx.reflections:
-            params = trigger.adjust_params(params)
-        return params
+        return ctx.adjusted(ctx.config.sampling(max_tokens=min(self.chunk, remaining)))
 
     async def _trace(self, ctx: SearchContext, node: Node, threshold: float) -> tuple[Node, bool]:
         """Continue one trace chunk by chunk; stop it when a window drops below the

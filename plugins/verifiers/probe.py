@@ -6,12 +6,12 @@ layer and gives each step prefix a calibrated probability that the path reaches 
 answer. Step ``k``'s score reads the path up to the end of step ``k``; ``--aggregation
 last`` (the default) makes the whole path's score the probability at its end.
 
-The states come from one forward pass of the policy (transformers, in this process) up to
-the head's deepest layer only, with the keys, values and states of earlier reads reused:
-a path grown by a step runs its new tokens alone, and one prompt's samples share its
-prefix. With the ``transformers`` backend the pass reads the backend's own copy of the
-model (loads are shared); with ``vllm`` or a server the verifier loads the same weights
-once more.
+With the ``transformers`` backend the states cost nothing extra: the verifier declares its
+layers (``hidden_layers``), the backend keeps them from the decode passes it runs anyway
+and hands them over with each step. Elsewhere (``vllm``, a server, a reflection's injected
+text) the verifier runs the policy itself (transformers, in this process) up to the
+head's deepest layer only, reusing the keys, values and states of earlier reads: a path
+grown by a step runs its new tokens alone, and one prompt's samples share its prefix.
 
 The head ships for the default model (``plugins/verifiers/probes/``); ``probe:HEAD.json``
 or ``-o probe_head=HEAD.json`` names another. A head trained for other weights, or a
@@ -56,6 +56,7 @@ class ProbeVerifier(Verifier):
     options = (
         Option("probe_head", str, None, help="the head's card (.json) [probe:HEAD, else the one shipped for --model]"),
         Option("probe_cache_tokens", int, 16_384, minimum=0, help="tokens whose keys, values and states are kept for reuse"),
+        Option("probe_capture", bool, True, help="take the states the backend keeps while sampling; false: run the policy again"),
     )
     config_fields = ("model", "device", "dtype")
 
@@ -72,9 +73,15 @@ class ProbeVerifier(Verifier):
 
         self.head_path = path
         self.card = read_card(path)  # a missing or unreadable card fails now, not mid-run
+        if self.option("probe_capture"):
+            self.hidden_layers = tuple(sorted(set(self.card["features"]["layers"])))
         self._lock = threading.Lock()
         self._loaded: tuple[Any, Any, Any, Any] | None = None
         self.seconds = 0.0
+        self.captured_tokens = 0
+        """Path tokens whose states came with the steps (no forward pass here)."""
+        self.read_tokens = 0
+        """Path tokens whose states this verifier read by running the policy."""
 
     def load(self) -> None:
         """Load the policy (shared with the transformers backend), check the head belongs
@@ -120,7 +127,12 @@ class ProbeVerifier(Verifier):
             ends.append(len(ids) - len(prompt))
         if ends[-1] == 0:
             return Score(step_scores=tuple(0.5 for _ in request.steps))
-        states = reader.read(ids)[len(prompt) :]
+        states = self._captured(request.steps)
+        if states is None:
+            states = reader.read(ids)[len(prompt) :]
+            self.read_tokens += len(states)
+        else:
+            self.captured_tokens += len(states)
         with torch.inference_mode():
             if self.card["kind"] == "linear":
                 logits = head(pool(states, 0, [max(1, e) for e in ends], spec.pooling)).tolist()
@@ -128,6 +140,16 @@ class ProbeVerifier(Verifier):
                 logits = self._encoder_logits(head, states, ends)
         calibration = self.card.get("calibration", {})
         return Score(step_scores=tuple(calibrated(z, calibration) for z in logits))
+
+    def _captured(self, steps: Sequence[Any]) -> Any:
+        """The path's states as the backend captured them while sampling (``Step.hidden``),
+        or ``None`` when some step has none (another backend, an injected reflection)."""
+        import torch
+
+        parts = [step.hidden for step in steps]
+        if any(part is None or len(part) != len(step.token_ids) for part, step in zip(parts, steps)):
+            return None
+        return torch.cat(parts).float()
 
     def _encoder_logits(self, head: Any, states: Any, ends: Sequence[int]) -> list[float]:
         import torch
