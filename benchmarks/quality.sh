@@ -52,6 +52,12 @@ answers() {  # the seven strategies on a dataset of numeric answers
     row "$dataset-deepconf8" "$dataset" 50 "$tokens" --search deepconf --n 8 --verifier none -o window=32 -o chunk=32 -o percentile=10
 }
 
+particles() {  # particle filtering (issue 29): N=8 particles, weights logit(confidence), multinomial draws
+    local dataset=$1 tokens=320
+    [[ $dataset == gsm8k ]] && tokens=512
+    row "$dataset-pf8" "$dataset" 50 "$tokens" --search particle-filtering --n 8 --verifier confidence
+}
+
 probe() {  # the learned verifier shipped for the default model (issue 26) in place of confidence
     local dataset=$1 tokens=320
     [[ $dataset == gsm8k ]] && tokens=512
@@ -77,6 +83,8 @@ probe multiarith
 # self-consistency@8 on these 100.
 row gsm8k100-greedy gsm8k 100 512 --search greedy
 row gsm8k100-bon8-probe gsm8k 100 512 --search best-of-n --n 8 --weighted --verifier probe
+particles multiarith
+particles gsm8k
 
 if ((${#FAILED[@]})); then
     echo "failed rows: ${FAILED[*]}" >&2

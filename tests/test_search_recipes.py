@@ -10,7 +10,7 @@ from reason import Config, Runtime
 RECIPES = Path(__file__).resolve().parent.parent / "examples" / "recipes"
 
 
-@pytest.mark.parametrize("name", ["beam", "dvts", "mcts", "compute-optimal", "deepconf"])
+@pytest.mark.parametrize("name", ["beam", "dvts", "mcts", "compute-optimal", "deepconf", "particle-filtering"])
 def test_recipe_runs(name):
     config = Config.from_recipe(RECIPES / f"{name}.toml")
     assert config.search == name

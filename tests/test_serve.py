@@ -146,7 +146,7 @@ def test_plugin_options_only_when_the_server_allows_them():
         unknown = error_of(chat(c, reason={"options": {"no_such": 1}}))
         assert unknown["param"] == "reason.options.no_such" and "unknown option no_such" in unknown["message"]
         unused = error_of(chat(c, reason={"options": {"iterations": 2}}))  # the server's search is best-of-n
-        assert "iterations is an option of search mcts, which this run does not use" in unused["message"]
+        assert "iterations is an option of search mcts and search particle-filtering, which this run does not use" in unused["message"]
 
 
 def test_a_failing_search_is_a_500_whole_or_mid_stream_and_the_server_goes_on():

@@ -481,12 +481,13 @@ def check_real_tree(browser: Browser, html: Path, tree: dict, solution: dict, sh
 
 @pytest.fixture(scope="module")
 def real_trees(tmp_path_factory):
-    """A beam tree with injected reflections and an MCTS tree, from `reason solve`."""
+    """A beam tree with injected reflections, an MCTS tree and a particle filter's, from `reason solve`."""
     root = tmp_path_factory.mktemp("real-trees")
     common = ["--max-tokens", "64", "--seed", "0", "-o", "threads=1", "--json", "-q"]
     runs = {
         "beam": ["--search", "beam", "--n", "2", "--beam-width", "2", "--reflect", "low-confidence:0.9", "--reflect", "marco"],
         "mcts": ["--search", "mcts", "--n", "2", "--splitter", "ministep:16", "-o", "iterations=4"],
+        "particles": ["--search", "particle-filtering", "--n", "4", "--splitter", "ministep:16"],
     }
     out = {}
     for name, args in runs.items():
@@ -519,6 +520,25 @@ def test_real_mcts_tree_shows_visits_and_values(real_trees, browser, tmp_path):
     state = check_real_tree(browser, html, tree, solution, tmp_path / "mcts.png")
     assert state["visits"] == {str(n["id"]): str(n["visits"]) if n["visits"] else "" for n in tree["nodes"]}
     assert any(n["visits"] for n in tree["nodes"])
+
+
+@pytest.mark.model
+@pytest.mark.browser
+@needs_chromium
+def test_real_particle_filter_tree_shows_the_draws(real_trees, browser, tmp_path):
+    tree, solution, html = real_trees["particles"]
+    assert solution["answer"] is not None or solution["candidates"]
+    check_real_tree(browser, html, tree, solution, tmp_path / "particles.png")
+    drawn = {n["id"]: n["meta"]["particles"] for n in tree["nodes"] if "particles" in (n.get("meta") or {})}
+    assert drawn, "no resampling happened: the test needs one"
+    shown = browser.js(
+        "Object.fromEntries([...document.querySelectorAll('#rows .row')].filter(r => r.querySelector('.b-pf'))"
+        ".map(r => [r.dataset.i, r.querySelector('.b-pf').textContent]))"
+    )
+    assert shown == {str(i): "\u00D7" + " \u2192 ".join(map(str, copies)) for i, copies in drawn.items()}
+    # the copies of each draw add up to the particle count
+    ancestors = solution["meta"]["iterations"][0]["ancestors"]
+    assert all(len(a) == 4 for a in ancestors)
 
 
 @pytest.mark.model

@@ -9,6 +9,7 @@ from .deepconf import DeepConf
 from .dvts import DVTS
 from .greedy import Greedy
 from .mcts import MCTS
+from .particle_filtering import ParticleFiltering
 from .self_consistency import SelfConsistency
 
 
@@ -22,3 +23,4 @@ def reason_register_searches(register):
     register("mcts", MCTS)
     register("compute-optimal", ComputeOptimal)
     register("deepconf", DeepConf)
+    register("particle-filtering", ParticleFiltering)

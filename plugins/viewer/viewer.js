@@ -129,6 +129,7 @@
     else if (n.k === "reflection") h += '<b class="bg b-re" title="' + esc((n.m && n.m.trigger) || "reflection") + '">\u21BB reflection</b>';
     if (n.P) h += '<b class="bg b-pr">\u2702 pruned</b>';
     if (n.m && n.m.rollout_of !== undefined) h += '<b class="bg b-ro">rollout</b>';
+    if (n.m && n.m.particles) h += '<b class="bg b-pf" title="particle filtering: copies drawn of this path at each resampling">\u00D7' + n.m.particles.join(" \u2192 ") + "</b>";
     if (i === S.chosen) h += '<b class="bg b-ch">\u2605 chosen</b>';
     var text = n.k === "root" ? S.data.question || "(the prompt)" : n.t;
     if (S.open[i]) h += '<span class="tx">' + (esc(text) || '<span class="end">(empty)</span>') + "</span></span>";
@@ -335,6 +336,7 @@
     if (n.s) for (var name in n.s) h += kv("step score", num(n.s[name], 3) + ' <span style="color:var(--muted)">' + esc(name) + "</span>");
     if (n.ps !== undefined) h += kv("path score", num(n.ps, 3) + ' <span style="color:var(--muted)">' + esc(S.data.aggregation || "last") + " of " + (n.ss ? n.ss.length : 0) + "</span>");
     if (n.v) h += kv("visits N", n.v) + kv("value Q", num(n.q, 3));
+    if (n.m && n.m.particles) h += kv("particles drawn", esc(n.m.particles.join(" \u2192 "))) + kv("weight share", num(n.m.weight, 3));
     if (n.m && n.m.rewards) h += kv("rewards", esc(n.m.rewards.map(function (r) { return num(r, 3); }).join(" ")));
     if (n.lp !== undefined) h += kv("mean p(token)", num(Math.exp(n.lp), 3));
     if (n.f) h += kv("finish", esc(n.f));
