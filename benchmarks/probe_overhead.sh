@@ -37,12 +37,9 @@ from pathlib import Path
 out = Path(sys.argv[1])
 arms = {}
 for arm in ("none", "probe", "probe-reread"):
-    records = [json.loads(line) for line in (out / arm / "results.jsonl").read_text().splitlines() if line.strip()]
-    arms[arm] = {
-        "problems": len(records),
-        "seconds_per_problem": round(sum(r.get("wall_seconds", r["seconds"]) for r in records) / len(records), 2),
-        "accuracy": sum(bool(r.get("correct")) for r in records) / len(records),
-    }
+    summary = json.loads((out / arm / "summary.json").read_text())  # reason eval's, over all 8 problems
+    arms[arm] = {key: summary[key] for key in ("problems", "accuracy")}
+    arms[arm]["seconds_per_problem"] = round(summary["seconds_per_problem"], 2)
 base = arms["none"]["seconds_per_problem"]
 for arm in arms.values():
     arm["ratio_to_none"] = round(arm["seconds_per_problem"] / base, 3)

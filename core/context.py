@@ -149,9 +149,8 @@ class SearchContext:
         (a stop string), and the layers whose states the verifier reads."""
         for _, trigger in self.reflections:
             params = trigger.adjust_params(params)
-        layers = self.verifier.hidden_layers if self.verifier is not None else ()
-        if layers and layers != params.hidden_layers:
-            params = _evolve(params, hidden_layers=layers)
+        if self.verifier is not None and self.verifier.hidden_layers:
+            params = _evolve(params, hidden_layers=self.verifier.hidden_layers)
         return params
 
     async def expand(self, node: Node, n: int = 1, **overrides: Any) -> list[Node]:

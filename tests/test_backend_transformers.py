@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from reason import Config, GenerateRequest, SamplingParams, UsageError
+from reason import BackendError, Config, GenerateRequest, SamplingParams, UsageError
 
 pytestmark = pytest.mark.model
 
@@ -169,12 +169,13 @@ def test_hidden_states_of_every_generated_token_come_with_the_completion(request
     passes it ran (the last token runs once more): equal to a plain forward pass over
     prompt + completion, and the samples themselves are the same as without."""
     exact_on_cpu_only(request, backend)
+    import attrs
     import torch
 
     p = prompt(backend, "Count to five.")
     plain_params = SamplingParams(temperature=1.0, max_tokens=12, seed=5)
     plain = one(backend, p, plain_params, n=2)
-    asked = one(backend, p, attrs_evolve(plain_params, hidden_layers=(8, 4)), n=2)
+    asked = one(backend, p, attrs.evolve(plain_params, hidden_layers=(8, 4)), n=2)
     assert [c.token_ids for c in asked] == [c.token_ids for c in plain]
     assert all(c.hidden is None for c in plain)
     for c in asked:
@@ -187,12 +188,8 @@ def test_hidden_states_of_every_generated_token_come_with_the_completion(request
             assert torch.allclose(c.hidden[:, j].float(), expected, atol=2e-3, rtol=1e-3)
     eos = one(backend, p, greedy(200, hidden_layers=(4,)))[0]  # ends on EOS: that token's state too
     assert eos.finish_reason == "eos" and eos.hidden.shape[0] == eos.num_tokens
-
-
-def attrs_evolve(params, **changes):
-    import attrs
-
-    return attrs.evolve(params, **changes)
+    with pytest.raises(BackendError, match="layer 99; SmolLM2-135M-Instruct has 30"):
+        one(backend, p, greedy(4, hidden_layers=(99,)))
 
 
 def test_no_logprobs_when_k_is_zero(backend):

@@ -165,6 +165,9 @@ class DecodeLoop:
         ids = tuple(self.encode(request.prompt))
         if len(ids) >= self.max_positions:
             raise BackendError(f"the prompt has {len(ids)} tokens; {self.model_name} takes at most {self.max_positions}")
+        layers = self._model.config.num_hidden_layers
+        if request.params.hidden_layers and request.params.hidden_layers[-1] > layers:
+            raise BackendError(f"hidden_layers asks for layer {request.params.hidden_layers[-1]}; {self.model_name} has {layers}")
         seed = request.params.seed
         if seed is None:
             seed = self._rng.getrandbits(63)
@@ -339,8 +342,6 @@ class DecodeLoop:
         import torch
 
         for layers in wanted:
-            if layers[-1] >= len(states):
-                raise BackendError(f"hidden_layers asks for layer {layers[-1]}; {self.model_name} has {len(states) - 1}")
             stacked = torch.stack([states[k][:, -1] for k in layers], dim=1)  # [rows, layers, hidden]
             for i, seq in enumerate(rows):
                 if seq.params.hidden_layers == layers:

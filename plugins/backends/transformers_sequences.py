@@ -81,7 +81,7 @@ class SequenceState:
     def completion(self) -> Completion:
         assert self.finish is not None
         hidden = None
-        if self.params.hidden_layers and self.hidden and len(self.hidden) == len(self.token_ids):
+        if self.hidden and len(self.hidden) == len(self.token_ids):
             import torch
 
             hidden = torch.stack(self.hidden)

@@ -177,10 +177,11 @@ class ParticleFiltering(SearchPolicy):
         """One more step for every particle (the whole rest on the last step). Copies of a
         node are sampled in one request; a finished particle stays as it is."""
         groups: dict[int, list[int]] = {}
+        nodes: dict[int, Node] = {}
         for i, particle in enumerate(particles):
             if not is_finished(ctx, particle.node):
                 groups.setdefault(particle.node.id, []).append(i)
-        nodes = {particles[group[0]].node.id: particles[group[0]].node for group in groups.values()}
+                nodes[particle.node.id] = particle.node
         grown = await ctx.gather(
             *((ctx.complete if last else ctx.expand)(nodes[key], len(group)) for key, group in groups.items())
         )

@@ -74,7 +74,7 @@ class ProbeVerifier(Verifier):
         self.head_path = path
         self.card = read_card(path)  # a missing or unreadable card fails now, not mid-run
         if self.option("probe_capture"):
-            self.hidden_layers = tuple(sorted(set(self.card["features"]["layers"])))
+            self.hidden_layers = tuple(self.card["features"]["layers"])
         self._lock = threading.Lock()
         self._loaded: tuple[Any, Any, Any, Any] | None = None
         self.seconds = 0.0
@@ -119,17 +119,17 @@ class ProbeVerifier(Verifier):
         head, spec, tokenizer, reader = self._loaded
         if not request.steps:
             return Score(step_scores=())
-        prompt = prompt_ids(tokenizer, request.prompt)
-        ids, ends = list(prompt), []
+        path, ends = [], []
         for step in request.steps:
             # an injected step (a reflection) has text but no sampled ids
-            ids += list(step.token_ids) or tokenizer(step.text, add_special_tokens=False)["input_ids"]
-            ends.append(len(ids) - len(prompt))
+            path += list(step.token_ids) or tokenizer(step.text, add_special_tokens=False)["input_ids"]
+            ends.append(len(path))
         if ends[-1] == 0:
             return Score(step_scores=tuple(0.5 for _ in request.steps))
         states = self._captured(request.steps)
         if states is None:
-            states = reader.read(ids)[len(prompt) :]
+            prompt = prompt_ids(tokenizer, request.prompt)
+            states = reader.read(prompt + path)[len(prompt) :]
             self.read_tokens += len(states)
         else:
             self.captured_tokens += len(states)
