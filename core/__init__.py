@@ -27,6 +27,7 @@ from .types import (
     Step,
     Task,
     Usage,
+    Watch,
     aggregate,
 )
 from . import events
@@ -37,6 +38,6 @@ __all__ = [
     "Backend", "BackendError", "Candidate", "Completion", "ComponentNotFound", "Config", "Dataset",
     "GenerateRequest", "Node", "Option", "ReasonError", "ReflectionTrigger", "Runtime", "SamplingParams", "Score",
     "ScoreRequest", "SearchContext", "SearchOutcome", "SearchPolicy", "Solution", "Splitter", "Step", "Task",
-    "Tree", "Usage", "UsageError", "Verifier", "VerifierError", "aggregate", "events", "get_registry",
+    "Tree", "Usage", "UsageError", "Verifier", "VerifierError", "Watch", "aggregate", "events", "get_registry",
     "hookimpl", "__version__",
 ]

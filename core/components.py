@@ -99,6 +99,19 @@ class Backend(Component, ABC):
     """True when :meth:`generate_async` also takes ``on_text``: a callable
     ``on_text(sample_index, text_so_far)`` it calls (from any thread) as tokens come."""
 
+    watches: bool = False
+    """True when the backend honours :attr:`GenerateRequest.watch` (checks each sample
+    every ``watch.every`` tokens and ends it when ``watch.stop`` says so). A search that
+    must stop samples midway asks :attr:`reason.SearchContext.watches` and, where it is
+    False, generates chunk by chunk instead."""
+
+    @property
+    def rows(self) -> int | None:
+        """How many sequences the engine decodes together, once loaded; ``None`` where it
+        does not say (servers, batch backends). ``solve_many`` sizes the problems it keeps
+        in flight by it."""
+        return None
+
     @property
     def continuous(self) -> bool:
         """Whether the runtime should submit requests one by one to :meth:`generate_async`
@@ -180,6 +193,12 @@ class SearchPolicy(Component, ABC):
     @abstractmethod
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         """Search for an answer to ``ctx.task`` and return the candidates and the choice."""
+
+    @property
+    def width(self) -> int:
+        """Sequences one search has in flight at most (default ``--n``): with the engine's
+        :attr:`Backend.rows` it sizes how many problems run at once."""
+        return int(self.config.n)
 
     def sub_configs(self) -> Sequence[Config]:
         """The configs of the sub-policies :meth:`run` may start with

@@ -29,7 +29,7 @@ from .config import Config
 from .engine import gather_all
 from .events import AnswerFound, Event, NodesPruned, ReflectionInjected, StepsGenerated, StepsScored, TextGenerated
 from .tree import Node, Tree
-from .types import Candidate, GenerateRequest, SamplingParams, Score, ScoreRequest, Step, Task, Usage, aggregate, derive_seed
+from .types import Candidate, GenerateRequest, SamplingParams, Score, ScoreRequest, Step, Task, Usage, Watch, aggregate, derive_seed
 
 if TYPE_CHECKING:
     from .engine import Engines
@@ -186,15 +186,24 @@ class SearchContext:
                     children[i] = leaves[0]
         return children
 
-    async def generate(self, node: Node, n: int, params: SamplingParams) -> list[Node]:
-        """Low level: sample ``n`` continuations of ``node`` with exactly ``params``."""
-        return await self._generate(node, n, params)
+    @property
+    def watches(self) -> bool:
+        """Whether the backend honours a ``watch`` (:meth:`generate`): where it does not, a
+        search that stops samples midway generates them chunk by chunk."""
+        return self._engines.backend_watches
 
-    async def _generate(self, node: Node, n: int, params: SamplingParams, whole: bool = False) -> list[Node]:
+    async def generate(self, node: Node, n: int, params: SamplingParams, watch: Watch | None = None) -> list[Node]:
+        """Low level: sample ``n`` continuations of ``node`` with exactly ``params``;
+        ``watch`` (where :attr:`watches`) may stop each one while it is generated."""
+        return await self._generate(node, n, params, watch=watch)
+
+    async def _generate(
+        self, node: Node, n: int, params: SamplingParams, whole: bool = False, watch: Watch | None = None
+    ) -> list[Node]:
         draw = _next_draw(node)
         if params.seed is not None and (draw or node.parent is not None):
             params = _evolve(params, seed=derive_seed(params.seed, "node", node.key, draw))
-        request = GenerateRequest(prompt=self.prompt + node.text(), params=params, n=n)
+        request = GenerateRequest(prompt=self.prompt + node.text(), params=params, n=n, watch=watch)
         start = time.perf_counter()
         on_text = None
         if self.stream_text:

@@ -158,6 +158,11 @@ class Engines:
 
     # -- generation -----------------------------------------------------------------
 
+    @property
+    def backend_watches(self) -> bool:
+        """Whether the backend honours :attr:`GenerateRequest.watch`."""
+        return bool(self._backend_factory().watches)
+
     async def generate(
         self, owner: Any, request: GenerateRequest, on_text: Callable[[int, str], None] | None = None
     ) -> list[Completion]:
@@ -183,6 +188,7 @@ class Engines:
             owner.add_usage(
                 Usage(
                     prompt_tokens=completions[0].prompt_tokens if completions else 0,
+                    encoded_tokens=sum(c.prompt_tokens - c.cached_tokens for c in completions),
                     completion_tokens=sum(c.num_tokens for c in completions),
                     sequences=request.n,
                     model_calls=int(first),

@@ -247,18 +247,32 @@ class Runtime:
         threads at once: their searches share the engines."""
         return self.solve_many([task], **overrides)[0]
 
+    def concurrency_for(self, config: Config | None = None) -> int:
+        """How many problems :meth:`solve_many` keeps in flight when not told: twice the
+        engine's rows over the search's width (a step search holds its rows only part of
+        the time: between rounds, and while its paths are scored), at most the rows;
+        ``DEFAULT_CONCURRENCY`` where the engine does not say its rows. Loads the backend."""
+        config = config or self.config
+        backend = self.backend
+        backend.load()
+        rows = backend.rows
+        if not rows:
+            return DEFAULT_CONCURRENCY
+        width = max(1, self._policy_parts(config).search.width)
+        return max(1, min(rows, -(-2 * rows // width)))
+
     def solve_many(
         self,
         tasks: Iterable[Task | str],
         *,
-        concurrency: int = DEFAULT_CONCURRENCY,
+        concurrency: int | None = None,
         on_solution: Callable[[Solution], None] | None = None,
         **overrides: Any,
     ) -> list[Solution]:
-        """Solve many tasks, ``concurrency`` at a time, their requests batched together;
-        returns solutions in task order. ``on_solution`` is called in this thread as each
+        """Solve many tasks, ``concurrency`` at a time (default :meth:`concurrency_for`),
+        their requests batched together; returns solutions in task order. ``on_solution`` is called in this thread as each
         one finishes (e.g. to write it), in the order they finish."""
-        config, task_list = self._prepare(tasks, concurrency, overrides)
+        config, task_list, concurrency = self._prepare(tasks, concurrency, overrides)
         finished: queue.Queue[tuple[int, Solution] | None] = queue.Queue()
         future = self._submit(self._solve_all(task_list, config, concurrency, lambda i, s: finished.put((i, s))))
         future.add_done_callback(lambda _: finished.put(None))
@@ -283,13 +297,13 @@ class Runtime:
         self,
         tasks: Iterable[Task | str],
         *,
-        concurrency: int = DEFAULT_CONCURRENCY,
+        concurrency: int | None = None,
         on_solution: Callable[[Solution], None] | None = None,
         **overrides: Any,
     ) -> list[Solution]:
         """``solve_many`` for a caller with an event loop of its own (``on_solution`` is
         called in that loop). Cancelling the await cancels the searches."""
-        config, task_list = self._prepare(tasks, concurrency, overrides)
+        config, task_list, concurrency = self._prepare(tasks, concurrency, overrides)
         caller = asyncio.get_running_loop()
 
         def deliver(index: int, solution: Solution) -> None:
@@ -305,7 +319,7 @@ class Runtime:
         Closing the iterator early cancels the search. ``tokens=True`` adds
         :class:`TextGenerated` events with each sample's text as it grows (on backends
         that stream text)."""
-        config, (one,) = self._prepare([task], 1, overrides)
+        config, (one,), _ = self._prepare([task], 1, overrides)
         caller = asyncio.get_running_loop()
         events: asyncio.Queue[Event | None] = asyncio.Queue()
         observe = lambda e: _call_in(caller, events.put_nowait, e)  # noqa: E731
@@ -319,11 +333,11 @@ class Runtime:
             future.cancel()
 
     def _prepare(
-        self, tasks: Iterable[Task | str], concurrency: int, overrides: dict[str, Any]
-    ) -> tuple[Config, list[Task]]:
+        self, tasks: Iterable[Task | str], concurrency: int | None, overrides: dict[str, Any]
+    ) -> tuple[Config, list[Task], int]:
         config = self.config.replace(**overrides) if overrides else self.config
         configs = self.validate(config)
-        if concurrency < 1:
+        if concurrency is not None and concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {concurrency}")
         task_list = [_as_task(t, i) for i, t in enumerate(tasks)]
         if task_list:
@@ -333,7 +347,9 @@ class Runtime:
             self._prompt(task_list[0], config)
             for each in configs:
                 self.verifier(each)
-        return config, task_list
+        if concurrency is None:
+            concurrency = self.concurrency_for(config) if len(task_list) > 1 else 1
+        return config, task_list, concurrency
 
     async def _solve_all(
         self, tasks: list[Task], config: Config, concurrency: int, deliver: Callable[[int, Solution], None]

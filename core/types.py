@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 from attrs import field, frozen, validators
@@ -68,12 +69,30 @@ def sample_seed(seed: int, index: int) -> int:
 
 
 @frozen
+class Watch:
+    """A search's say over a sample while it is being generated: every ``every``
+    generated tokens, a backend that :attr:`~reason.Backend.watches` calls
+    ``stop(completion_so_far)`` and ends the sample there (finish reason ``length``, so
+    the path could go on) when it returns True. DeepConf's online traces run as one
+    request each this way, where they would otherwise be a new request per chunk that
+    re-sends the trace.
+
+    ``stop`` runs on the backend's thread, between decode steps: keep it quick and pure."""
+
+    every: int = field(validator=validators.ge(1))
+    stop: Callable[[Completion], bool]
+
+
+@frozen
 class GenerateRequest:
     """Continue ``prompt`` (raw text, chat template already applied) ``n`` times."""
 
     prompt: str
     params: SamplingParams = field(factory=SamplingParams)
     n: int = field(default=1, validator=validators.ge(1))
+    watch: Watch | None = field(default=None, eq=False, repr=False)
+    """Checks each sample as it grows (see :class:`Watch`); backends that do not
+    :attr:`~reason.Backend.watches` ignore it, so callers ask only where they do."""
 
 
 @frozen
@@ -91,6 +110,10 @@ class Completion:
     top_logprobs: tuple[tuple[float, ...], ...] = field(converter=lambda xs: tuple(tuple(x) for x in xs))
     finish_reason: FinishReason
     prompt_tokens: int = 0
+    cached_tokens: int = 0
+    """Of the ``prompt_tokens``, how many the engine did not encode for this sample: their
+    keys and values came from its prefix cache, or from a sibling sample's pass (0 when the
+    backend does not say)."""
     hidden: Any = field(default=None, eq=False, repr=False)
     """``[tokens, layers, hidden]`` tensor: the states at ``params.hidden_layers`` (ascending)
     of every generated token, when the request asked for them and the backend captures
@@ -216,6 +239,12 @@ class Usage:
     equal budget."""
 
     prompt_tokens: int = 0
+    """Prompt tokens sent, once per request (its ``n`` samples share the prompt)."""
+    encoded_tokens: int = 0
+    """Prompt tokens the engine actually encoded, over every sample: ``prompt_tokens`` minus
+    what its prefix cache served, summed over samples. ``encoded / prompt`` is what
+    re-sending a path costs (0 when a continued path's prefix is reused whole; ``n`` when
+    each of ``n`` samples encodes the prompt again)."""
     completion_tokens: int = 0
     model_calls: int = 0
     """Backend calls this solve took part in (one batched call may serve many solves)."""
@@ -227,6 +256,7 @@ class Usage:
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            encoded_tokens=self.encoded_tokens + other.encoded_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
             model_calls=self.model_calls + other.model_calls,
             sequences=self.sequences + other.sequences,
@@ -237,6 +267,7 @@ class Usage:
     def to_dict(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
+            "encoded_tokens": self.encoded_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
             "model_calls": self.model_calls,

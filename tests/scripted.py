@@ -27,10 +27,12 @@ def _logprob(text: str, i: int) -> float:
 class ScriptedBackend(Backend):
     options = ()  # declared (none), so runs on it check their option keys strictly
 
-    def __init__(self, script: Script | None = None, config: Config | None = None, logprob: Callable[[str, int], float] | None = None):
+    def __init__(self, script: Script | None = None, config: Config | None = None, logprob: Callable[[str, int], float] | None = None,
+                 watches: bool = False):
         super().__init__(config or Config(), None)
         self.script = script or (lambda request, i: "Step one.\n\nThe answer is \\boxed{4}.")
         self.logprob = logprob or _logprob
+        self.watches = watches
         self.calls: list[list[GenerateRequest]] = []
 
     def format_prompt(self, messages: Sequence[dict[str, str]]) -> str:
@@ -58,6 +60,14 @@ class ScriptedBackend(Backend):
                 out[-1] = out[-1][: len(out[-1]) - (len(text) - cut)]
                 finish = "stop"
                 break
+            watch = request.watch if self.watches else None
+            if watch is not None and len(out) % watch.every == 0 and len(out) < len(tokens):
+                if watch.stop(self._completion(request, out, "length")):
+                    finish = "length"
+                    break
+        return self._completion(request, out, finish)
+
+    def _completion(self, request: GenerateRequest, out: list[str], finish: str) -> Completion:
         text = "".join(out)
         logprobs = [self.logprob(text, i) for i in range(len(out))]
         k = request.params.logprobs

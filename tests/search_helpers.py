@@ -31,8 +31,8 @@ def deepconf_c(top: Sequence[float]) -> float:
 class WordBackend(ScriptedBackend):
     """ScriptedBackend with logprobs decided by each token's text (see module doc)."""
 
-    def _one(self, request, index):
-        completion = super()._one(request, index)
+    def _completion(self, request, out, finish):
+        completion = super()._completion(request, out, finish)
         tokens = _TOKEN.findall(completion.text)
         pairs = [UNSURE if "unsure" in token else SURE for token in tokens]
         return attrs.evolve(

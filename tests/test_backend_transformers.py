@@ -286,6 +286,54 @@ def test_samples_of_one_prompt_share_one_prefill(backend):
     assert backend.stats.prefill_tokens - before == len(backend.encode(p))
 
 
+def test_each_sample_says_how_many_prompt_tokens_it_did_not_encode(backend):
+    p = prompt(backend, "Another question nobody asked: why is grass green?")
+    backend.prefix_cache.clear()
+    first = one(backend, p, SamplingParams(temperature=0.8, max_tokens=4, seed=2), n=3)
+    length = len(backend.encode(p))
+    # the first sample encoded the prompt; its siblings shared that pass
+    assert [c.cached_tokens for c in first] == [0, length, length] and first[0].prompt_tokens == length
+    (again,) = one(backend, p, SamplingParams(temperature=0.8, max_tokens=4, seed=3))
+    assert again.cached_tokens == length - 1  # all but the last token, whose logits are needed
+
+
+def test_a_watch_stops_a_sample_where_it_says_and_its_tokens_do_not_move(request, backend):
+    exact_on_cpu_only(request, backend)
+    from reason import Watch
+
+    p = prompt(backend, "Write a long story about a dragon who learns to fly.")
+    params = SamplingParams(temperature=0.8, max_tokens=40, seed=11)
+    (full,) = one(backend, p, params)
+    assert full.num_tokens == 40  # the story goes on past where the watch stops it
+    checked = []
+
+    def stop(so_far):
+        checked.append(so_far.num_tokens)
+        return so_far.num_tokens >= 16
+
+    (watched,) = backend.generate([GenerateRequest(p, params, watch=Watch(every=8, stop=stop))])[0]
+    assert checked == [8, 16]
+    assert watched.finish_reason == "length" and watched.num_tokens == 16
+    assert watched.token_ids == full.token_ids[:16]
+    assert watched.logprobs == pytest.approx(full.logprobs[:16], abs=1e-4)  # the 2nd run reuses the cached prompt
+    assert full.text.startswith(watched.text)
+
+
+def test_a_failing_watch_fails_its_own_request_only(backend):
+    from reason import Watch
+    from reason.errors import BackendError
+
+    def broken(so_far):
+        raise ValueError("no")
+
+    p = prompt(backend, "Say hello.")
+    bad = backend.submit(GenerateRequest(p, SamplingParams(max_tokens=12, seed=1), watch=Watch(every=2, stop=broken)))
+    good = backend.submit(GenerateRequest(p, SamplingParams(max_tokens=12, seed=2)))
+    with pytest.raises(BackendError, match="watch failed: ValueError: no"):
+        bad.result(timeout=120)
+    assert good.result(timeout=120)[0].num_tokens >= 1
+
+
 def test_prefix_cache_is_bounded():
     from reason.plugins.backends.transformers import TransformersBackend
 

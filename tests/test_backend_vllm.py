@@ -31,7 +31,7 @@ import pytest
 
 from vllm_server import cuda, require_vllm
 
-from reason import BackendError, Config, GenerateRequest, Runtime, SamplingParams, UsageError, get_registry
+from reason import BackendError, Config, GenerateRequest, Runtime, SamplingParams, UsageError, Watch, get_registry
 from reason.events import EngineStep
 from reason.plugins.backends import vllm as vllm_backend
 from reason.plugins.backends.vllm import VLLMBackend
@@ -213,10 +213,12 @@ class FakeAsyncLLM:
         ids = [7] * min(3, params.max_tokens)
         text = f"The answer is \\boxed{{4}}. seed={getattr(params, 'seed', None)}"
         if params.output_kind == "cumulative":  # streamed: the text so far, then the rest
-            yield SimpleNamespace(prompt_token_ids=prompt["prompt_token_ids"], outputs=[output(text[:3], ids[:1], None)])
+            yield SimpleNamespace(prompt_token_ids=prompt["prompt_token_ids"], num_cached_tokens=0, finished=False,
+                                  outputs=[output(text[:3], ids[:1], [{7: Logprob(-0.1, 1)}], None)])
         yield SimpleNamespace(
             prompt_token_ids=prompt["prompt_token_ids"],
             num_cached_tokens=0,
+            finished=True,
             outputs=[output(text, ids, [{7: Logprob(-0.1, 1)} for _ in ids])],
         )
 
@@ -282,6 +284,28 @@ def test_streamed_text_reaches_on_text_per_sample(fake):
         texts = [text for j, text in seen if j == i]
         assert texts == ["The", completion.text]
     assert all(p.output_kind == "cumulative" for _, _, p in engine.requests)
+
+
+def test_a_watch_that_says_stop_aborts_the_sample_and_keeps_it_so_far(fake):
+    backend, engine = fake()
+    assert backend.watches
+    seen = []
+
+    def stop(so_far):
+        seen.append((so_far.num_tokens, so_far.finish_reason))
+        return True
+
+    request = GenerateRequest(prompt="x", params=SamplingParams(max_tokens=5, seed=1), n=1, watch=Watch(every=1, stop=stop))
+    ((out,),) = backend.generate([request])
+    assert seen == [(1, "length")]
+    assert out.finish_reason == "length" and out.text == "The" and out.num_tokens == 1
+    assert len(engine.aborted) == 1 and all(p.output_kind == "cumulative" for _, _, p in engine.requests)
+
+
+def test_cached_prompt_tokens_come_from_vllms_count(fake):
+    backend, engine = fake()
+    (out,) = backend.generate([GenerateRequest(prompt="<s>abc", params=SamplingParams(max_tokens=3), n=2)])
+    assert [c.prompt_tokens for c in out] == [4, 4] and [c.cached_tokens for c in out] == [0, 0]
 
 
 def test_runtime_submits_each_request_to_the_continuous_engine(fake):
@@ -435,6 +459,28 @@ def test_real_every_strategy(runtime, search):
     assert all(lp <= 0.0 for s in generated for lp in s.logprobs)
 
 
+@pytest.mark.vllm
+@pytest.mark.timeout(900)
+def test_real_beam_candidates_do_not_move_with_the_block_size(runtime):
+    """The prefix cache only changes what is re-encoded: a beam search on the module's
+    engine (blocks of 32 on CPU, 16 on GPU) and on one with blocks of 128 (vLLM's own CPU
+    default, which re-encodes far more of each re-sent path) keeps the same candidates."""
+    questions = ["Tom has 3 apples and buys 5 more. How many apples does he have?",
+                 "A book costs 12 dollars. How much do 4 books cost?"]
+    settings = dict(search="beam", n=4, beam_width=2, max_tokens=96, step_tokens=32, temperature=0.8, seed=3)
+    fine = runtime.solve_many(questions, **settings)
+    coarse_backend = VLLMBackend(Config(backend="vllm", seed=0, dtype="float32",
+                                        options={"max_model_len": 2048, **SMALL, "block_size": 128}))
+    try:
+        with Runtime(Config(backend="vllm", seed=0), backend=coarse_backend) as rt:
+            coarse = rt.solve_many(questions, **settings)
+    finally:
+        coarse_backend.close()
+    for a, b in zip(fine, coarse):
+        assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
+        assert a.usage.encoded_tokens < b.usage.encoded_tokens and a.usage.prompt_tokens == b.usage.prompt_tokens
+
+
 QUESTIONS = [
     "What is 3 + 4?",
     "Name the capital of France.",
@@ -576,22 +622,46 @@ def test_real_streamed_text_grows_to_the_completion(engine):
 def test_real_prefix_cache_reuse_shows_in_stats_and_events(runtime, engine):
     events: list[EngineStep] = []
     unsubscribe = runtime.subscribe(lambda e: events.append(e) if isinstance(e, EngineStep) else None)
-    # A prompt of several KV blocks (128 tokens each on CPU, 16 on GPU): only whole blocks are cached.
+    # A prompt of several KV blocks (32 tokens each on CPU, 16 on GPU): only whole blocks are cached.
     story = " ".join(f"Step {i}: add {i} apples to the basket." for i in range(60))
     prompt = chat(engine, f"{story}\nHow many apples are in the basket?")
     params = SamplingParams(temperature=0.0, max_tokens=4)
     before = engine.stats.prefix_cache_hits
     engine.generate([GenerateRequest(prompt=prompt, params=params)])
-    engine.generate([GenerateRequest(prompt=prompt, params=params, n=2)])
+    (second,) = engine.generate([GenerateRequest(prompt=prompt, params=params, n=2)])
     time.sleep(0.5)  # events reach listeners through the runtime's loop
     unsubscribe()
     prompt_tokens = len(engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
     assert prompt_tokens > 600
     reused = engine.stats.prefix_cache_hits - before
-    assert reused >= 2 * (prompt_tokens - 128 - 1)  # both samples of the 2nd request reuse all whole blocks
+    assert engine.engine_kwargs()["block_size"] == (16 if cuda() else 32)
+    assert reused >= 2 * (prompt_tokens - 32 - 1)  # both samples of the 2nd request reuse all whole blocks
+    # the completions say it too (each sample is its own vLLM request, with its own count)
+    assert all(prompt_tokens - 32 <= c.cached_tokens < prompt_tokens for c in second)
     assert 0 < engine.stats.prefix_cache_hit_rate <= 1
     assert sum(e.reused_tokens for e in events) >= reused and all(e.engine == "vllm" for e in events)
     assert any(e.running > 0 for e in events)
+
+
+@pytest.mark.vllm
+def test_real_a_watch_stops_a_sample_where_it_says_and_its_tokens_do_not_move(engine):
+    prompt = chat(engine, "Write a long story about a dragon who learns to fly.")
+    params = SamplingParams(temperature=0.8, max_tokens=40, seed=11)
+    (full,) = engine.generate([GenerateRequest(prompt=prompt, params=params)])[0]
+    assert full.num_tokens == 40  # the story goes on past where the watch stops it
+    checked = []
+
+    def stop(so_far):
+        checked.append(so_far.num_tokens)
+        return so_far.num_tokens >= 16
+
+    (watched,) = engine.generate([GenerateRequest(prompt=prompt, params=params, watch=Watch(every=8, stop=stop))])[0]
+    assert checked == [8, 16]  # one token per engine step: each check lands on its multiple
+    assert watched.finish_reason == "length" and watched.num_tokens == 16
+    assert watched.token_ids == full.token_ids[:16]
+    assert full.text.startswith(watched.text)
+    (after,) = engine.generate([GenerateRequest(prompt=prompt, params=SamplingParams(max_tokens=4))])
+    assert after[0].num_tokens == 4  # the aborted sample left the engine serving
 
 
 @pytest.mark.vllm

@@ -247,3 +247,43 @@ def test_generate_request_direct():
     backend = ContinuousScriptedBackend(delay=lambda r: 0.0)
     (completion,) = asyncio.run(backend.generate_async(GenerateRequest(prompt="x", n=1)))
     assert completion.text and backend.continuous and not ScriptedBackend().continuous
+
+
+class RowsBackend(ContinuousScriptedBackend):
+    """A continuous scripted engine that says how many rows it decodes together."""
+
+    def __init__(self, rows, **kwargs):
+        super().__init__(delay=lambda request: 0.05, **kwargs)
+        self._rows = rows
+
+    @property
+    def rows(self):
+        return self._rows
+
+
+@pytest.mark.parametrize(
+    ("rows", "search", "options", "expected"),
+    [
+        (8, "best-of-n", {}, 4),  # 2 x 8 rows / 4 samples
+        (8, "greedy", {}, 8),  # 2 x 8 / 1, at most the rows
+        (12, "best-of-n", {}, 6),
+        (8, "mcts", {"expansion_width": 2}, 8),  # one expansion of 2 at a time: 2 x 8 / 2
+        (None, "best-of-n", {}, 16),  # an engine that does not say: the default
+    ],
+)
+def test_problems_in_flight_are_sized_from_the_engines_rows_and_the_searchs_width(rows, search, options, expected):
+    backend = RowsBackend(rows)
+    with Runtime(Config(search=search, n=4, verifier=None, options=options), backend=backend) as rt:
+        assert rt.concurrency_for() == expected
+        if search == "best-of-n":  # one request per search: at most that many in flight
+            rt.solve_many([f"q{i}" for i in range(20)])
+            assert backend.most_in_flight == min(expected, 20)
+
+
+def test_usage_counts_the_prompt_tokens_each_sample_encoded():
+    backend = ScriptedBackend()  # says nothing of a prefix cache: every sample encodes its prompt
+    with Runtime(Config(search="best-of-n", n=4, verifier=None), backend=backend) as rt:
+        (solution,) = rt.solve_many(["What is 2+2?"])
+    usage = solution.usage
+    assert usage.prompt_tokens > 0 and usage.encoded_tokens == 4 * usage.prompt_tokens
+    assert usage.to_dict()["encoded_tokens"] == usage.encoded_tokens

@@ -96,6 +96,13 @@ def test_compute_metrics_averages_problems_and_scales_tokens():
     assert compute_metrics([], 4)["problems"] == 0
 
 
+def test_encoded_prompt_tokens_and_their_share_when_every_record_counts_them():
+    with_counts = [{**r, "usage": {**r["usage"], "encoded_tokens": e}} for r, e in ((R1, 10), (R2, 40))]
+    s = compute_metrics(with_counts, 4)
+    assert s["encoded_tokens_per_problem"] == 25 and s["encoded_share"] == pytest.approx(50 / 100)
+    assert "encoded_share" not in compute_metrics([with_counts[0], R2], 4)  # an older record lacks it
+
+
 def test_a_run_with_one_candidate_per_problem_is_measured_at_one():
     """Greedy returns one candidate whatever --n says (the config default is 4): its
     summary is @1 at its full tokens, not @4 with a quarter of them at @1."""

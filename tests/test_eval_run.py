@@ -156,6 +156,7 @@ def test_cli_eval_and_compare(problems, tmp_path, scripted_backend):
     result = invoke(*common, "--n", "2", "--out", str(a))
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "maj" in result.output and "@2" in result.output and "strategy's choice" in result.output
+    assert "16 problems in flight; --concurrency sets it" in result.output  # an engine that does not say its rows
     assert (a / PLOT).stat().st_size > 1000 and (a / SUMMARY).exists()
     result = invoke(*common, "--n", "4", "--search", "self-consistency", "--out", str(b), "--limit", "3", "--json")
     assert result.exit_code == 0, result.output + repr(result.exception)

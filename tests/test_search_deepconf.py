@@ -32,13 +32,13 @@ def script(request, index):
             done = request.prompt[at:]
             assert full.startswith(done)
             return full[len(done):]
-    if request.params.max_tokens > 100:  # the warm-up: whole traces
+    if request.params.max_tokens > 100 and request.watch is None:  # the warm-up: whole traces
         return WARM[index]
     return (ALPHA, BETA)[index]
 
 
-def run(**options):
-    backend = WordBackend(script)
+def run(watches=False, **options):
+    backend = WordBackend(script, watches=watches)
     opts = {"warmup": 2, "window": 4, "chunk": 4, "percentile": 10}
     opts.update(options)
     runtime = Runtime(Config(search="deepconf", n=4, verifier=None, max_tokens=200, options=opts), backend=backend)
@@ -96,6 +96,33 @@ def test_stopping_happens_at_chunk_granularity():
     assert alpha.meta["stopped_at_token"] == 8
     assert alpha.num_tokens == 16  # the drop at token 8 is seen after the second chunk of 8
     assert solution.meta["finished"] == 1
+
+
+@pytest.mark.parametrize("chunk", [4, 8])
+def test_a_backend_that_watches_runs_each_online_trace_as_one_request_that_the_check_stops(chunk):
+    chunked, _ = run(chunk=chunk)
+    streamed, backend = run(watches=True, chunk=chunk)
+    # warm-up, then the online traces in one request of n=2: no request per chunk
+    assert [[r.n for r in call] for call in backend.calls] == [[2], [2]]
+    (online,) = backend.calls[1]
+    assert online.params.max_tokens == 200 and online.watch.every == chunk
+    # the same traces stop at the same token, checked at the same chunk ends
+    (alpha,) = [n for n in streamed.tree if n.meta.get("deepconf") == "stopped"]
+    (alpha_chunked,) = [n for n in chunked.tree if n.meta.get("deepconf") == "stopped"]
+    assert alpha.meta["stopped_at_token"] == alpha_chunked.meta["stopped_at_token"] == 8
+    assert alpha.num_tokens == alpha_chunked.num_tokens == (12 if chunk == 4 else 16)
+    assert alpha.pruned and alpha.step.finish_reason == "length"
+    assert streamed.answer == chunked.answer == "5"
+    assert streamed.meta["streamed"] and not chunked.meta["streamed"]
+    assert {k: streamed.meta[k] for k in ("stopped", "finished", "tokens")} == {
+        k: chunked.meta[k] for k in ("stopped", "finished", "tokens")}
+
+
+def test_stream_false_goes_by_chunks_even_where_the_backend_watches():
+    solution, backend = run(watches=True, stream=False)
+    assert not solution.meta["streamed"]
+    assert all(r.watch is None for call in backend.calls for r in call)
+    assert len(backend.calls) > 2
 
 
 def test_consensus_of_the_warmup_skips_the_online_traces():

@@ -136,7 +136,7 @@ class _Progress:
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the datasets [$REASON_DATA_DIR, ../shared/data].")
 @click.option("--question-field", help="JSONL datasets: the field with the question [question|problem|input|prompt].")
 @click.option("--answer-field", help="JSONL datasets: the field with the reference answer [answer|target|...].")
-@click.option("--concurrency", type=int, default=16, show_default=True, help="Problems in flight at once (their requests share the batch; with --ray, on each worker); the next starts as each finishes.")
+@click.option("--concurrency", type=int, default=None, help="Problems in flight at once (their requests share the batch; with --ray, on each worker); the next starts as each finishes.  [default: enough to fill the engine: 2 x its rows / the search's width, at most its rows; 16 where the engine does not say]")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Solve on Ray workers (needs reason-runtime[ray]): a cluster's ADDRESS (auto: the one running here, "
                    "HOST:PORT, ray://HOST:PORT), or no value to start a local one. This process grades and writes.")
@@ -151,7 +151,7 @@ class _Progress:
 @click.pass_context
 def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None, offset: int, out: str | None,
                  resume: bool, data_dir: str | None, question_field: str | None, answer_field: str | None,
-                 concurrency: int, ray_address: str | None, workers: int | None, worker_cpus: float, worker_gpus: float,
+                 concurrency: int | None, ray_address: str | None, workers: int | None, worker_cpus: float, worker_gpus: float,
                  save_tree: bool, no_plot: bool, as_json: bool, quiet: bool, **params: Any) -> None:
     """Evaluate a search strategy on a benchmark: accuracy against compute.
 
@@ -185,7 +185,7 @@ def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None
     extra = {k: v for k, v in (("data_dir", data_dir), ("question_field", question_field), ("answer_field", answer_field)) if v}
     if extra:
         config = config.replace(options=extra)
-    if concurrency < 1:
+    if concurrency is not None and concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1, got {concurrency}")
     ray = None
     if ray_address is not None:
@@ -242,12 +242,20 @@ def _solve(run: Any, todo: list, total: int, quiet: bool, ray: dict[str, Any] | 
 
         solver = RayPool(run.config, **ray)
         label += " (ray)"
-    progress = _Progress(total, len(run.records), sum(1 for r in run.records if r.get("correct")), label, quiet)
+    progress = None
     try:
         with solver:
+            if run.concurrency is None and ray is None:
+                run.concurrency = solver.concurrency_for(run.config)
+                if not quiet:
+                    rows = solver.backend.rows
+                    why = f" (2 x {rows} engine rows / {run.config.search}'s width, at most the rows)" if rows else ""
+                    click.echo(f"reason eval: {run.concurrency} problems in flight{why}; --concurrency sets it", err=True)
+            progress = _Progress(total, len(run.records), sum(1 for r in run.records if r.get("correct")), label, quiet)
             run.run(solver, todo, on_record=progress)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
 
 
 def _finish(run: Any, no_plot: bool, partial: bool = False) -> dict[str, Any]:

@@ -229,12 +229,13 @@ class RayPool:
         self,
         tasks: Iterable[Task],
         *,
-        concurrency: int = DEFAULT_CONCURRENCY,
+        concurrency: int | None = None,
         on_solution: Callable[[Solution], None] | None = None,
     ) -> list[Solution]:
         """Solve ``tasks`` on the workers, ``concurrency`` in flight on each; returns the
         solutions in task order. ``on_solution`` is called in this thread as each one
         arrives, once per task even when a worker died with it in flight."""
+        concurrency = DEFAULT_CONCURRENCY if concurrency is None else concurrency
         if concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {concurrency}")
         ray = self._ray

@@ -124,7 +124,9 @@ def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]
     ``naive@k`` (and ``pass@k`` for code; the score rules only when some candidate has a
     score) for k in :func:`budgets`, ``tokens@k`` (generated
     tokens per problem at that budget: the run's, scaled by k/n), ``tokens_per_problem``,
-    ``prompt_tokens_per_problem``, ``seconds_per_problem`` (wall clock, model loading
+    ``prompt_tokens_per_problem``, ``encoded_tokens_per_problem`` and ``encoded_share``
+    (the prompt tokens the engine encoded, and their share of those sent: what re-sending
+    paths cost), ``seconds_per_problem`` (wall clock, model loading
     excluded), ``latency_per_problem`` (mean time from start to answer of one problem).
 
     For best-of-n and self-consistency the candidates are independent samples, so a
@@ -146,7 +148,12 @@ def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]
     summary["answered"] = sum(1 for r in records if r.get("answer") is not None) / count
     tokens = sum(r["usage"]["completion_tokens"] for r in records) / count
     summary["tokens_per_problem"] = tokens
-    summary["prompt_tokens_per_problem"] = sum(r["usage"]["prompt_tokens"] for r in records) / count
+    prompt = sum(r["usage"]["prompt_tokens"] for r in records)
+    summary["prompt_tokens_per_problem"] = prompt / count
+    if all("encoded_tokens" in r["usage"] for r in records):  # records written before it was counted lack it
+        encoded = sum(r["usage"]["encoded_tokens"] for r in records)
+        summary["encoded_tokens_per_problem"] = encoded / count
+        summary["encoded_share"] = encoded / prompt if prompt else 0.0
     summary["seconds_per_problem"] = sum(r.get("wall_seconds", r["seconds"]) for r in records) / count
     summary["latency_per_problem"] = sum(r["seconds"] for r in records) / count
     summary["candidates_per_problem"] = sum(len(r.get("candidates") or []) for r in records) / count

@@ -131,7 +131,8 @@ class EvalRun:
     limit: int | None = None
     resume: bool = False
     save_tree: bool = False
-    concurrency: int = 16
+    concurrency: int | None = None
+    """Problems in flight (``None``: the runtime's :meth:`~reason.Runtime.concurrency_for`)."""
     records: list[dict[str, Any]] = field(factory=list)
 
     @property

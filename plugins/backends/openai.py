@@ -434,7 +434,11 @@ class OpenAIBackend(Backend):
         prompt_tokens = usage.get("prompt_tokens")
         if not isinstance(prompt_tokens, int):
             prompt_tokens = self.count_tokens(request.prompt)
-        return [parse_choice(choice, request.params, prompt_tokens, self) for choice in choices]
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        completions = [parse_choice(choice, request.params, prompt_tokens, self) for choice in choices]
+        if isinstance(cached, int):  # the request's count: its other choices share its prompt pass
+            completions = [attrs.evolve(c, cached_tokens=cached if i == 0 else prompt_tokens) for i, c in enumerate(completions)]
+        return completions
 
     def close(self) -> None:
         """Cancel what is in flight (its callers get a :class:`BackendError`), close the

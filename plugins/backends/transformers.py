@@ -158,6 +158,11 @@ class TransformersBackend(DecodeLoop, Backend):
         return self._continuous
 
     streams_text = True
+    watches = True
+
+    @property
+    def rows(self) -> int | None:
+        return self.max_batch or None
 
     async def generate_async(
         self, request: GenerateRequest, on_text: Callable[[int, str], None] | None = None

@@ -34,7 +34,7 @@ from reason.engine import EngineStats
 from reason.errors import BackendError
 from reason.events import EngineStep
 from reason.log import get_logger
-from reason.types import Completion, GenerateRequest, sample_seed
+from reason.types import Completion, GenerateRequest, Watch, sample_seed
 
 from . import kv
 from .kv import PrefixCache
@@ -241,7 +241,12 @@ class DecodeLoop:
         prompts: dict[tuple[int, ...], int] = {}
         for seq in newcomers:
             prompts.setdefault(seq.prompt_ids, len(prompts))
-        cache, mask, logits = self._prefill(list(prompts))
+        cache, mask, logits, reused = self._prefill(list(prompts))
+        seen: set[int] = set()
+        for seq in newcomers:  # samples after a prompt's first share its pass
+            u = prompts[seq.prompt_ids]
+            seq.cached_tokens = len(seq.prompt_ids) if u in seen else reused[u]
+            seen.add(u)
         if len(prompts) != len(newcomers):  # samples of one prompt share its prefill
             rows = torch.tensor([prompts[s.prompt_ids] for s in newcomers], device=self.device)
             for layer in cache.layers:
@@ -347,9 +352,10 @@ class DecodeLoop:
                 if seq.params.hidden_layers == layers:
                     seq.hidden.append(stacked[i].clone())  # a copy: a view would keep the whole batch's states alive
 
-    def _prefill(self, prompts: list[tuple[int, ...]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    def _prefill(self, prompts: list[tuple[int, ...]]) -> tuple[Any, torch.Tensor, torch.Tensor, list[int]]:
         """Encode the distinct prompts of a chunk in one forward pass, reusing cached
-        prefixes. Returns the batch's cache, attention mask and last-position logits.
+        prefixes. Returns the batch's cache, attention mask, last-position logits and each
+        prompt's tokens that were not encoded (taken from the prefix cache).
 
         Layout: row ``u`` (prompt length ``T_u``) is left-padded to the longest prompt
         ``T``. The forward pass encodes the last ``S`` columns, where ``S`` is the longest
@@ -373,6 +379,7 @@ class DecodeLoop:
         input_ids = torch.full((rows, suffix), self.pad_id, dtype=torch.long)
         positions = torch.zeros((rows, suffix), dtype=torch.long)
         mask = torch.zeros((rows, total), dtype=torch.long)
+        reused = []
         for u, ids in enumerate(prompts):
             first = max(0, len(ids) - suffix)
             width = len(ids) - first
@@ -381,6 +388,7 @@ class DecodeLoop:
             mask[u, total - len(ids) :] = 1
             self.stats.prefill_tokens += width
             self.stats.reused_tokens += first
+            reused.append(first)
         mask = mask.to(self.device)
         out = model(
             input_ids=input_ids.to(self.device),
@@ -391,7 +399,7 @@ class DecodeLoop:
             logits_to_keep=1,
         )
         self.stats.forward_passes += 1
-        return out.past_key_values, mask, out.logits[:, -1, :]
+        return out.past_key_values, mask, out.logits[:, -1, :], reused
 
     @property
     def _reuse(self) -> bool:
@@ -423,6 +431,9 @@ class DecodeLoop:
             seq.logprobs.append(float(logprobs[i, token]))
             seq.top_logprobs.append(tuple(top_values[i][: params.logprobs]) if top_values else ())
             self._settle(seq, len(seq.prompt_ids) + len(seq.token_ids))
+            watch = seq.owner.request.watch
+            if watch is not None and seq.finish is None and len(seq.token_ids) % watch.every == 0:
+                self._check_watch(seq, watch)
             if seq.owner.on_text is not None:
                 text = seq.text if seq.finish else self._tokenizer.decode(seq.token_ids, skip_special_tokens=True)
                 try:
@@ -455,6 +466,17 @@ class DecodeLoop:
             seq.finish = "length"
         if seq.finish is not None and seq.finish != "stop":
             seq.text = self._tokenizer.decode(seq.token_ids, skip_special_tokens=True)
+
+    def _check_watch(self, seq: SequenceState, watch: Watch) -> None:
+        """End ``seq`` here (finish ``length``) when its request's watch says stop."""
+        seq.text = self._tokenizer.decode(seq.token_ids, skip_special_tokens=True)
+        try:
+            stop = watch.stop(seq.completion("length"))
+        except Exception as exc:  # a broken check fails its own request, not the batch
+            seq.owner.fail(BackendError(f"the request's watch failed: {type(exc).__name__}: {exc}"))
+            stop = True
+        if stop:
+            seq.finish = "length"
 
     def _remember(self, seq: SequenceState, cache: Any, row: int, length: int, width: int) -> None:
         """Put a finished row's keys and values (prompt + generated tokens that ran

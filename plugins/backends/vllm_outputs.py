@@ -70,8 +70,9 @@ def logprobs_from_positions(
     return chosen, top
 
 
-def completion_from(out: Any, prompt_tokens: int, k: int) -> Completion:
-    """One ``vllm.CompletionOutput`` as our :class:`Completion`."""
+def completion_from(out: Any, prompt_tokens: int, k: int, cached_tokens: int = 0, finish: FinishReason | None = None) -> Completion:
+    """One ``vllm.CompletionOutput`` as our :class:`Completion` (``finish`` overrides its
+    finish reason: a sample still running has none)."""
     token_ids = list(out.token_ids)
     chosen, top = logprobs_from_positions(token_ids, out.logprobs, k)
     return Completion(
@@ -79,16 +80,20 @@ def completion_from(out: Any, prompt_tokens: int, k: int) -> Completion:
         token_ids=token_ids,
         logprobs=chosen,
         top_logprobs=top,
-        finish_reason=finish_reason(out.finish_reason, getattr(out, "stop_reason", None)),
+        finish_reason=finish or finish_reason(out.finish_reason, getattr(out, "stop_reason", None)),
         prompt_tokens=prompt_tokens,
+        cached_tokens=cached_tokens,
     )
 
 
 def completions_from_output(output: Any, request: GenerateRequest) -> list[Completion]:
     """Map one ``vllm.RequestOutput`` holding all ``request.n`` samples to our completions."""
     prompt_tokens = len(getattr(output, "prompt_token_ids", None) or ())
+    cached = int(getattr(output, "num_cached_tokens", None) or 0)
     outs = sorted(output.outputs, key=lambda o: getattr(o, "index", 0))
-    completions = [completion_from(out, prompt_tokens, request.params.logprobs) for out in outs]
+    # vLLM's count is the request's: samples after its first (vLLM's own n) share its pass
+    completions = [completion_from(out, prompt_tokens, request.params.logprobs, cached if i == 0 else prompt_tokens)
+                   for i, out in enumerate(outs)]
     if len(completions) != request.n:
         raise BackendError(f"backend vllm: asked for {request.n} completions, vLLM returned {len(completions)}")
     return completions

@@ -16,8 +16,11 @@ reasoning traces early, then vote weighted by confidence.
   its confidence (``consensus``: optionally skip the online phase when the warm-up
   traces already agree at least that much).
 
-The backend returns whole completions, so stopping "as soon as" a window drops is done
-at chunk granularity: a smaller ``chunk`` stops sooner but costs more backend calls.
+A trace is checked every ``chunk`` tokens. Where the backend can watch a sample while
+it generates (:attr:`reason.Backend.watches`: vllm, transformers), each online trace is
+one request that the check stops; elsewhere (servers), or with ``-o stream=false``, it is
+a new request per chunk that re-sends the trace so far. The two draw different samples
+(a chunk's seed is its own), alike in distribution.
 ``meta`` reports the threshold, how many traces stopped, the tokens generated, and the
 tokens saved against N full traces of the warm-up's mean length.
 """
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reason import Node, SamplingParams, SearchContext, SearchOutcome, SearchPolicy, Step
+from reason import Completion, Node, SamplingParams, SearchContext, SearchOutcome, SearchPolicy, Step, Watch
 from reason.answers import choose, vote
 from reason.errors import UsageError
 from reason.options import Option
@@ -94,6 +97,7 @@ class DeepConf(SearchPolicy):
         Option("window", int, 32, minimum=1, help="tokens in a sliding confidence window"),
         Option("chunk", int, None, minimum=1, help="tokens generated between checks [window]"),
         Option("consensus", float, None, minimum=0, maximum=1, help="skip the online phase when the warm-up vote share reaches this"),
+        Option("stream", bool, True, help="each online trace one request that the check stops, where the backend can watch; false: a request per chunk"),
     )
 
     def __init__(self, config, arg=None):
@@ -105,6 +109,7 @@ class DeepConf(SearchPolicy):
         self.window = self.option("window")
         self.chunk = self.option("chunk") or self.window
         self.consensus = self.option("consensus")
+        self.stream = self.option("stream")
         if config.logprobs < 1:
             raise UsageError("deepconf needs token logprobs: set --logprobs to 1 or more (default 5)")
         if not 1 <= self.warmup <= n:
@@ -126,7 +131,8 @@ class DeepConf(SearchPolicy):
         finished: list[Node] = []
         stopped: list[Node] = []
         if online:
-            firsts = await ctx.generate(ctx.root, online, self._chunk_params(ctx, ctx.root))
+            watch = self._watch(ctx, ctx.root, threshold)
+            firsts = await ctx.generate(ctx.root, online, self._chunk_params(ctx, ctx.root, watch), watch)
             traces = await ctx.gather(*(self._trace(ctx, node, threshold) for node in firsts))
             for node, was_stopped in traces:
                 (stopped if was_stopped else finished).append(node)
@@ -154,14 +160,32 @@ class DeepConf(SearchPolicy):
             "tokens_baseline": round(baseline, 1),
             "tokens_saved": round(baseline - generated, 1),
             "saved_fraction": round((baseline - generated) / baseline, 4) if baseline else 0.0,
+            "streamed": bool(online) and self._streams(ctx),
         }
         return SearchOutcome(candidates=candidates, chosen=chosen, meta=meta)
 
-    def _chunk_params(self, ctx: SearchContext, node: Node) -> SamplingParams | None:
+    def _streams(self, ctx: SearchContext) -> bool:
+        return self.stream and ctx.watches
+
+    def _watch(self, ctx: SearchContext, node: Node, threshold: float) -> Watch | None:
+        """The check of a streamed trace continuing ``node``: stop at the first window
+        below the threshold among the new tokens (``None`` when traces go by chunks)."""
+        if not self._streams(ctx):
+            return None
+        before = token_confidences(node.steps())
+
+        def dropped(so_far: Completion) -> bool:
+            confidences = before + token_confidences([Step.from_completion(so_far)])
+            return first_drop(confidences, self.window, threshold, start=len(before)) is not None
+
+        return Watch(every=self.chunk, stop=dropped)
+
+    def _chunk_params(self, ctx: SearchContext, node: Node, watch: Watch | None = None) -> SamplingParams | None:
+        """The next request's params: the rest of the budget when watched, else a chunk."""
         remaining = ctx.config.max_tokens - node.num_tokens
         if remaining <= 0:
             return None
-        return ctx.adjusted(ctx.config.sampling(max_tokens=min(self.chunk, remaining)))
+        return ctx.adjusted(ctx.config.sampling(max_tokens=remaining if watch else min(self.chunk, remaining)))
 
     async def _trace(self, ctx: SearchContext, node: Node, threshold: float) -> tuple[Node, bool]:
         """Continue one trace chunk by chunk; stop it when a window drops below the
@@ -175,8 +199,9 @@ class DeepConf(SearchPolicy):
                 ctx.prune([node], reason="deepconf: low confidence")
                 return node, True
             checked = len(confidences)
-            params = None if node.terminal else self._chunk_params(ctx, node)
+            watch = self._watch(ctx, node, threshold)
+            params = None if node.terminal else self._chunk_params(ctx, node, watch)
             if params is None:
                 node.terminal = True
                 return node, False
-            (node,) = await ctx.generate(node, 1, params)
+            (node,) = await ctx.generate(node, 1, params, watch)

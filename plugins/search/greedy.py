@@ -8,6 +8,10 @@ class Greedy(SearchPolicy):
     options = ()
     config_fields = ()  # one answer whatever --n and --temperature say
 
+    @property
+    def width(self) -> int:
+        return 1
+
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         (leaf,) = await ctx.complete(ctx.root, 1, temperature=0.0)
         (score,) = await ctx.score([leaf]) if ctx.verifier else (None,)

@@ -86,9 +86,14 @@ class MCTS(SearchPolicy):
         super().__init__(config, arg)
         iterations = self.option("iterations")
         self.iterations = config.n if iterations is None else iterations
-        self.width = self.option("expansion_width")
+        self.expansion_width = self.option("expansion_width")
         self.exploration = self.option("exploration")
         self.final = self.option("final")
+
+    @property
+    def width(self) -> int:
+        """One expansion at a time: its children are what a search has in flight."""
+        return int(self.expansion_width)
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         self.kids: dict[int, list[Node]] = {}
@@ -98,7 +103,7 @@ class MCTS(SearchPolicy):
             node = self._select(ctx)
             expandable = node is ctx.root or node.visits > 0
             if expandable and not is_finished(ctx, node) and node.depth < ctx.config.max_steps:
-                children = await ctx.expand(node, self.width)
+                children = await ctx.expand(node, self.expansion_width)
                 if children:
                     for child in children:
                         child.meta["iteration"] = iteration
