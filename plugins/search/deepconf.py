@@ -131,7 +131,7 @@ class DeepConf(SearchPolicy):
         finished: list[Node] = []
         stopped: list[Node] = []
         if online:
-            watch = self._watch(ctx, ctx.root, threshold)
+            watch = self._watch(ctx, [], threshold)
             firsts = await ctx.generate(ctx.root, online, self._chunk_params(ctx, ctx.root, watch), watch)
             traces = await ctx.gather(*(self._trace(ctx, node, threshold) for node in firsts))
             for node, was_stopped in traces:
@@ -167,12 +167,12 @@ class DeepConf(SearchPolicy):
     def _streams(self, ctx: SearchContext) -> bool:
         return self.stream and ctx.watches
 
-    def _watch(self, ctx: SearchContext, node: Node, threshold: float) -> Watch | None:
-        """The check of a streamed trace continuing ``node``: stop at the first window
-        below the threshold among the new tokens (``None`` when traces go by chunks)."""
+    def _watch(self, ctx: SearchContext, before: list[float], threshold: float) -> Watch | None:
+        """The check of a streamed trace continuing a path whose token confidences are
+        ``before``: stop at the first window below the threshold among the new tokens
+        (``None`` when traces go by chunks)."""
         if not self._streams(ctx):
             return None
-        before = token_confidences(node.steps())
 
         def dropped(so_far: Completion) -> bool:
             confidences = before + token_confidences([Step.from_completion(so_far)])
@@ -188,8 +188,8 @@ class DeepConf(SearchPolicy):
         return ctx.adjusted(ctx.config.sampling(max_tokens=remaining if watch else min(self.chunk, remaining)))
 
     async def _trace(self, ctx: SearchContext, node: Node, threshold: float) -> tuple[Node, bool]:
-        """Continue one trace chunk by chunk; stop it when a window drops below the
-        threshold. Returns its last node and whether it was stopped."""
+        """Continue one trace (one watched request, or chunk by chunk); stop it when a
+        window drops below the threshold. Returns its last node and whether it was stopped."""
         checked = 0
         while True:
             confidences = token_confidences(node.steps())
@@ -199,7 +199,7 @@ class DeepConf(SearchPolicy):
                 ctx.prune([node], reason="deepconf: low confidence")
                 return node, True
             checked = len(confidences)
-            watch = self._watch(ctx, node, threshold)
+            watch = self._watch(ctx, confidences, threshold)
             params = None if node.terminal else self._chunk_params(ctx, node, watch)
             if params is None:
                 node.terminal = True
