@@ -16,7 +16,8 @@ CODE_SYSTEM = (
 
 
 def messages_for(task: Task, system_prompt: str | None = None) -> list[dict[str, str]]:
-    """The chat messages that ask the model to solve ``task``."""
+    """The chat messages that ask the model to solve ``task``: the system prompt, the
+    task's earlier turns (``history``), then the question."""
     if task.kind == "code":
         system = system_prompt or CODE_SYSTEM
         user = task.metadata.get("prompt") or task.question
@@ -24,4 +25,4 @@ def messages_for(task: Task, system_prompt: str | None = None) -> list[dict[str,
     else:
         system = system_prompt or MATH_SYSTEM
         user = task.question
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": system}, *task.history, {"role": "user", "content": user}]

@@ -164,6 +164,9 @@ class Task:
     ``kind`` selects prompting and grading: ``math`` (an answer to extract and compare) or
     ``code`` (a program to run; ``metadata`` carries e.g. HumanEval's prompt, test and
     entry_point). ``reference`` is the known answer when there is one (evaluation).
+    ``history``: the conversation before ``question``, as chat messages (``{"role":
+    "user" | "assistant", "content": ...}``), which reach the model's chat template as
+    turns of their own; the search writes the answer to the last turn, ``question``.
     """
 
     question: str = field()
@@ -171,11 +174,20 @@ class Task:
     kind: str = "math"
     reference: str | None = None
     metadata: dict[str, Any] = field(factory=dict)
+    history: tuple[dict[str, str], ...] = field(default=(), converter=tuple)
 
     @question.validator
     def _check_question(self, attribute: Any, value: str) -> None:
         if not value or not value.strip():
             raise ValueError("the question is empty: pass the question text, --file PATH, or pipe it on stdin")
+
+    @history.validator
+    def _check_history(self, attribute: Any, value: tuple[dict[str, str], ...]) -> None:
+        for i, message in enumerate(value):
+            if set(message) != {"role", "content"} or message["role"] not in ("user", "assistant"):
+                raise ValueError(f"history[{i}] must be {{'role': 'user' | 'assistant', 'content': TEXT}}, got {message!r}")
+            if not isinstance(message["content"], str):
+                raise ValueError(f"history[{i}]'s content must be text")
 
 
 @frozen

@@ -14,22 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from scripted import ScriptedBackend
+from serve_process import serving
 
 from reason import Config
 from reason.events import ReflectionInjected, StepsGenerated, StepsScored, TextGenerated
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- the app on the scripted backend -------------------------------------------------
@@ -187,19 +180,24 @@ def test_prompt_over_the_context_is_a_400():
         assert chat(c).status_code == 200
 
 
-def test_history_and_system_messages_reach_the_prompt():
-    from reason.plugins.serve.protocol import ChatMessage
-    from reason.plugins.serve.selection import question_from_messages
+def test_a_conversation_reaches_the_model_as_turns_and_the_system_prompt_replaces_the_servers():
+    from starlette.testclient import TestClient
 
+    from reason.plugins.serve.app import create_app
+
+    backend = ScriptedBackend()
     messages = [
-        ChatMessage(role="system", content="Be brief."),
-        ChatMessage(role="user", content="I have 3 apples."),
-        ChatMessage(role="assistant", content="OK."),
-        ChatMessage(role="user", content=[{"type": "text", "text": "And 2 more?"}]),
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "I have 3 apples."},
+        {"role": "assistant", "content": "OK."},
+        {"role": "user", "content": [{"type": "text", "text": "And 2 more?"}]},
     ]
-    question, system = question_from_messages(messages)
-    assert system == "Be brief."
-    assert question.endswith("User: I have 3 apples.\n\nAssistant: OK.\n\nUser: And 2 more?")
+    with TestClient(create_app(Config(search="greedy"), backend=backend, served_model_name="toy")) as c:
+        assert chat(c, messages=messages).status_code == 200
+        assert error_of(chat(c, messages=[*messages, {"role": "tool", "content": "x"}]))["param"] == "messages.4.role"
+        assert error_of(chat(c, messages=messages[:3]))["param"] == "messages"
+    # the scripted chat template writes <role>content per message
+    assert backend.calls[0][0].prompt == "<system>Be brief.\n<user>I have 3 apples.\n<assistant>OK.\n<user>And 2 more?\n<assistant>"
 
 
 def sse_lines(client, path, body):
@@ -290,48 +288,12 @@ def test_search_view_streams_a_single_path_with_reflections():
 MODEL = "SmolLM2-135M-Instruct"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """`reason serve` in a subprocess on 127.0.0.1 (short answers, one torch thread);
-    yields its base URL, stops it (SIGINT, then the process group) at the end."""
-    port = free_port()
+    """`reason serve` in a subprocess (best-of-n, n=2, 16 tokens); yields its base URL."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
-    command = [
-        sys.executable, "-c", "from reason.cli import main; main()", "serve", "--host", "127.0.0.1",
-        "--port", str(port), "--search", "best-of-n", "--n", "2", "--max-tokens", "16", "-o", "threads=1",
-        "--no-access-log",
-    ]  # fmt: skip
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"reason serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline:
-            process.kill()
-            pytest.fail(f"reason serve did not start:\n{log.read_text()}")
-        time.sleep(0.5)
-    yield base
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    assert process.returncode == 0, log.read_text()
+    with serving(log, "--search", "best-of-n", "--n", "2", "--max-tokens", "16") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -394,6 +356,26 @@ def test_model_each_strategy_through_the_openai_client(openai_client):
     with pytest.raises(openai.NotFoundError):
         openai_client.chat.completions.create(model="gpt-4o", messages=QUESTION)
     assert [m.id for m in openai_client.models.list().data][:2] == [MODEL, f"beam/{MODEL}"]
+
+
+@pytest.mark.model
+def test_model_a_three_turn_conversation_reaches_the_model_as_three_turns(openai_client):
+    """The prompt the engine encoded is the chat template over the system prompt and the
+    three turns: its token count, read back from usage, is that of the template applied
+    here to the same messages (a transcript flattened into one turn counts differently)."""
+    from reason.plugins.backends.models import load_tokenizer, prompt_ids
+    from reason.prompts import MATH_SYSTEM
+
+    turns = [
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Nice to meet you, Ada."},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    reply = openai_client.chat.completions.create(model=f"greedy/{MODEL}", messages=turns)
+    tokenizer = load_tokenizer("smollm2")
+    prompt = tokenizer.apply_chat_template([{"role": "system", "content": MATH_SYSTEM}, *turns], tokenize=False, add_generation_prompt=True)
+    assert reply.usage.prompt_tokens == len(prompt_ids(tokenizer, prompt))
+    assert prompt.count("<|im_start|>user") == 2 and prompt.count("<|im_start|>assistant") == 2
 
 
 @pytest.mark.model

@@ -11,6 +11,10 @@ batch. Routes:
 - ``GET /v1/models``: the served model with every strategy that can be asked for.
 - ``GET /health``: liveness plus what is in flight: requests, searches, engine rows
   (the disconnect tests read it), and engine statistics since start.
+- ``GET /metrics``: Prometheus metrics (see :mod:`.metrics`).
+
+In front of them: API keys (:mod:`.auth`; every route but /health) and the deployer's
+limits (:mod:`.limits`: caps per request, a bounded queue of searches, a deadline).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
@@ -32,6 +36,9 @@ from reason import Backend, Config, ReasonError, Runtime, UsageError
 from reason.log import get_logger
 from reason.prompts import messages_for
 
+from .auth import APIKeys
+from .limits import Admission, Limits
+from .metrics import Metrics
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, new_id, now, usage_dict
 from .runner import Choice, ClientGone, Counter, Item, solve_all, stream_all, total_usage
 from .selection import Selection, make_task, model_ids, question_from_messages, searches, select
@@ -94,9 +101,12 @@ class Server:
         served_model_name: str | None = None,
         backend: Backend | None = None,
         request_options: bool = False,
+        limits: Limits | None = None,
     ) -> None:
         self.config = config
         self.request_options = request_options
+        self.limits = limits or Limits()
+        self.admission = Admission(self.limits)
         self._served = served_model_name
         self._backend = backend
         self.runtime: Runtime | None = None
@@ -104,6 +114,18 @@ class Server:
         self.counter = Counter()
         self.stats = EngineStats()
         self.started = now()
+        self.metrics = Metrics(
+            {
+                "requests_in_flight": ("Requests being answered", lambda: self.counter.requests),
+                "searches_running": ("Searches holding a slot", lambda: self.admission.running),
+                "searches_queued": ("Searches waiting for a slot", lambda: self.admission.queued),
+                "engine_rows_in_flight": ("Sequences in the engine's batch", self._rows_in_flight),
+            }
+        )
+
+    def _rows_in_flight(self) -> float:
+        rows = getattr(self.runtime.backend, "rows_in_flight", None) if self.runtime is not None else None
+        return float(rows or 0)
 
     async def start(self) -> None:
         runtime = Runtime(self.config, backend=self._backend)
@@ -126,9 +148,17 @@ class Server:
 
     # -- requests -----------------------------------------------------------------------
 
-    def prepare(self, body: Any, questions: list[str], system_prompt: str | None, param: str) -> tuple[Selection, Job]:
+    def prepare(
+        self,
+        body: Any,
+        questions: list[str],
+        system_prompt: str | None,
+        param: str,
+        history: list[dict[str, str]] | None = None,
+    ) -> tuple[Selection, Job]:
         """Check the request and turn it into jobs: ``(choice index, task, overrides)``,
-        ``body.n`` per question. Raises :class:`APIError` for anything wrong."""
+        ``body.n`` per question (each after the conversation ``history``). Raises
+        :class:`APIError` for anything wrong."""
         for name, why in body.unsupported():
             raise APIError(why, param=name)
         rt = self.rt
@@ -145,13 +175,17 @@ class Server:
         for p, question in enumerate(questions):
             for j in range(body.n):
                 index = p * body.n + j
-                task = make_task(question, f"{request_id}-{index}", selection.kind)
+                task = make_task(question, f"{request_id}-{index}", selection.kind, history or ())
                 if j == 0:
                     self.check_context(task, selection, param)
                 overrides = dict(selection.overrides)
                 if selection.config.seed is not None and index:
                     overrides["seed"] = selection.config.seed + index  # n searches, not n copies
                 jobs.append((index, task, overrides))
+        self.limits.check(
+            len(jobs), selection.overrides.get("n"), selection.overrides.get("max_tokens"),
+            choices_param="n" if len(questions) == 1 else "prompt",
+        )
         return selection, jobs
 
     def check_context(self, task: Any, selection: Selection, param: str) -> None:
@@ -172,11 +206,22 @@ class Server:
                 code="context_length_exceeded",
             )
 
+    def deadline(self) -> float | None:
+        """The event-loop time by which a request arriving now must be answered."""
+        seconds = self.limits.deadline
+        return asyncio.get_running_loop().time() + seconds if seconds is not None else None
+
+    def ended(self, search: str, outcome: str, count: int) -> None:
+        for _ in range(count):
+            self.metrics.search_ended(search, outcome)
+
     async def respond(self, request: Request, body: Any, selection: Selection, jobs: Job, fmt: Format) -> Response:
+        deadline = self.deadline()
+        reserved = self.admission.reserve(len(jobs))  # a 429 now, before any response starts
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             shutdown = anyio.Event()
-            events = self.sse(jobs, fmt, include_usage, selection.progress, shutdown)
+            events = self.sse(jobs, fmt, include_usage, selection, shutdown, reserved, deadline)
             return EventSourceResponse(
                 events,
                 sep="\n",
@@ -185,39 +230,88 @@ class Server:
                 shutdown_event=shutdown,
                 shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
             )
+        search = selection.search
         with self.counter.request():
+            timer = asyncio.timeout_at(deadline)
             try:
-                choices = await solve_all(self.rt, jobs, request.receive, self.counter)
+                async with timer, self.admission.hold(len(jobs), reserved):
+                    choices = await solve_all(self.rt, jobs, request.receive, self.counter)
             except ClientGone:
+                self.ended(search, "cancelled", len(jobs))
                 return Response(status_code=499)
-            except Exception as exc:
+            except TimeoutError as exc:
+                self.ended(search, "cancelled", len(jobs))
+                if timer.expired() and self.limits.deadline is not None:
+                    raise deadline_error(self.limits.deadline) from exc
                 raise to_api_error(exc) from exc
+            except Exception as exc:
+                self.ended(search, "error", len(jobs))
+                raise to_api_error(exc) from exc
+        for choice in choices:
+            self.metrics.search_done(choice.solution)
         choices.sort(key=lambda c: c.index)
         return JSONResponse(fmt.response(choices))
 
     async def sse(
-        self, jobs: Job, fmt: Format, include_usage: bool, progress: bool, shutdown: Any = None
+        self,
+        jobs: Job,
+        fmt: Format,
+        include_usage: bool,
+        selection: Selection,
+        shutdown: Any = None,
+        reserved: asyncio.Future[None] | None = None,
+        deadline: float | None = None,
     ) -> AsyncIterator[str]:
+        start = asyncio.get_running_loop().time()
+        ended = 0  # searches done or failed; the rest were cancelled when the stream closed
         with self.counter.request():
-            for index, _, _ in jobs:
-                first = fmt.start(index)
-                if first is not None:
-                    yield dumps(first)
-            choices: list[Choice] = []
-            items = stream_all(
-                self.rt, jobs, progress_events=progress, counter=self.counter, to_error=to_api_error, shutdown=shutdown
-            )
-            async with contextlib.aclosing(items):
-                async for item in items:
-                    chunk = self._chunk(fmt, item, choices, len(jobs), include_usage)
-                    if chunk is not None:
-                        yield dumps(chunk)
-                    if item.kind == "error":
-                        yield "[DONE]"
-                        return
-            if include_usage:
-                yield dumps(fmt.usage_chunk(usage_dict(*total_usage(choices))))
-            yield "[DONE]"
+            try:
+                for index, _, _ in jobs:
+                    first = fmt.start(index)
+                    if first is not None:
+                        yield dumps(first)
+                try:
+                    async with self.admission.hold(len(jobs), reserved, deadline):
+                        choices: list[Choice] = []
+                        items = stream_all(
+                            self.rt,
+                            jobs,
+                            progress_events=selection.progress,
+                            counter=self.counter,
+                            to_error=to_api_error,
+                            shutdown=shutdown,
+                            stop_at=deadline,
+                            timeout_error=deadline_error(self.limits.deadline) if deadline is not None else None,
+                        )
+                        first_content = True
+                        async with contextlib.aclosing(items):
+                            async for item in items:
+                                if item.kind == "content" and first_content:
+                                    first_content = False
+                                    self.metrics.first_token.observe(asyncio.get_running_loop().time() - start)
+                                elif item.kind == "done":
+                                    ended += 1
+                                    self.metrics.search_done(item.data.solution)
+                                elif item.kind == "error":  # a failed search, the deadline or the shutdown
+                                    outcome = "error" if item.data.code not in ("deadline_exceeded", "server_shutdown") else "cancelled"
+                                    self.ended(selection.search, outcome, len(jobs) - ended)
+                                    ended = len(jobs)
+                                chunk = self._chunk(fmt, item, choices, len(jobs), include_usage)
+                                if chunk is not None:
+                                    yield dumps(chunk)
+                                if item.kind == "error":
+                                    yield "[DONE]"
+                                    return
+                except TimeoutError:  # the deadline passed while the request was queued
+                    assert self.limits.deadline is not None
+                    yield dumps(deadline_error(self.limits.deadline).to_dict())
+                    yield "[DONE]"
+                    return
+                if include_usage:
+                    yield dumps(fmt.usage_chunk(usage_dict(*total_usage(choices))))
+                yield "[DONE]"
+            finally:
+                self.ended(selection.search, "cancelled", len(jobs) - ended)
 
     def _chunk(self, fmt: Format, item: Item, choices: list[Choice], total: int, include_usage: bool) -> dict[str, Any] | None:
         if item.kind == "progress":
@@ -277,6 +371,7 @@ class Server:
             "search": self.config.search,
             "requests_in_flight": self.counter.requests,
             "searches_in_flight": self.counter.searches,
+            "searches_queued": self.admission.queued,
             "searches_cancelled": self.counter.cancelled,
             "requests_served": self.counter.served,
             "engine": engine,
@@ -285,6 +380,15 @@ class Server:
 
 def dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def deadline_error(seconds: float) -> APIError:
+    return APIError(
+        f"the request did not finish within this server's deadline ({seconds:g} s); its searches were cancelled",
+        504,
+        type="timeout_error",
+        code="deadline_exceeded",
+    )
 
 
 def to_api_error(exc: BaseException) -> APIError:
@@ -407,12 +511,16 @@ def create_app(
     served_model_name: str | None = None,
     backend: Backend | None = None,
     request_options: bool = False,
+    limits: Limits | None = None,
+    api_keys: Sequence[str] = (),
 ) -> FastAPI:
     """The app for ``config`` (the server's defaults). ``backend``: an already-built
     backend to serve (tests); by default the config's is built and loaded at startup.
     ``request_options``: let requests set plugin options (``reason.options``; trusted
-    clients only, see :func:`.selection.select`)."""
-    server = Server(config, served_model_name, backend, request_options)
+    clients only, see :func:`.selection.select`). ``limits``: what a client may ask for
+    (:class:`.limits.Limits`). ``api_keys``: the bearer keys a client must present (none:
+    the server is open)."""
+    server = Server(config, served_model_name, backend, request_options, limits)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -431,10 +539,14 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.server = server
+    # the last added runs first: count every answer, 401s included
+    if api_keys:
+        app.add_middleware(APIKeys, keys=list(api_keys))
+    app.add_middleware(server.metrics.middleware)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status)
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -448,8 +560,8 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        question, system = question_from_messages(body.messages)
-        selection, jobs = server.prepare(body, [question], system, "messages")
+        question, history, system = question_from_messages(body.messages)
+        selection, jobs = server.prepare(body, [question], system, "messages", history)
         return await server.respond(request, body, selection, jobs, ChatFormat(body.model or server.served))
 
     @app.post("/v1/completions")
@@ -474,6 +586,10 @@ def create_app(
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return server.health()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(server.metrics.scrape(), media_type=server.metrics.content_type)
 
     return app
 

@@ -169,11 +169,14 @@ async def stream_all(
     counter: Counter,
     to_error: Callable[[BaseException], APIError],
     shutdown: Any = None,
+    stop_at: float | None = None,
+    timeout_error: APIError | None = None,
 ) -> AsyncIterator[Item]:
     """Run every job as a stream and yield :class:`Item` s as they happen, choices
     interleaved. Closing this iterator (a client gone) cancels every search; so does
-    ``shutdown`` (an event with ``wait()``, set when the server stops), after an error
-    item that tells the client why."""
+    ``shutdown`` (an event with ``wait()``, set when the server stops), and so does the
+    event-loop time ``stop_at`` (a deadline), each after an error item that tells the
+    client why (``timeout_error`` for the deadline)."""
     queue: asyncio.Queue[Item] = asyncio.Queue()
 
     async def one(index: int, task: Task, overrides: dict[str, Any]) -> None:
@@ -204,9 +207,16 @@ async def stream_all(
         error = APIError("the server is shutting down; the search was cancelled", 503, type="server_error", code="server_shutdown")
         queue.put_nowait(Item("error", jobs[0][0], error))
 
+    async def expiring() -> None:
+        assert stop_at is not None and timeout_error is not None
+        await asyncio.sleep(stop_at - asyncio.get_running_loop().time())
+        queue.put_nowait(Item("error", jobs[0][0], timeout_error))
+
     workers = [asyncio.create_task(one(*job)) for job in jobs]
     if shutdown is not None:
         workers.append(asyncio.create_task(stopping()))
+    if stop_at is not None:
+        workers.append(asyncio.create_task(expiring()))
     try:
         remaining = len(jobs)
         while remaining:

@@ -177,16 +177,14 @@ def _text(message: ChatMessage, index: int) -> str:
     return "".join(parts)
 
 
-def question_from_messages(messages: Sequence[ChatMessage]) -> tuple[str, str | None]:
-    """The question to solve and the client's system prompt (None: the server's).
-
-    A search answers the user's last message. Earlier turns are kept as a transcript in
-    front of it (the runtime's task is one question, so history travels inside it);
-    system and developer messages replace the server's system prompt."""
+def question_from_messages(messages: Sequence[ChatMessage]) -> tuple[str, list[dict[str, str]], str | None]:
+    """The question to solve (the user's last message), the turns before it (user and
+    assistant messages, for the chat template) and the client's system prompt (None: the
+    server's): system and developer messages replace the server's system prompt."""
     system = [_text(m, i) for i, m in enumerate(messages) if m.role in ("system", "developer")]
     turns = [(i, m) for i, m in enumerate(messages) if m.role not in ("system", "developer")]
     for i, m in turns:
-        if m.role in ("tool", "function"):
+        if m.role not in ("user", "assistant"):
             raise APIError(f"messages[{i}]: {m.role} messages are not supported (no tools)", param=f"messages.{i}.role")
     if not turns or turns[-1][1].role != "user":
         raise APIError(
@@ -197,13 +195,11 @@ def question_from_messages(messages: Sequence[ChatMessage]) -> tuple[str, str | 
     question = _text(last, last_index)
     if not question.strip():
         raise APIError("the user's last message is empty", param=f"messages.{last_index}.content")
-    history = [f"{m.role.capitalize()}: {_text(m, i)}" for i, m in turns[:-1]]
-    if history:
-        question = "Conversation so far:\n\n" + "\n\n".join(history) + f"\n\nUser: {question}"
-    return question, ("\n\n".join(system) if system else None)
+    history = [{"role": m.role, "content": _text(m, i)} for i, m in turns[:-1]]
+    return question, history, ("\n\n".join(system) if system else None)
 
 
-def make_task(question: str, task_id: str, kind: str) -> Task:
+def make_task(question: str, task_id: str, kind: str, history: Sequence[dict[str, str]] = ()) -> Task:
     if not question or not question.strip():
         raise APIError("the prompt is empty", param="prompt")
-    return Task(question=question, id=task_id, kind=kind)
+    return Task(question=question, id=task_id, kind=kind, history=tuple(history))
