@@ -265,7 +265,9 @@ def _print_solution(solution: Any, tree_out: str | None) -> None:
     echo("")
     echo(f"answer:  {solution.answer if solution.answer is not None else '(none found)'}")
     score = f"{solution.score:.3f}" if solution.score is not None else "-"
-    echo(f"score:   {score}   ({solution.config['search']}, n={solution.config['n']}, verifier={solution.config['verifier'] or 'none'})")
+    # n only where the search had several paths to choose from (greedy has one, whatever --n says)
+    budget = f", n={solution.config['n']}" if len(solution.candidates) > 1 else ""
+    echo(f"score:   {score}   ({solution.config['search']}{budget}, verifier={solution.config['verifier'] or 'none'})")
     if len(solution.candidates) > 1:
         # The candidates' answers and how many reached each: the vote behind the choice
         # (under best-of-n the verifier's scores decide, but the spread still shows).

@@ -30,7 +30,8 @@ def free_port() -> int:
 def serving(log: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """`reason serve ARGS` (short answers, one torch thread); yields its base URL."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1", **(env or {})}
+    # faulthandler: a server that never comes up is aborted, and prints every thread's stack
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1", "PYTHONFAULTHANDLER": "1", **(env or {})}
     command = [
         sys.executable, "-c", "from reason.cli import main; main()", "serve", "--host", "127.0.0.1",
         "--port", str(port), "-o", "threads=1", "--no-access-log", *args,
@@ -48,8 +49,12 @@ def serving(log: Path, *args: str, env: dict[str, str] | None = None) -> Iterato
         except httpx.HTTPError:
             pass
         if time.time() > deadline:
-            process.kill()
-            pytest.fail(f"reason serve did not start:\n{log.read_text()}")
+            process.send_signal(signal.SIGABRT)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"reason serve did not start in 300 s; its stacks when aborted:\n{log.read_text()[-20000:]}")
         time.sleep(0.5)
     try:
         yield base

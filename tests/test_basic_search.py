@@ -82,3 +82,19 @@ def test_the_tree_records_the_chosen_leaf():
     chosen = solution.tree[solution.tree.chosen]
     assert chosen.text() == solution.text and solution.answer == "4"
     assert solution.tree.to_dict()["chosen"] == chosen.id
+
+
+def test_a_tasks_history_reaches_the_model_as_turns_before_its_question():
+    import pytest
+
+    from reason import Task
+
+    backend = ScriptedBackend()
+    history = [{"role": "user", "content": "I have 3 apples."}, {"role": "assistant", "content": "OK."}]
+    Runtime(Config(search="greedy", system_prompt="Be brief."), backend=backend).solve(Task("And 2 more?", history=history))
+    (request,) = backend.calls[0]
+    assert request.prompt == "<system>Be brief.\n<user>I have 3 apples.\n<assistant>OK.\n<user>And 2 more?\n<assistant>"
+    with pytest.raises(ValueError, match=r"history\[0\] must be"):
+        Task("q", history=[{"role": "system", "content": "x"}])
+    with pytest.raises(ValueError, match=r"history\[1\]'s content must be text"):
+        Task("q", history=[{"role": "user", "content": "a"}, {"role": "assistant", "content": None}])

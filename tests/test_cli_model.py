@@ -57,6 +57,9 @@ def test_stdin_tree_and_human_output(tmp_path):
     out = reason("solve", "--search", "best-of-n", "--n", "2", "--max-tokens", "32", "--seed", "0",
                  "--tree", str(tree_file), stdin=QUESTION + "\n")
     assert "answer:" in out.stdout and "usage:" in out.stdout and "generated tokens" in out.stdout
+    assert "(best-of-n, n=2, verifier=confidence)" in out.stdout
+    greedy = reason("solve", "--search", "greedy", "--max-tokens", "16", stdin=QUESTION + "\n")
+    assert "(greedy, verifier=confidence)" in greedy.stdout  # one path: no n to speak of
     tree = json.loads(tree_file.read_text())
     root, *children = tree["nodes"]
     assert root["kind"] == "root" and len(children) == 2

@@ -58,7 +58,11 @@ def test_chat_completion_carries_the_answer_usage_and_candidates(client):
     data = r.json()
     assert data["object"] == "chat.completion" and data["id"].startswith("chatcmpl-")
     (choice,) = data["choices"]
-    assert choice["message"] == {"role": "assistant", "content": "Step one.\n\nThe answer is \\boxed{4}."}
+    message = choice["message"]
+    assert (message["role"], message["content"]) == ("assistant", "Step one.\n\nThe answer is \\boxed{4}.")
+    # the search, told in the field chat clients fold away
+    assert message["reasoning_content"] == message["reasoning"]
+    assert message["reasoning_content"].startswith("Searched with best-of-n (n=3, verifier confidence).\n3 candidates: 4 x3")
     assert choice["finish_reason"] == "stop"
     ext = choice["reason"]
     assert ext["search"] == "best-of-n" and ext["answer"] == "4"
@@ -217,8 +221,12 @@ def test_stream_shape_progress_content_finish_usage_done(client):
     assert {"steps.generated", "steps.scored", "answer.found"} <= set(kinds)
     scored = next(c["reason"] for c in chunks if c.get("reason", {}).get("type") == "steps.scored")
     assert scored["best"]["score"] == max(scored["scores"]) and scored["best"]["path"]
-    # progress chunks have an empty delta, so ordinary clients see no content in them
-    assert all(c["choices"][0]["delta"] == {} for c in chunks if "reason" in c)
+    # progress chunks narrate in reasoning_content, never in content
+    narrated = [c["choices"][0]["delta"] for c in chunks if "reason" in c]
+    assert all("content" not in d and d.get("reasoning_content") == d.get("reasoning") for d in narrated)
+    reasoning = "".join(d.get("reasoning_content", "") for d in narrated)
+    assert reasoning.startswith("Searching with best-of-n (n=3, verifier confidence).\n") and "confidence scores: " in reasoning
+    assert "Chose 4 (score" in reasoning
     content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert content == "Step one.\n\nThe answer is \\boxed{4}."
     last = chunks[-1]
@@ -531,3 +539,47 @@ def test_model_32_concurrent_requests_are_batched_together(server):
     assert shared > 0 and after["max_rows"] > 1
     # 32 x 8 tokens (and the quitters' first few) in far fewer steps than one at a time
     assert steps < 32 * 8 / 2, (steps, after)
+
+
+# -- reasoning_content -----------------------------------------------------------------
+
+
+def test_think_splitter_routes_thinking_across_cut_tags():
+    from reason.plugins.serve.reasoning import ThinkSplitter, split_think
+
+    text = "<think>3 + 5 is 8.</think>\n\nThe answer is 8."
+    for cut in range(1, len(text)):  # every place a delta boundary can fall, tags included
+        splitter = ThinkSplitter()
+        parts = splitter.feed(text[:cut]) + splitter.feed(text[cut:]) + splitter.flush()
+        thinking = "".join(t for f, t in parts if f == "reasoning")
+        answer = "".join(t for f, t in parts if f == "content")
+        assert (thinking, answer) == ("3 + 5 is 8.", "\n\nThe answer is 8."), cut
+    assert split_think("no tags < here") == ("", "no tags < here")
+    assert split_think("<think>unfinished") == ("unfinished", "")
+
+
+def test_a_think_model_streams_its_thinking_as_reasoning_and_the_switch_keeps_the_old_shape():
+    from starlette.testclient import TestClient
+
+    from reason.plugins.serve.app import create_app
+
+    backend = ScriptedBackend(lambda request, i: "<think>Three and five.</think>\n\nThe answer is \\boxed{8}.")
+    with TestClient(create_app(Config(search="greedy"), backend=backend, served_model_name="toy")) as c:
+        whole = chat(c, messages=[{"role": "user", "content": "3+5?"}]).json()["choices"][0]["message"]
+        assert whole["content"] == "The answer is \\boxed{8}." and whole["reasoning_content"].endswith("Three and five.")
+        body = {"model": "toy", "messages": [{"role": "user", "content": "3+5?"}], "stream": True}
+        chunks = [json.loads(x) for x in sse_lines(c, "/v1/chat/completions", body)[:-1]]
+        deltas = [ch["choices"][0]["delta"] for ch in chunks if ch["choices"]]
+        content = "".join(d.get("content", "") for d in deltas)
+        reasoning = "".join(d.get("reasoning_content", "") for d in deltas)
+        assert "<think>" not in content and content.strip() == "The answer is \\boxed{8}."
+        assert "Three and five." in reasoning and reasoning.startswith("Searching with greedy")
+        first_reasoning = next(i for i, d in enumerate(deltas) if d.get("reasoning_content"))
+        first_content = next(i for i, d in enumerate(deltas) if d.get("content"))
+        assert first_reasoning < first_content
+        # the switch, per request: today's shape, everything the model wrote in content
+        old = chat(c, messages=[{"role": "user", "content": "3+5?"}], reason={"reasoning": False}).json()
+        assert old["choices"][0]["message"] == {"role": "assistant", "content": "<think>Three and five.</think>\n\nThe answer is \\boxed{8}."}
+        assert error_of(chat(c, reason={"reasoning": "yes"}))["param"] == "reason.reasoning"
+    with TestClient(create_app(Config(search="greedy"), backend=backend, served_model_name="toy", reasoning=False)) as c:
+        assert "reasoning_content" not in chat(c).json()["choices"][0]["message"]  # and per server

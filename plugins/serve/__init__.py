@@ -70,6 +70,14 @@ Then, with any OpenAI client (base URL http://127.0.0.1:8000/v1):
     default=None,
     help="Seconds a request may take, queue included; then its searches are cancelled (504). [no deadline]",
 )
+@click.option(
+    "--reasoning/--no-reasoning",
+    default=True,
+    show_default=True,
+    help="Chat answers carry the search's narration and a <think> model's thinking in reasoning_content (and "
+    "reasoning), streamed as the search runs, the answer in content; --no-reasoning: everything in content, "
+    "progress only in the reason extension. A request decides for itself with reason.reasoning.",
+)
 @run_options
 def serve_command(
     host: str,
@@ -84,6 +92,7 @@ def serve_command(
     limit_searches: int,
     limit_queue: int,
     deadline: float | None,
+    reasoning: bool,
     **params: Any,
 ) -> None:
     """Serve the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models,
@@ -107,7 +116,12 @@ def serve_command(
     limits = Limits(limit_n, limit_width, limit_tokens, limit_searches, limit_queue, deadline)
     Runtime(config).close()  # a bad component name stops here, before the model loads
     app = create_app(
-        config, served_model_name=served_model_name, request_options=request_options, limits=limits, api_keys=api_keys
+        config,
+        served_model_name=served_model_name,
+        request_options=request_options,
+        limits=limits,
+        api_keys=api_keys,
+        reasoning=reasoning,
     )
     access = f"{len(api_keys)} API key{'s' if len(api_keys) != 1 else ''}" if api_keys else "open: no API key"
     click.echo(

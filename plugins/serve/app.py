@@ -40,6 +40,8 @@ from .auth import APIKeys
 from .limits import Admission, Limits
 from .metrics import Metrics
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, new_id, now, usage_dict
+from .reasoning import FIELDS as REASONING_FIELDS
+from .reasoning import ThinkSplitter, narrate, split_think, summary
 from .runner import Choice, ClientGone, Counter, Item, solve_all, stream_all, total_usage
 from .selection import Selection, make_task, model_ids, question_from_messages, searches, select
 
@@ -102,8 +104,10 @@ class Server:
         backend: Backend | None = None,
         request_options: bool = False,
         limits: Limits | None = None,
+        reasoning: bool = True,
     ) -> None:
         self.config = config
+        self.reasoning = reasoning
         self.request_options = request_options
         self.limits = limits or Limits()
         self.admission = Admission(self.limits)
@@ -296,8 +300,7 @@ class Server:
                                     outcome = "error" if item.data.code not in ("deadline_exceeded", "server_shutdown") else "cancelled"
                                     self.ended(selection.search, outcome, len(jobs) - ended)
                                     ended = len(jobs)
-                                chunk = self._chunk(fmt, item, choices, len(jobs), include_usage)
-                                if chunk is not None:
+                                for chunk in self._chunks(fmt, item, choices, len(jobs), include_usage):
                                     yield dumps(chunk)
                                 if item.kind == "error":
                                     yield "[DONE]"
@@ -313,17 +316,18 @@ class Server:
             finally:
                 self.ended(selection.search, "cancelled", len(jobs) - ended)
 
-    def _chunk(self, fmt: Format, item: Item, choices: list[Choice], total: int, include_usage: bool) -> dict[str, Any] | None:
+    def _chunks(self, fmt: Format, item: Item, choices: list[Choice], total: int, include_usage: bool) -> list[dict[str, Any]]:
         if item.kind == "progress":
-            return fmt.chunk(item.index, "", extension=item.data)
+            return [fmt.progress_chunk(item.index, item.data)]
         if item.kind == "content":
-            return fmt.chunk(item.index, item.data)
+            return fmt.content_chunks(item.index, item.data)
         if item.kind == "error":
-            return item.data.to_dict()
+            return [item.data.to_dict()]
         choice: Choice = item.data
         choices.append(choice)
         usage = usage_dict(*total_usage(choices)) if len(choices) == total and not include_usage else None
-        return fmt.chunk(item.index, None, finish=choice.finish_reason, extension=choice.extension(), usage=usage)
+        last = fmt.chunk(item.index, None, finish=choice.finish_reason, extension=choice.extension(), usage=usage)
+        return [*fmt.content_end(item.index), last]
 
     # -- reports ------------------------------------------------------------------------
 
@@ -454,6 +458,17 @@ class Format:
     def start(self, index: int) -> dict[str, Any] | None:
         return None
 
+    def progress_chunk(self, index: int, progress: dict[str, Any]) -> dict[str, Any]:
+        """A progress event: an empty delta with the event in the ``reason`` extension."""
+        return self.chunk(index, "", extension=progress)
+
+    def content_chunks(self, index: int, text: str) -> list[dict[str, Any]]:
+        return [self.chunk(index, text)]
+
+    def content_end(self, index: int) -> list[dict[str, Any]]:
+        """Chunks for text held back until choice ``index``'s content ended."""
+        return []
+
     def delta(self, text: str | None) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -462,9 +477,38 @@ class Format:
 
 
 class ChatFormat(Format):
+    """Chat completions. With ``reasoning``, the search's narration and a ``<think>``
+    model's thinking go to ``reasoning_content`` / ``reasoning`` (see :mod:`.reasoning`),
+    the answer to ``content``; without, everything the model wrote is ``content``."""
+
     object = "chat.completion"
     chunk_object = "chat.completion.chunk"
     prefix = "chatcmpl"
+
+    def __init__(self, model: str, reasoning: bool = True) -> None:
+        super().__init__(model)
+        self.reasoning = reasoning
+        self.splitters: dict[int, ThinkSplitter] = {}
+
+    def _reasoning_chunk(self, index: int, text: str, extension: dict[str, Any] | None = None) -> dict[str, Any]:
+        chunk = self.chunk(index, "", extension=extension)
+        chunk["choices"][0]["delta"] = dict.fromkeys(REASONING_FIELDS, text)
+        return chunk
+
+    def progress_chunk(self, index: int, progress: dict[str, Any]) -> dict[str, Any]:
+        line = narrate(progress) if self.reasoning else None
+        return self._reasoning_chunk(index, line, progress) if line else super().progress_chunk(index, progress)
+
+    def content_chunks(self, index: int, text: str) -> list[dict[str, Any]]:
+        if not self.reasoning:
+            return super().content_chunks(index, text)
+        parts = self.splitters.setdefault(index, ThinkSplitter()).feed(text)
+        return [self._reasoning_chunk(index, t) if field == "reasoning" else self.chunk(index, t) for field, t in parts]
+
+    def content_end(self, index: int) -> list[dict[str, Any]]:
+        splitter = self.splitters.pop(index, None)
+        parts = splitter.flush() if splitter is not None else []
+        return [self._reasoning_chunk(index, t) if field == "reasoning" else self.chunk(index, t) for field, t in parts]
 
     def start(self, index: int) -> dict[str, Any]:
         chunk = self.chunk(index, "")
@@ -475,9 +519,14 @@ class ChatFormat(Format):
         return {"delta": {"content": text} if text else {}}
 
     def whole_choice(self, choice: Choice) -> dict[str, Any]:
+        message = {"role": "assistant", "content": choice.solution.text}
+        if self.reasoning:
+            thinking, answer = split_think(choice.solution.text)
+            message = {"role": "assistant", "content": answer.lstrip() if thinking else answer}
+            message.update(dict.fromkeys(REASONING_FIELDS, summary(choice.solution) + thinking))
         return {
             "index": choice.index,
-            "message": {"role": "assistant", "content": choice.solution.text},
+            "message": message,
             "logprobs": None,
             "finish_reason": choice.finish_reason,
             "reason": choice.extension(),
@@ -513,14 +562,17 @@ def create_app(
     request_options: bool = False,
     limits: Limits | None = None,
     api_keys: Sequence[str] = (),
+    reasoning: bool = True,
 ) -> FastAPI:
     """The app for ``config`` (the server's defaults). ``backend``: an already-built
     backend to serve (tests); by default the config's is built and loaded at startup.
     ``request_options``: let requests set plugin options (``reason.options``; trusted
     clients only, see :func:`.selection.select`). ``limits``: what a client may ask for
     (:class:`.limits.Limits`). ``api_keys``: the bearer keys a client must present (none:
-    the server is open)."""
-    server = Server(config, served_model_name, backend, request_options, limits)
+    the server is open). ``reasoning``: chat answers carry the search's narration and the
+    model's thinking in ``reasoning_content`` (a request's ``reason.reasoning`` decides
+    for itself)."""
+    server = Server(config, served_model_name, backend, request_options, limits, reasoning)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -562,7 +614,9 @@ def create_app(
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         question, history, system = question_from_messages(body.messages)
         selection, jobs = server.prepare(body, [question], system, "messages", history)
-        return await server.respond(request, body, selection, jobs, ChatFormat(body.model or server.served))
+        reasoning = server.reasoning if selection.reasoning is None else selection.reasoning
+        fmt = ChatFormat(body.model or server.served, reasoning=reasoning)
+        return await server.respond(request, body, selection, jobs, fmt)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:

@@ -25,9 +25,11 @@ SERVER_FIELDS = BACKEND_FIELDS
 """Config fields fixed when the server starts: one model is loaded, for every request
 (a Runtime's backend settings; its backend options are fixed too)."""
 
-EXTENSION_KEYS = ("kind", "progress")
-"""``reason`` keys that are not Config fields: the task kind (``math`` | ``code``) and
-whether a stream carries progress events."""
+EXTENSION_KEYS = ("kind", "progress", "reasoning")
+"""``reason`` keys that are not Config fields: the task kind (``math`` | ``code``),
+whether a stream carries progress events, and whether a chat answer puts the search's
+narration and the model's thinking in ``reasoning_content`` (the server's choice when
+unset)."""
 
 TASK_KINDS = ("math", "code")
 
@@ -41,6 +43,7 @@ class Selection:
     config: Config
     kind: str = "math"
     progress: bool = True
+    reasoning: bool | None = None
 
     @property
     def search(self) -> str:
@@ -98,7 +101,7 @@ def select(
     if strategy is not None:
         overrides["search"] = strategy
     overrides.update({k: v for k, v in sampling.items() if v is not None})
-    kind, progress = "math", True
+    kind, progress, reasoning = "math", True, None
     if extension is not None:
         if not isinstance(extension, dict):
             raise APIError("'reason' must be an object, e.g. {\"search\": \"beam\", \"n\": 8}", param="reason")
@@ -122,10 +125,13 @@ def select(
                 if value not in TASK_KINDS:
                     raise APIError(f"reason.kind must be one of {', '.join(TASK_KINDS)}, got {value!r}", param="reason.kind")
                 kind = value
-            elif key == "progress":
+            elif key in ("progress", "reasoning"):
                 if not isinstance(value, bool):
-                    raise APIError("reason.progress must be true or false", param="reason.progress")
-                progress = value
+                    raise APIError(f"reason.{key} must be true or false", param=f"reason.{key}")
+                if key == "progress":
+                    progress = value
+                else:
+                    reasoning = value
             elif key == "reflect" and isinstance(value, str):
                 overrides[key] = (value,)
             else:
@@ -140,7 +146,7 @@ def select(
         raise APIError(str(exc), param=param) from None
     except (TypeError, ValueError) as exc:
         raise APIError(f"invalid reason settings: {exc}", param="reason") from None
-    return Selection(overrides=overrides, config=config, kind=kind, progress=progress)
+    return Selection(overrides=overrides, config=config, kind=kind, progress=progress, reasoning=reasoning)
 
 
 def _param_of(message: str, overrides: dict[str, Any]) -> str | None:
