@@ -113,6 +113,14 @@ class Backend(Component, ABC):
         return None
 
     @property
+    def failure(self) -> str | None:
+        """Why this backend can serve no more requests until it is built again (its engine
+        process died, its decode loop is gone), or ``None`` while it can. A long-lived
+        caller (``reason serve``) reads it after a failed request, and on health checks,
+        to rebuild instead of failing every later request. Default: never fails this way."""
+        return None
+
+    @property
     def continuous(self) -> bool:
         """Whether the runtime should submit requests one by one to :meth:`generate_async`
         (True when a subclass overrides it) instead of batching calls to :meth:`generate`."""

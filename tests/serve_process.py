@@ -28,14 +28,17 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serving(log: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`reason serve ARGS` (short answers, one torch thread); yields its base URL."""
+    """`reason serve ARGS` (the embedded model on one torch thread unless ARGS pick a
+    backend); yields its base URL."""
     port = free_port()
     # faulthandler: a server that never comes up is aborted, and prints every thread's stack
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1", "PYTHONFAULTHANDLER": "1", **(env or {})}
     command = [
         sys.executable, "-c", "from reason.cli import main; main()", "serve", "--host", "127.0.0.1",
-        "--port", str(port), "-o", "threads=1", "--no-access-log", *args,
+        "--port", str(port), "--no-access-log", *args,
     ]  # fmt: skip
+    if "--backend" not in args:  # the embedded model, on one torch thread
+        command += ["-o", "threads=1"]
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

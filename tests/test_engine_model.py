@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from reason import Config, GenerateRequest, Runtime, SamplingParams
+from reason import BackendError, Config, GenerateRequest, Runtime, SamplingParams
 from reason.plugins.backends import transformers_loop
 
 pytestmark = pytest.mark.model
@@ -184,9 +184,10 @@ def test_a_failing_step_fails_every_request_it_held_and_the_engine_goes_on(backe
     first = backend.submit(GenerateRequest(prompt(backend, QUESTIONS[0]), SamplingParams(temperature=0, max_tokens=200)))
     wait_for(lambda: backend.rows_in_flight == 1)
     joining = backend.submit(GenerateRequest(prompt(backend, QUESTIONS[1]), SamplingParams(temperature=0, max_tokens=40), n=2))
-    for future in (first, joining):
-        with pytest.raises(RuntimeError, match="simulated"):
+    for future in (first, joining):  # one clear engine error, the cause kept
+        with pytest.raises(BackendError, match="a decode step failed: RuntimeError: simulated") as info:
             future.result(timeout=120)
+        assert isinstance(info.value.__cause__, RuntimeError)
     monkeypatch.setattr(backend, "_decode", real)
     (done,) = backend.generate([GenerateRequest(prompt(backend, QUESTIONS[4]), SamplingParams(temperature=0, max_tokens=3))])
     assert done[0].num_tokens == 3

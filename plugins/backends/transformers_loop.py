@@ -85,9 +85,20 @@ class DecodeLoop:
         self._ready: deque[SequenceState] = deque()
         self._admitting: list[SequenceState] = []
         self._worker: threading.Thread | None = None
+        self._open: set[PendingRequest] = set()
+        """Requests not resolved yet, wherever they are in the loop: what fails if it stops."""
         self._closed = False
         self.rows_in_flight = 0
         """Rows in the decode batch after the last step (for tests and monitoring)."""
+
+    @property
+    def failure(self) -> str | None:
+        """The decode loop thread gone while the backend is open (a failed step fails only
+        the requests it held, and the loop goes on: that is not a failure of the backend)."""
+        worker = self._worker
+        if worker is not None and not worker.is_alive() and not self._closed:
+            return "the transformers decode loop stopped"
+        return None
 
     def _stop_loop(self) -> None:
         """Stop the decode loop: requests still running fail."""
@@ -103,6 +114,9 @@ class DecodeLoop:
             if self._closed:
                 raise BackendError("the transformers backend is closed")
             self._arrivals.extend(pending)
+            for p in pending:
+                self._open.add(p)
+                p.future.add_done_callback(lambda _, p=p: self._open.discard(p))
             if self._worker is None:
                 self._worker = threading.Thread(target=self._serve, name="reason-transformers", daemon=True)
                 self._worker.start()
@@ -115,6 +129,17 @@ class DecodeLoop:
         token for every row, retire finished rows, decode one step; sleep when idle."""
         import torch
 
+        try:
+            self._serve_until_closed(torch)
+            error = BackendError("the transformers backend was closed")
+        except BaseException as exc:  # the loop itself broke: nothing it held may wait forever
+            error = BackendError(f"the transformers decode loop stopped: {type(exc).__name__}: {exc}")
+            raise
+        finally:
+            for pending in list(self._open):
+                pending.fail(error)
+
+    def _serve_until_closed(self, torch: Any) -> None:
         batch: Batch | None = None
         while True:
             with self._wake:
@@ -134,17 +159,16 @@ class DecodeLoop:
                 failed = [s.owner for s in (batch.rows if batch else [])] + [s.owner for s in self._ready]
                 failed += [s.owner for s in self._admitting]  # taken off _ready, not yet in a batch
                 failed += [p for p in arrivals if p.sequences is None]
+                error = BackendError(f"the transformers backend: a decode step failed: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
                 for pending in {id(p): p for p in failed}.values():
-                    pending.fail(exc)
+                    pending.fail(error)
                 batch, self._ready, self._admitting = None, deque(), []
                 self.rows_in_flight = 0
                 # Logged last and guarded: the callers already have the error, and a broken
                 # log sink must not end the loop that every later request waits on.
                 with contextlib.suppress(Exception):
                     log.warning("transformers backend: decode step failed", error=str(exc))
-        error = BackendError("the transformers backend was closed")
-        for pending in [*self._arrivals, *(s.owner for s in self._ready), *(s.owner for s in (batch.rows if batch else []))]:
-            pending.fail(error)
 
     def _expand(self, pending: PendingRequest) -> None:
         """Encode a new request and queue its ``n`` sequences for admission."""

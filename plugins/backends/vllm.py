@@ -132,6 +132,7 @@ class VLLMBackend(StepRecorder, Backend):
         self._error_log: Path | None = None
         self._last_record = time.perf_counter()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._dead: str | None = None  # why the engine core died, once it has
         self.max_batch = 0
 
     @property
@@ -361,11 +362,23 @@ class VLLMBackend(StepRecorder, Backend):
         except BackendError:
             raise
         except Exception as exc:
-            reason = failure_reason(exc, read_error_log(self._error_log)) if is_engine_dead(exc) else one_line(exc)
+            if is_engine_dead(exc):
+                reason = self._dead = failure_reason(exc, read_error_log(self._error_log))
+            else:
+                reason = one_line(exc)
             raise BackendError(f"backend vllm: generate failed: {reason}") from exc
         finally:
             self._tasks.discard(task)  # type: ignore[arg-type]
         return completions_from_outputs(outputs, request)
+
+    @property
+    def failure(self) -> str | None:
+        """The engine core's death (seen by a request, or reported by vLLM: its
+        ``errored``), with its root cause where the engine's log has one."""
+        engine = self._engine
+        if self._dead is None and engine is not None and getattr(engine, "errored", False):
+            self._dead = failure_reason(RuntimeError("the vLLM engine core died"), read_error_log(self._error_log))
+        return self._dead
 
     def close(self) -> None:
         """Abort what is running, shut vLLM's processes down and stop the loop thread."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from reason import Backend, Config, ReasonError, Runtime, UsageError
+from reason import Backend, BackendError, Config, ReasonError, Runtime, UsageError
 from reason.log import get_logger
 from reason.prompts import messages_for
 
@@ -116,6 +117,10 @@ class Server:
         self.runtime: Runtime | None = None
         self.served = served_model_name or ""
         self.counter = Counter()
+        self.fault: str | None = None
+        """Why the engine cannot serve (while it is rebuilt, or when rebuilding failed)."""
+        self.rebuilding: asyncio.Future[None] | None = None
+        self.rebuilds = 0
         self.stats = EngineStats()
         self.started = now()
         self.metrics = Metrics(
@@ -132,14 +137,22 @@ class Server:
         return float(rows or 0)
 
     async def start(self) -> None:
+        """Build the runtime and load its model; requests reach it once it is loaded."""
         runtime = Runtime(self.config, backend=self._backend)
-        self.runtime = runtime
         runtime.subscribe(self.stats)
-        await asyncio.to_thread(lambda: runtime.backend.load())
+        try:
+            await asyncio.to_thread(lambda: runtime.backend.load())
+        except BaseException:
+            await asyncio.to_thread(runtime.close)
+            raise
+        self.runtime = runtime
         self.served = self._served or runtime.backend.model_name or self.config.backend
         log.info("reason serve ready", model=self.served, search=self.config.search)
 
     async def stop(self) -> None:
+        if self.rebuilding is not None:
+            self.rebuilding.cancel()
+            await asyncio.gather(self.rebuilding, return_exceptions=True)
         if self.runtime is not None:
             runtime, self.runtime = self.runtime, None
             await asyncio.to_thread(runtime.close)
@@ -147,8 +160,48 @@ class Server:
     @property
     def rt(self) -> Runtime:
         if self.runtime is None:
+            if self.fault is not None:
+                raise APIError(
+                    f"the engine failed ({self.fault}) and is being rebuilt; retry shortly",
+                    503,
+                    type="server_error",
+                    code="engine_unavailable",
+                    headers={"Retry-After": "5"},
+                )
             raise APIError("the server is starting or stopping", 503, type="server_error")
         return self.runtime
+
+    # -- faults -------------------------------------------------------------------------
+
+    def check_engine(self) -> None:
+        """Rebuild the runtime when its backend says it can serve no more (its engine
+        process died): requests meanwhile get 503 with Retry-After, /health says why.
+        Called after a failed search and on every health check."""
+        runtime = self.runtime
+        if runtime is None or self.rebuilding is not None:
+            return
+        failure = runtime.backend.failure
+        if failure is not None:
+            self.fault = failure
+            self.runtime = None  # no new request reaches the dead engine
+            self.rebuilding = asyncio.ensure_future(self._rebuild(runtime, failure))
+
+    async def _rebuild(self, dead: Runtime, failure: str) -> None:
+        log.warning("engine failed; rebuilding it", reason=failure)
+        try:
+            try:
+                await asyncio.to_thread(dead.close)
+            except Exception as exc:  # what is left of a dead engine may not close cleanly
+                log.warning("closing the failed engine", error=f"{type(exc).__name__}: {exc}")
+            await self.start()
+            self.rebuilds += 1
+            self.fault = None
+            log.info("engine rebuilt", rebuilds=self.rebuilds)
+        except Exception as exc:
+            self.fault = f"{failure}; rebuilding failed: {type(exc).__name__}: {exc}"
+            log.error("engine rebuild failed", error=self.fault)
+        finally:
+            self.rebuilding = None
 
     # -- requests -----------------------------------------------------------------------
 
@@ -250,6 +303,7 @@ class Server:
                 raise to_api_error(exc) from exc
             except Exception as exc:
                 self.ended(search, "error", len(jobs))
+                self.check_engine()
                 raise to_api_error(exc) from exc
         for choice in choices:
             self.metrics.search_done(choice.solution)
@@ -297,6 +351,7 @@ class Server:
                                     ended += 1
                                     self.metrics.search_done(item.data.solution)
                                 elif item.kind == "error":  # a failed search, the deadline or the shutdown
+                                    self.check_engine()
                                     outcome = "error" if item.data.code not in ("deadline_exceeded", "server_shutdown") else "cancelled"
                                     self.ended(selection.search, outcome, len(jobs) - ended)
                                     ended = len(jobs)
@@ -370,9 +425,12 @@ class Server:
             **self.stats.to_dict(),
         }
         return {
-            "status": "ok" if rt is not None else "stopping",
+            "status": "ok" if rt is not None else "unhealthy" if self.fault else "stopping",
+            "fault": self.fault,
+            "engine_rebuilds": self.rebuilds,
             "model": self.served,
             "search": self.config.search,
+            "pid": os.getpid(),
             "requests_in_flight": self.counter.requests,
             "searches_in_flight": self.counter.searches,
             "searches_queued": self.admission.queued,
@@ -401,6 +459,8 @@ def to_api_error(exc: BaseException) -> APIError:
         return exc
     if isinstance(exc, UsageError):
         return APIError(str(exc))
+    if isinstance(exc, BackendError):  # the engine failed what it held; the server goes on (or rebuilds it)
+        return APIError(str(exc), 503, type="server_error", code="engine_error", headers={"Retry-After": "5"})
     if isinstance(exc, ReasonError):
         return APIError(str(exc), 500, type="server_error")
     log.warning("search failed", error=f"{type(exc).__name__}: {exc}")
@@ -638,8 +698,10 @@ def create_app(
         raise APIError(f"The model {model_id!r} does not exist", 404, param="model", code="model_not_found")
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return server.health()
+    async def health() -> JSONResponse:
+        server.check_engine()
+        report = server.health()
+        return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
