@@ -10,9 +10,14 @@ to it with the official ``openai`` client and raw httpx.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -317,3 +322,48 @@ def test_model_the_deadline_cancels_the_search_and_frees_its_rows(gateway):
     after = idle(gateway, seconds=20)
     assert after["engine"]["decode_tokens"] - before["engine"]["decode_tokens"] < 400
     assert after["searches_cancelled"] >= before["searches_cancelled"] + 1
+
+
+# -- a client nobody here wrote: simonw's llm CLI --------------------------------------
+
+
+def llm_cli(home, *args: str) -> subprocess.CompletedProcess:
+    llm = Path(sys.executable).with_name("llm")
+    env = {**os.environ, "LLM_USER_PATH": str(home), "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    return subprocess.run([str(llm), *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.model
+def test_model_the_llm_cli_prompts_streams_and_continues_a_conversation(gateway, tmp_path):
+    """llm configured for an OpenAI-compatible endpoint (extra-openai-models.yaml, the key
+    passed with --key): a plain prompt, a streamed one, and a second turn with -c, whose
+    prompt reaches the model as three turns (its input tokens, from llm's own log, are
+    those of the chat template over the conversation)."""
+    pytest.importorskip("llm")
+    from reason.plugins.backends.models import load_tokenizer, prompt_ids
+    from reason.prompts import MATH_SYSTEM
+
+    (tmp_path / "extra-openai-models.yaml").write_text(
+        f"- model_id: reason\n  model_name: {MODEL}\n  api_base: {gateway}/v1\n  api_key_name: reason\n"
+    )
+    streamed = llm_cli(tmp_path, "prompt", "-m", "reason", "--key", KEY, "What is 2 + 2?")
+    assert streamed.returncode == 0 and streamed.stdout.strip(), streamed.stderr
+    refused = llm_cli(tmp_path, "prompt", "-m", "reason", "--key", "sk-wrong", "--no-stream", "2+2?")
+    assert refused.returncode != 0 and "401" in refused.stderr + refused.stdout
+    plain = llm_cli(tmp_path, "prompt", "-m", "reason", "--key", KEY, "--no-stream", "My name is Ada. Say hello.")
+    assert plain.returncode == 0 and plain.stdout.strip(), plain.stderr
+
+    again = llm_cli(tmp_path, "prompt", "-c", "--key", KEY, "--no-stream", "What is my name?")
+    assert again.returncode == 0 and again.stdout.strip(), again.stderr
+    logs = json.loads(llm_cli(tmp_path, "logs", "--json", "-n", "3").stdout)
+    first, last = [r for r in logs if r["prompt"] == "My name is Ada. Say hello."][0], logs[-1]
+    assert last["prompt"] == "What is my name?" and last["conversation_id"] == first["conversation_id"]
+    tokenizer = load_tokenizer("smollm2")
+    turns = [
+        {"role": "system", "content": MATH_SYSTEM},
+        {"role": "user", "content": first["prompt"]},
+        {"role": "assistant", "content": first["response"]},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    prompt = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    assert last["input_tokens"] == len(prompt_ids(tokenizer, prompt))
