@@ -60,6 +60,9 @@ def test_stdin_tree_and_human_output(tmp_path):
     assert "(best-of-n, n=2, verifier=confidence)" in out.stdout
     greedy = reason("solve", "--search", "greedy", "--max-tokens", "16", stdin=QUESTION + "\n")
     assert "(greedy, verifier=confidence)" in greedy.stdout  # one path: no n to speak of
+    # a newcomer sees no third-party warning (transformers' deprecations included)
+    for run in (out, greedy):
+        assert not [line for line in run.stderr.splitlines() if "Warning" in line or "deprecated" in line], run.stderr
     tree = json.loads(tree_file.read_text())
     root, *children = tree["nodes"]
     assert root["kind"] == "root" and len(children) == 2

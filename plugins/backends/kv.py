@@ -8,10 +8,14 @@ the transformers backend's decode loop and the verifiers that read a scoring mod
   batch runs only the tokens after them.
 - :func:`row_kv`: one row's keys and values out of a batch cache, to put in the LRU.
 - :func:`pad_left`: keys or values left-padded to a wider batch.
+- :func:`with_cache`, :func:`output_cache`: a forward pass's KV cache argument and result
+  under the name the installed transformers uses.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,6 +25,24 @@ if TYPE_CHECKING:
 
 KV = list[tuple["torch.Tensor", "torch.Tensor"]]
 """Per layer, ``(keys, values)`` of shape ``[heads, length, head_dim]``."""
+
+
+@functools.cache
+def _cache_argument(forward: Any) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def with_cache(model: Any, cache: Any) -> dict[str, Any]:
+    """The keyword that passes ``cache`` to ``model``'s forward: ``cache`` where the
+    installed transformers names it so (newer 5.x, which warns on the old name),
+    ``past_key_values`` before."""
+    return {_cache_argument(type(model).forward): cache}
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward pass returned, under either name (see :func:`with_cache`)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 class PrefixCache:

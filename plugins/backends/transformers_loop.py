@@ -37,7 +37,7 @@ from reason.log import get_logger
 from reason.types import Completion, GenerateRequest, Watch, sample_seed
 
 from . import kv
-from .kv import PrefixCache
+from .kv import PrefixCache, output_cache, with_cache
 from .transformers_sequences import Batch, PendingRequest, SequenceState
 
 if TYPE_CHECKING:
@@ -348,7 +348,7 @@ class DecodeLoop:
             input_ids=torch.tensor([[t] for t in tokens], device=self.device),
             attention_mask=batch.mask,
             position_ids=torch.tensor([[n] for n in batch.lengths], device=self.device),
-            past_key_values=batch.cache,
+            **with_cache(self._model, batch.cache),
             use_cache=True,
             logits_to_keep=1,
             output_hidden_states=bool(wanted),
@@ -418,12 +418,12 @@ class DecodeLoop:
             input_ids=input_ids.to(self.device),
             attention_mask=mask,
             position_ids=positions.to(self.device),
-            past_key_values=cache,
+            **with_cache(model, cache),
             use_cache=True,
             logits_to_keep=1,
         )
         self.stats.forward_passes += 1
-        return out.past_key_values, mask, out.logits[:, -1, :], reused
+        return output_cache(out), mask, out.logits[:, -1, :], reused
 
     @property
     def _reuse(self) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 from attrs import field, frozen
 
 from reason.errors import VerifierError
-from reason.plugins.backends.kv import PrefixCache
+from reason.plugins.backends.kv import PrefixCache, with_cache
 
 
 @frozen
@@ -98,7 +98,7 @@ class HiddenStateReader:
                 self.base(
                     input_ids=torch.tensor([ids[hit:]], device=self.device),
                     position_ids=torch.arange(hit, len(ids), device=self.device).unsqueeze(0),
-                    past_key_values=past,
+                    **with_cache(self.base, past),
                     use_cache=True,
                 )
         except _Stop:

@@ -13,7 +13,7 @@ from attrs import define
 
 from reason.errors import VerifierError
 from reason.plugins.backends.kv import PrefixCache as KVPrefixCache
-from reason.plugins.backends.kv import plain_cache, row_kv, splice
+from reason.plugins.backends.kv import output_cache, plain_cache, row_kv, splice, with_cache
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -148,12 +148,12 @@ class ModelReader:
             return model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[bi, ci]
         kwargs: dict[str, Any] = {}
         if self.kv is not None:
-            kwargs.update(use_cache=True, past_key_values=self._past(rows, hits, past, ids.shape[1]))
+            kwargs.update(use_cache=True, **with_cache(model.base_model, self._past(rows, hits, past, ids.shape[1])))
         output = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids, **kwargs)
         if self.kv is not None:
             total = mask.shape[1]
             for u, row in enumerate(rows):
-                self.kv.insert(row.input_ids, row_kv(output.past_key_values, u, len(row.input_ids), total))
+                self.kv.insert(row.input_ids, row_kv(output_cache(output), u, len(row.input_ids), total))
         logits = model.get_output_embeddings()(output.last_hidden_state[bi, ci])
         cap = getattr(model.config, "final_logit_softcapping", None)
         if cap:
