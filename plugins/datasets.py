@@ -4,10 +4,15 @@ Each dataset reads its file from the data directory, yields :class:`reason.Task`
 with stable ids (``gsm8k/0``, ``HumanEval/0``) and references, and grades answers the way
 its benchmark states them (see :mod:`reason.answers`).
 
-The data directory is, in order: the ``data_dir`` option (``-o data_dir=DIR`` or
-``reason eval --data-dir DIR``), ``$REASON_DATA_DIR``, then the first existing
-``../shared/data`` relative to the current directory or to the repository that holds
-the package (for a source checkout; an installed package has only the first two).
+Where a dataset's file is looked for: the ``data_dir`` option (``-o data_dir=DIR`` or
+``reason eval --data-dir DIR``) or else ``$REASON_DATA_DIR``, and nowhere else when one
+is given (a folder named on purpose is not silently replaced by another); otherwise
+``../shared/data`` relative to the current directory or to the repository that holds the
+package (a source checkout), then the user cache (``$REASON_CACHE_DIR/data`` or the
+platform's cache folder). A dataset found in none of them is fetched from the Hugging
+Face hub with the ``datasets`` library where it has a hub source (GSM8K, MATH-500,
+HumanEval) and written to the user cache, so it is fetched once; offline, or without
+``datasets``, one line says where to put the file.
 
 Any JSONL file is a dataset too: ``reason eval --dataset problems.jsonl
 --question-field q --answer-field a`` (options ``question_field``, ``answer_field``).
@@ -18,6 +23,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,13 +33,38 @@ import attrs
 from reason import Config, Dataset, Task, hookimpl
 from reason.answers import asks_for_percent, is_equivalent
 from reason.errors import UsageError
+from reason.log import get_logger
 from reason.options import Option, read
 
 from .verifiers.sandbox import SANDBOX_OPTIONS
 
 DATA_DIR_ENV = "REASON_DATA_DIR"
 DATA_DIR_OPTION = "data_dir"
-DATA_DIR = Option(DATA_DIR_OPTION, str, None, help="folder holding the datasets [$REASON_DATA_DIR, ../shared/data]")
+DATA_DIR = Option(
+    DATA_DIR_OPTION, str, None, help="folder holding the datasets [$REASON_DATA_DIR, ../shared/data, the user cache]"
+)
+
+log = get_logger()
+
+
+@attrs.frozen
+class HubSource:
+    """Where the Hugging Face hub has a dataset: ``datasets.load_dataset(path, name,
+    split=split, **kwargs)``, each record made into the JSONL record this project reads
+    by ``convert`` (None: the same fields)."""
+
+    path: str
+    split: str
+    name: str | None = None
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    convert: Any = None
+
+
+def user_data_dir() -> Path:
+    """The per-user folder that datasets fetched from the hub are written to."""
+    from reason.plugins.backends.models import cache_root
+
+    return cache_root() / "data"
 
 
 def _repository_root() -> Path | None:
@@ -58,23 +89,68 @@ def data_dir_candidates(config: Config | None = None) -> list[tuple[Path, str]]:
     root = _repository_root()
     if root is not None:
         found.append((root.parent / "shared" / "data", "../shared/data from the repository"))
+    found.append((user_data_dir(), "the user cache"))
     return found
 
 
-def resolve_data_file(relative: str, dataset: str, config: Config | None = None) -> Path:
-    """The dataset file ``relative`` under the data directory, or a :class:`UsageError`
+def resolve_data_file(relative: str, dataset: str, config: Config | None = None, hub: HubSource | None = None) -> Path:
+    """The dataset file ``relative`` under the data directory; else, unless a folder was
+    named on purpose, fetched from ``hub`` into the user cache; else a :class:`UsageError`
     naming every path tried and how to point at the data."""
     tried = []
-    for directory, origin in data_dir_candidates(config):
+    candidates = data_dir_candidates(config)
+    for directory, origin in candidates:
         path = (directory / relative).resolve() if directory.exists() else directory / relative
         if path.is_file():
             return path
         tried.append(f"{path} ({origin})")
-    raise UsageError(
-        f"dataset {dataset!r}: data file not found; tried {'; '.join(tried)}. "
-        f"Point at the folder that holds {relative} with --data-dir DIR (-o {DATA_DIR_OPTION}=DIR) "
-        f"or ${DATA_DIR_ENV}=DIR."
-    )
+    where = f"--data-dir DIR (-o {DATA_DIR_OPTION}=DIR) or ${DATA_DIR_ENV}=DIR"
+    if hub is None or candidates[-1][1] != "the user cache":  # none known, or a folder named on purpose
+        raise UsageError(
+            f"dataset {dataset!r}: data file not found; tried {'; '.join(tried)}. "
+            f"Point at the folder that holds {relative} with {where}."
+        )
+    target = user_data_dir() / relative
+    try:
+        return fetch_from_hub(hub, target)
+    except _NotFetched as exc:
+        raise UsageError(
+            f"dataset {dataset!r}: not found locally (tried {'; '.join(tried)}) and not fetched from the hub "
+            f"({hub.path}: {exc}). Put the file at {target}, or point at a folder that holds {relative} with {where}."
+        ) from None
+
+
+class _NotFetched(Exception):
+    """Why a dataset could not be fetched from the hub (one line)."""
+
+
+def fetch_from_hub(hub: HubSource, target: Path) -> Path:
+    """Load ``hub`` with the ``datasets`` library and write it to ``target`` as JSONL
+    (gzipped for ``.gz``), whole or not at all."""
+    try:
+        import datasets
+    except ImportError:
+        raise _NotFetched("the datasets library is not installed (pip install datasets)") from None
+    log.info("fetching a dataset from the hub once", source=hub.path, split=hub.split, to=str(target))
+    try:
+        rows = datasets.load_dataset(hub.path, hub.name, split=hub.split, **hub.kwargs)
+    except Exception as exc:  # offline, unknown id, no access: the message says which
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise _NotFetched(f"{type(exc).__name__}: {first}"[:300]) from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        opener = gzip.open if target.suffix == ".gz" else open
+        with opener(tmp, "wt", encoding="utf-8") as out:  # type: ignore[operator]
+            for row in rows:
+                record = hub.convert(row) if hub.convert is not None else dict(row)
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -98,11 +174,13 @@ class FileDataset(Dataset):
 
     name = "dataset"
     relative_path = ""
+    hub: HubSource | None = None
+    """Where the hub has it, for a user without the file (None: nowhere known)."""
     options = (DATA_DIR,)
 
     @property
     def path(self) -> Path:
-        return resolve_data_file(self.relative_path, self.name, self.config)
+        return resolve_data_file(self.relative_path, self.name, self.config, self.hub)
 
     def records(self) -> Iterator[dict[str, Any]]:
         return read_jsonl(self.path)
@@ -137,6 +215,7 @@ class GSM8K(NumericAnswers, FileDataset):
 
     name = "gsm8k"
     relative_path = "gsm8k/test.jsonl"
+    hub = HubSource("openai/gsm8k", "test", name="main")
 
     def task(self, index: int, record: dict[str, Any]) -> Task:
         return Task(
@@ -153,6 +232,7 @@ class GSM8KTrain(GSM8K):
 
     name = "gsm8k-train"
     relative_path = "gsm8k/train.jsonl"
+    hub = HubSource("openai/gsm8k", "train", name="main")
 
     def task(self, index: int, record: dict[str, Any]) -> Task:
         return attrs.evolve(super().task(index, record), id=f"gsm8k-train/{index}")
@@ -174,6 +254,7 @@ class Math500(FileDataset):
 
     name = "math500"
     relative_path = "math500/test.jsonl"
+    hub = HubSource("HuggingFaceH4/MATH-500", "test")
 
     def task(self, index: int, record: dict[str, Any]) -> Task:
         return Task(
@@ -201,6 +282,7 @@ class HumanEval(FileDataset):
 
     name = "humaneval"
     relative_path = "humaneval/HumanEval.jsonl.gz"
+    hub = HubSource("openai/openai_humaneval", "test")
     options = (
         DATA_DIR,
         Option("grading_verifier", str, None, help="grade by this verifier's verdict instead of the hidden tests"),

@@ -181,3 +181,61 @@ def test_dataset_plugins_import_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- the user cache and the hub -------------------------------------------------------------
+
+
+@pytest.fixture
+def nothing_local(monkeypatch, tmp_path):
+    """No ../shared/data anywhere (an installed package, run from elsewhere), and a user
+    cache of the test's own."""
+    from reason.plugins import datasets
+
+    monkeypatch.setattr(datasets, "_repository_root", lambda: None)
+    monkeypatch.delenv("REASON_DATA_DIR", raising=False)
+    monkeypatch.setenv("REASON_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "cache" / "data"
+
+
+def test_a_dataset_in_the_user_cache_is_found(nothing_local):
+    (nothing_local / "multiarith").mkdir(parents=True)
+    (nothing_local / "multiarith" / "test.jsonl").write_text('{"input": "1+1?", "target": 2}\n')
+    assert [t.reference for t in create("multiarith").load()] == ["2"]
+
+
+def test_a_missing_dataset_comes_from_the_hub_once_into_the_user_cache(nothing_local, tmp_path, monkeypatch):
+    """The real ``datasets`` library, on a local JSON file standing in for the hub."""
+    datasets = pytest.importorskip("datasets")
+    from reason.plugins.datasets import GSM8K, HubSource
+
+    source = write_jsonl(tmp_path / "gsm8k-hub.json", [{"question": "2+2?", "answer": "2+2=4\n#### 4"}] * 3)
+    monkeypatch.setattr(GSM8K, "hub", HubSource("json", "train", kwargs={"data_files": str(source)}))
+    tasks = list(create("gsm8k").load())
+    assert [(t.id, t.reference) for t in tasks] == [("gsm8k/0", "4"), ("gsm8k/1", "4"), ("gsm8k/2", "4")]
+    cached = nothing_local / "gsm8k" / "test.jsonl"
+    assert cached.is_file() and len(cached.read_text().splitlines()) == 3
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("fetched again")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    assert len(list(create("gsm8k").load())) == 3  # from the cache now
+
+
+def test_offline_the_hub_miss_is_one_line_saying_where_to_put_the_file(nothing_local, monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(UsageError) as err:
+        list(create("math500").load())
+    message = str(err.value)
+    assert "\n" not in message and "openai" not in message
+    assert "HuggingFaceH4/MATH-500" in message and f"Put the file at {nothing_local / 'math500' / 'test.jsonl'}" in message
+    assert not (nothing_local / "math500" / "test.jsonl").exists()  # nothing half-written
+
+
+def test_a_folder_named_on_purpose_is_not_replaced_by_the_hub(tmp_path):
+    with pytest.raises(UsageError, match="data file not found"):
+        list(create("gsm8k", data_dir=str(tmp_path / "nowhere")).load())
