@@ -159,23 +159,27 @@ def test_admission_is_first_come_first_served_and_a_cancelled_waiter_leaves_the_
         gate = Admission(Limits(searches=3, queue=10))
         order = []
 
-        async def request(name, k, reserved):
-            async with gate.hold(k, reserved):
+        async def request(name, ticket):
+            async with gate.hold(ticket):
                 order.append(name)
                 await asyncio.sleep(0.01)
 
         first = gate.reserve(2)
-        assert first is None and gate.running == 2
+        assert first.granted and gate.running == 2
         big, small = gate.reserve(3), gate.reserve(1)  # small would fit, but big came first
-        assert big is not None and small is not None and gate.queued == 4
-        leaving = gate.reserve(1)
-        waiter = asyncio.create_task(request("leaving", 1, leaving))
+        assert not big.granted and not small.granted and gate.queued == 4
+        waiter = asyncio.create_task(request("leaving", gate.reserve(1)))
         await asyncio.sleep(0)
         waiter.cancel()
         await asyncio.gather(waiter, return_exceptions=True)
         assert gate.queued == 4
-        await asyncio.gather(request("first", 2, first), request("big", 3, big), request("small", 1, small))
+        await asyncio.gather(request("first", first), request("big", big), request("small", small))
         assert order == ["first", "big", "small"] and gate.running == 0 and not gate.waiting
+        # a ticket dropped unused (a streamed response whose body never ran) gives its slots back
+        dropped = gate.reserve(3)
+        assert gate.running == 3
+        del dropped
+        assert gate.running == 0
 
     asyncio.run(go())
 

@@ -38,7 +38,7 @@ from reason.log import get_logger
 from reason.prompts import messages_for
 
 from .auth import APIKeys
-from .limits import Admission, Limits
+from .limits import Admission, Limits, Ticket
 from .metrics import Metrics
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, new_id, now, usage_dict
 from .reasoning import FIELDS as REASONING_FIELDS
@@ -274,11 +274,11 @@ class Server:
 
     async def respond(self, request: Request, body: Any, selection: Selection, jobs: Job, fmt: Format) -> Response:
         deadline = self.deadline()
-        reserved = self.admission.reserve(len(jobs))  # a 429 now, before any response starts
+        ticket = self.admission.reserve(len(jobs))  # a 429 now, before any response starts
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             shutdown = anyio.Event()
-            events = self.sse(jobs, fmt, include_usage, selection, shutdown, reserved, deadline)
+            events = self.sse(jobs, fmt, include_usage, selection, ticket, shutdown, deadline)
             return EventSourceResponse(
                 events,
                 sep="\n",
@@ -291,7 +291,7 @@ class Server:
         with self.counter.request():
             timer = asyncio.timeout_at(deadline)
             try:
-                async with timer, self.admission.hold(len(jobs), reserved):
+                async with timer, self.admission.hold(ticket):
                     choices = await solve_all(self.rt, jobs, request.receive, self.counter)
             except ClientGone:
                 self.ended(search, "cancelled", len(jobs))
@@ -316,8 +316,8 @@ class Server:
         fmt: Format,
         include_usage: bool,
         selection: Selection,
+        ticket: Ticket,
         shutdown: Any = None,
-        reserved: asyncio.Future[None] | None = None,
         deadline: float | None = None,
     ) -> AsyncIterator[str]:
         start = asyncio.get_running_loop().time()
@@ -329,7 +329,7 @@ class Server:
                     if first is not None:
                         yield dumps(first)
                 try:
-                    async with self.admission.hold(len(jobs), reserved, deadline):
+                    async with self.admission.hold(ticket, deadline):
                         choices: list[Choice] = []
                         items = stream_all(
                             self.rt,

@@ -68,6 +68,36 @@ class Limits:
             )
 
 
+class Ticket:
+    """One request's searches' place at the gate: slots granted now, or a place in the
+    queue until they are. Its slots go back exactly once: when the request is done
+    (:meth:`Admission.hold`), or when the ticket is dropped unused (a streamed response
+    whose body never started still gives them back)."""
+
+    def __init__(self, admission: Admission, searches: int, waiter: asyncio.Future[None] | None) -> None:
+        self.admission = admission
+        self.searches = searches
+        self.waiter = waiter
+        self.returned = False
+
+    @property
+    def granted(self) -> bool:
+        return self.waiter is None or (self.waiter.done() and not self.waiter.cancelled())
+
+    def give_back(self) -> None:
+        if self.returned:
+            return
+        self.returned = True
+        if self.granted:
+            self.admission.running -= self.searches
+        elif self.waiter is not None:
+            self.waiter.cancel()
+        self.admission.wake()
+
+    def __del__(self) -> None:
+        self.give_back()
+
+
 class Admission:
     """Slots for running searches, handed out first come, first served, with a bounded
     queue. Lives on the server's event loop (no locks: every call is on that loop)."""
@@ -78,25 +108,23 @@ class Admission:
         self.running = 0
         self.waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._seconds = 0.0  # an exponential mean of how long a request holds its slots
-        self.rejected = 0
 
     @property
     def queued(self) -> int:
         """Searches waiting for a slot."""
-        return sum(k for k, _ in self.waiting)
+        return sum(k for k, waiter in self.waiting if not waiter.cancelled())
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: about one request's time in the slots."""
         return max(1, math.ceil(self._seconds))
 
-    def reserve(self, searches: int) -> asyncio.Future[None] | None:
-        """Take ``searches`` slots now (None), or a place in the queue (a future that
-        resolves when the slots are this request's). Raises a 429 when the queue is full."""
+    def reserve(self, searches: int) -> Ticket:
+        """Slots for ``searches`` now, or a place in the queue. Raises a 429 when the queue
+        is full."""
         if not self.waiting and self.running + searches <= self.capacity:
             self.running += searches
-            return None
+            return Ticket(self, searches, None)
         if self.queued + searches > self.queue_limit:
-            self.rejected += 1
             raise APIError(
                 f"the server is at capacity ({self.running} searches running, {self.queued} waiting); "
                 f"retry in {self.retry_after()} s",
@@ -107,50 +135,34 @@ class Admission:
             )
         waiter = asyncio.get_running_loop().create_future()
         self.waiting.append((searches, waiter))
-        return waiter
+        return Ticket(self, searches, waiter)
 
     @contextlib.asynccontextmanager
-    async def hold(
-        self, searches: int, reserved: asyncio.Future[None] | None, deadline: float | None = None
-    ) -> AsyncIterator[None]:
-        """Wait for the reservation (if queued; until the event-loop time ``deadline``, then
-        TimeoutError), hold the slots while the body runs, then hand them on. A caller
-        cancelled or timed out while queued leaves the queue."""
-        if reserved is not None:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await reserved
-            except (asyncio.CancelledError, TimeoutError):
-                if reserved.done() and not reserved.cancelled():
-                    self._release(searches)  # granted at the moment it was cancelled
-                else:
-                    reserved.cancel()
-                    self._drop_cancelled()
-                raise
-        start = asyncio.get_running_loop().time()
+    async def hold(self, ticket: Ticket, deadline: float | None = None) -> AsyncIterator[None]:
+        """Wait until ``ticket``'s slots are granted (until the event-loop time
+        ``deadline``, then TimeoutError), hold them while the body runs, then give them
+        back. A caller cancelled or timed out while queued leaves the queue."""
         try:
+            if not ticket.granted:
+                assert ticket.waiter is not None
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(ticket.waiter)
+            start = asyncio.get_running_loop().time()
             yield
-        finally:
             elapsed = asyncio.get_running_loop().time() - start
             self._seconds = elapsed if not self._seconds else 0.8 * self._seconds + 0.2 * elapsed
-            self._release(searches)
+        finally:
+            ticket.give_back()
 
-    def _release(self, searches: int) -> None:
-        self.running -= searches
-        self._wake()
-
-    def _drop_cancelled(self) -> None:
-        self.waiting = collections.deque((k, w) for k, w in self.waiting if not w.cancelled())
-        self._wake()  # the head may fit now that a larger request ahead of it left
-
-    def _wake(self) -> None:
+    def wake(self) -> None:
         """Grant slots to the queue's head while it fits (first come, first served: a
-        small request never overtakes a large one waiting before it)."""
+        small request never overtakes a large one waiting before it); drop the places of
+        requests that left."""
+        self.waiting = collections.deque((k, w) for k, w in self.waiting if not w.cancelled())
         while self.waiting:
             k, waiter = self.waiting[0]
-            if not waiter.cancelled():
-                if self.running + k > self.capacity:
-                    return
-                self.running += k
-                waiter.set_result(None)
+            if self.running + k > self.capacity:
+                return
             self.waiting.popleft()
+            self.running += k
+            waiter.set_result(None)
