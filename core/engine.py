@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
@@ -140,9 +141,17 @@ class BatchQueue(Generic[P, R]):
         closed under it."""
         self._executor.shutdown(wait=True, cancel_futures=True)
 
+    def let_go(self) -> None:
+        """End the worker thread once it is idle, without waiting (from any thread)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
 
 class Engines:
     """The runtime's engines: one for the policy backend, one queue per verifier.
+
+    A verifier's queue lives as long as the verifier: it holds the verifier weakly, and
+    its worker thread ends when the verifier is collected (let go by the component cache
+    and by every search that used it).
 
     Also keeps each search's :class:`Usage`: ``model_calls`` / ``verifier_calls`` count
     the times a search turned to the model / a verifier; the requests it makes together
@@ -153,7 +162,7 @@ class Engines:
         self._backend_factory = backend
         self.emit = emit
         self._generate_queue: BatchQueue[GenerateRequest, list[Completion]] | None = None
-        self._score_queues: dict[int, tuple[Verifier, BatchQueue[ScoreRequest, Score]]] = {}
+        self._score_queues: dict[int, BatchQueue[Any, Any]] = {}  # by id(verifier), while it lives
         self._waits: set[tuple[str, int]] = set()
 
     # -- generation -----------------------------------------------------------------
@@ -227,13 +236,17 @@ class Engines:
         return list(scores)
 
     def _score_queue(self, verifier: Verifier) -> BatchQueue[Any, Any]:
-        entry = self._score_queues.get(id(verifier))
-        if entry is None:
+        queue = self._score_queues.get(id(verifier))
+        if queue is None:
             name = getattr(verifier, "spec", type(verifier).__name__)
+            held = weakref.ref(verifier)  # the queue must not keep its verifier alive
 
             def score_groups(groups: list[tuple[ScoreRequest, ...]]) -> list[list[Score]]:
                 flat = [request for group in groups for request in group]
-                scores = verifier.score(flat)
+                live = held()
+                if live is None:
+                    raise RuntimeError(f"verifier {name} was let go")
+                scores = live.score(flat)
                 if len(scores) != len(flat):
                     raise RuntimeError(f"verifier {name} returned {len(scores)} scores for {len(flat)} paths")
                 out, offset = [], 0
@@ -245,9 +258,15 @@ class Engines:
             def called(groups: list[Any], results: Any, seconds: float) -> None:
                 self.emit(VerifierCalled(verifier=name, paths=sum(len(g) for g in groups), tasks=len(groups), seconds=seconds))
 
-            entry = (verifier, BatchQueue(score_groups, name=f"verifier-{name}", on_call=called))
-            self._score_queues[id(verifier)] = entry
-        return entry[1]
+            queue = BatchQueue(score_groups, name=f"verifier-{name}", on_call=called)
+            self._score_queues[id(verifier)] = queue
+            weakref.finalize(verifier, self._let_go, id(verifier))
+        return queue
+
+    def _let_go(self, key: int) -> None:
+        queue = self._score_queues.pop(key, None)
+        if queue is not None:
+            queue.let_go()
 
     # -- bookkeeping ----------------------------------------------------------------
 
@@ -264,7 +283,7 @@ class Engines:
     def close(self) -> None:
         if self._generate_queue is not None:
             self._generate_queue.close()
-        for _, queue in self._score_queues.values():
+        for queue in list(self._score_queues.values()):
             queue.close()
 
 

@@ -216,10 +216,13 @@ class Runtime:
         return lambda: self._listeners.remove(listener)
 
     def emit(self, event: Event) -> None:
-        try:
-            self.registry.pm.hook.reason_on_event(event=event)
-        except Exception as exc:  # an observer must never break a run
-            get_logger().warning("event hook failed", event_kind=event.kind, error=str(exc))
+        # Each observer in its own guard: through the hook caller, the first one to raise
+        # would hide the event from every observer after it.
+        for impl in reversed(self.registry.pm.hook.reason_on_event.get_hookimpls()):
+            try:
+                impl.function(**({"event": event} if "event" in impl.argnames else {}))
+            except Exception as exc:  # an observer must never break a run
+                get_logger().warning("event hook failed", plugin=impl.plugin_name, event_kind=event.kind, error=str(exc))
         for listener in list(self._listeners):
             try:
                 listener(event)

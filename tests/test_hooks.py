@@ -183,6 +183,30 @@ def test_hook_reason_on_event():
     assert {"StepsGenerated", "StepsScored", "AnswerFound", "BackendCalled"} <= set(seen)
 
 
+def test_an_observer_that_raises_hides_no_event_from_the_others():
+    seen: dict[str, list[str]] = {"broken": [], "after": []}
+
+    class Broken:
+        @staticmethod
+        @reason.hookimpl
+        def reason_on_event(event):
+            seen["broken"].append(event.kind)
+            raise RuntimeError("an observer's bug")
+
+    class After:
+        @staticmethod
+        @reason.hookimpl
+        def reason_on_event(event):
+            seen["after"].append(event.kind)
+
+    registry = with_plugin(After)
+    registry.pm.register(Broken, name="broken")  # registered last: pluggy calls it first
+    with reason.Runtime(reason.Config(search="best-of-n", n=2), registry=registry, backend=ScriptedBackend()) as rt:
+        assert rt.solve("q").answer == "4"
+    assert seen["broken"] and seen["after"] == seen["broken"]
+    assert seen["after"][0] == "SearchStarted" and seen["after"][-1] == "SearchFinished"
+
+
 @pytest.mark.parametrize("name", sorted(hook_specs()))
 def test_hook_docstrings_say_what_params_and_return(name):
     doc = getattr(hookspecs, name).__doc__ or ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from scripted import ScriptedBackend
@@ -90,6 +91,37 @@ def test_a_long_lived_runtime_keeps_a_bounded_number_of_variants(registry):
         assert rt.verifier(rt.config.replace(seed=1)) is not seeds[0]
         kept = [k for k in rt._cache._built if k[:2] == ("verifier", "legacy")]
         assert len(kept) == VARIANTS_KEPT
+
+
+def test_a_verifier_let_go_by_the_cache_takes_its_worker_thread_with_it(registry):
+    """Scored once (so it has a queue and a worker thread), then evicted by 16 newer
+    variants: once no search holds it, the verifier is collected and its thread ends."""
+    import gc
+    import weakref
+
+    from reason.component_cache import VARIANTS_KEPT
+
+    class Legacy(reason.Verifier):
+        def score(self, requests):
+            return [reason.Score(step_scores=[0.5] * len(r.steps)) for r in requests]
+
+    def threads():
+        return {t.name for t in threading.enumerate() if t.name.startswith("reason-verifier-legacy")}
+
+    registry.add("verifier", "legacy", Legacy)
+    with Runtime(Config(search="best-of-n", n=2, verifier="legacy", seed=0), registry=registry, backend=ScriptedBackend()) as rt:
+        rt.solve("q")
+        first = weakref.ref(rt.verifier(rt.config))
+        assert threads(), "scoring started the verifier's worker thread"
+        for s in range(1, VARIANTS_KEPT + 1):  # newer variants push the first one out
+            rt.verifier(rt.config.replace(seed=s))
+        gc.collect()
+        assert first() is None
+        deadline = time.time() + 10
+        while threads() and time.time() < deadline:
+            time.sleep(0.05)
+        assert not threads()
+        assert rt.solve("q", seed=0).answer == "4"  # built again when asked for again
 
 
 def test_a_runtimes_backend_settings_are_fixed():

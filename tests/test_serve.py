@@ -444,18 +444,23 @@ def test_model_greedy_streams_tokens_as_they_are_generated(server, openai_client
 @pytest.mark.model
 def test_model_best_of_n_streams_progress_then_the_answer(openai_client):
     stream = openai_client.chat.completions.create(model=MODEL, messages=QUESTION, stream=True, extra_body={"reason": {"n": 2}})
-    kinds, content, final = [], "", None
+    kinds, content, reasoning, final = [], "", "", None
     for chunk in stream:
         progress = (chunk.model_extra or {}).get("reason")
         if progress:
             kinds.append(progress["type"])
         choice = chunk.choices[0]
+        thought = (choice.delta.model_extra or {}).get("reasoning_content")
+        if thought:  # where chat clients read thinking: the search narrated as it runs
+            assert not content and thought == choice.delta.model_extra.get("reasoning")
+            reasoning += thought
         if choice.delta.content:
             assert "search.finished" in kinds  # the answer goes out once chosen
             content += choice.delta.content
         if choice.finish_reason:
             final = choice
     assert kinds[:3] == ["search.started", "steps.generated", "steps.scored"]
+    assert reasoning.startswith("Searching with best-of-n (n=2") and "Chose " in reasoning
     assert content == max(final.reason["candidates"], key=lambda c: c["score"])["text"]
 
 
