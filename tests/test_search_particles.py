@@ -118,7 +118,7 @@ def test_a_finished_particle_keeps_its_weight_and_stays_in_the_draw():
     assert len(node.meta["particles"]) == len(solution.meta["iterations"][0]["ancestors"])
     assert all(copies >= 1 for copies in node.meta["particles"])
     assert not node.children
-    # top weight: the early answer (logit .9 against logit .3)
+    # the early answer weighs most (logit .9 against logit .3 for each of the others)
     assert solution.answer == "7"
 
 
