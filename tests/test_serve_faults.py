@@ -128,6 +128,7 @@ def test_model_a_failing_decode_step_is_a_503_and_the_loop_goes_on(embedded):
 
 
 @pytest.mark.model
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread's end is the point
 def test_model_a_dead_decode_loop_fails_what_it_held_and_the_engine_is_rebuilt(embedded):
     """The loop thread itself ends (a BaseException no step handler catches): the request
     in flight fails at once instead of waiting forever, and the server builds a new
