@@ -49,8 +49,7 @@ class Limits:
         cap = min(self.choices or choices, self.searches)
         if choices > cap:
             raise APIError(
-                f"this request asks for {choices} searches ({choices_param} times the prompts); this server runs at "
-                f"most {cap} per request",
+                f"this request asks for {choices} searches (n times the prompts); this server runs at most {cap} per request",
                 param=choices_param,
                 code="limit_exceeded",
             )
