@@ -94,7 +94,8 @@ class Ticket:
         self.admission.wake()
 
     def __del__(self) -> None:
-        self.give_back()
+        with contextlib.suppress(RuntimeError):  # its event loop may be closed already
+            self.give_back()
 
 
 class Admission:
