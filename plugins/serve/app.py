@@ -268,10 +268,6 @@ class Server:
         seconds = self.limits.deadline
         return asyncio.get_running_loop().time() + seconds if seconds is not None else None
 
-    def ended(self, search: str, outcome: str, count: int) -> None:
-        for _ in range(count):
-            self.metrics.search_ended(search, outcome)
-
     async def respond(self, request: Request, body: Any, selection: Selection, jobs: Job, fmt: Format) -> Response:
         deadline = self.deadline()
         ticket = self.admission.reserve(len(jobs))  # a 429 now, before any response starts
@@ -294,15 +290,15 @@ class Server:
                 async with timer, self.admission.hold(ticket):
                     choices = await solve_all(self.rt, jobs, request.receive, self.counter)
             except ClientGone:
-                self.ended(search, "cancelled", len(jobs))
+                self.metrics.searches_ended(search, "cancelled", len(jobs))
                 return Response(status_code=499)
             except TimeoutError as exc:
-                self.ended(search, "cancelled", len(jobs))
+                self.metrics.searches_ended(search, "cancelled", len(jobs))
                 if timer.expired() and self.limits.deadline is not None:
                     raise deadline_error(self.limits.deadline) from exc
                 raise to_api_error(exc) from exc
             except Exception as exc:
-                self.ended(search, "error", len(jobs))
+                self.metrics.searches_ended(search, "error", len(jobs))
                 self.check_engine()
                 raise to_api_error(exc) from exc
         for choice in choices:
@@ -353,7 +349,7 @@ class Server:
                                 elif item.kind == "error":  # a failed search, the deadline or the shutdown
                                     self.check_engine()
                                     outcome = "error" if item.data.code not in ("deadline_exceeded", "server_shutdown") else "cancelled"
-                                    self.ended(selection.search, outcome, len(jobs) - ended)
+                                    self.metrics.searches_ended(selection.search, outcome, len(jobs) - ended)
                                     ended = len(jobs)
                                 for chunk in self._chunks(fmt, item, choices, len(jobs), include_usage):
                                     yield dumps(chunk)
@@ -369,7 +365,7 @@ class Server:
                     yield dumps(fmt.usage_chunk(usage_dict(*total_usage(choices))))
                 yield "[DONE]"
             finally:
-                self.ended(selection.search, "cancelled", len(jobs) - ended)
+                self.metrics.searches_ended(selection.search, "cancelled", len(jobs) - ended)
 
     def _chunks(self, fmt: Format, item: Item, choices: list[Choice], total: int, include_usage: bool) -> list[dict[str, Any]]:
         if item.kind == "progress":

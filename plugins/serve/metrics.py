@@ -70,8 +70,10 @@ class Metrics:
         self.completion_tokens.inc(usage.completion_tokens)
         self.verifier_calls.inc(usage.verifier_calls)
 
-    def search_ended(self, search: str, outcome: str) -> None:
-        self.searches.labels(search, outcome).inc()
+    def searches_ended(self, search: str, outcome: str, count: int) -> None:
+        """``count`` searches that ended without a solution (error, cancelled)."""
+        if count > 0:
+            self.searches.labels(search, outcome).inc(count)
 
     def scrape(self) -> bytes:
         return generate_latest(self.registry)
