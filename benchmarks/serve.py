@@ -59,17 +59,16 @@ def free_port() -> int:
 
 
 class Server:
-    """``reason serve`` in a subprocess, stopped with SIGINT."""
+    """``reason serve SERVE_ARGS`` in a subprocess on a free port of 127.0.0.1, waited for
+    until /health answers, stopped with SIGINT (``benchmarks/serve_load.py`` uses it too)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, serve_args: list[str], log: Path | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="reason-serve-", suffix=".log", delete=False)
+        self.log = open(log, "w+") if log else tempfile.NamedTemporaryFile("w+", prefix="reason-serve-", suffix=".log", delete=False)
         command = [
             sys.executable, "-c", "from reason.cli import main; main()", "serve",
-            "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
-            "--search", "best-of-n", "--n", str(args.n), "--max-tokens", str(args.max_tokens),
-            "--seed", str(args.seed), "-o", f"threads={args.threads}", "-o", f"max_batch={args.max_batch}",
+            "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log", *serve_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         deadline = time.time() + 600
@@ -195,7 +194,8 @@ def main() -> None:
         options={"threads": args.threads, "max_batch": args.max_batch},
     )
     load_before = os.getloadavg()
-    server = Server(args)
+    server = Server(["--search", "best-of-n", "--n", str(args.n), "--max-tokens", str(args.max_tokens), "--seed", str(args.seed),
+                     "-o", f"threads={args.threads}", "-o", f"max_batch={args.max_batch}"])  # fmt: skip
     rt = Runtime(config)
     rounds: list[dict[str, Any]] = []
     ttft: dict[str, list[float]] = {"server": [], "runtime": [], "engine": []}

@@ -22,55 +22,27 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from serve import Server  # benchmarks/serve.py: runs as a script beside this one
 
-ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = [f"What is {a} + {b}? Answer with the number." for a in range(3, 20) for b in range(2, 6)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
-def server(model: str, max_tokens: int, limits: list[str], log: Path):
-    port = free_port()
-    command = [sys.executable, "-m", "reason", "serve", "--port", str(port), "--model", model, "--search", "greedy",
-               "--max-tokens", str(max_tokens), "--no-access-log", *limits]  # fmt: skip
-    with log.open("w") as sink:
-        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+def server(model: str, max_tokens: int, limits: list[str], log: Path) -> Iterator[str]:
+    running = Server(["--model", model, "--search", "greedy", "--max-tokens", str(max_tokens), *limits], log)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"reason serve exited:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"reason serve did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield base
+        yield running.base
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        running.stop()
 
 
 async def load(base: str, model: str, clients: int, seconds: float) -> dict[str, Any]:
