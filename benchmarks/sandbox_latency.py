@@ -1,19 +1,17 @@
-"""How fast is the Docker sandbox? (issue 5's closing note)
+"""How fast is the Docker sandbox? (issues 5 and 27)
 
-Runs a trivial program (``print(1)``) in one process, one run, three ways:
+Runs a trivial program (``print(1)``) in one process, three ways:
 
 - cold: a fresh container per run, created, started, run and removed on the critical path;
-- warm pool (what the sandbox uses): a fresh container started ahead of need, removed in
-  the background; measured with a ready container waiting (the steady state);
-- reuse (measured for comparison, not used): one long-lived container, the program run
-  with ``exec`` and the state reset after each run (kill every process, wipe the
-  writable mounts). It is the fast path a sandbox could take if it accepted that a reset
-  must undo everything a hostile program can leave, which fresh containers never need.
+- warm pool: a fresh container per run, started ahead of need and removed in the
+  background; measured with a ready container waiting (the steady state);
+- reuse (the ``sandbox`` verifier's default): warm containers whose supervisor runs one
+  program after another and resets the container between them (``Sandbox(reuse=True)``).
 
-Reports p50 and p95 latency of each, and runs per second with ``run_many`` (warm pool vs
-cold) at the same concurrency.
+Reports p50 and p95 latency of sequential runs, and runs per second with ``run_many`` at
+the same concurrency; ``--out DIR`` also writes ``DIR/sandbox.json``.
 
-    .venv/bin/python benchmarks/sandbox_latency.py [--runs 40] [--workers 4] [--batch 48] [--json]
+    .venv/bin/python benchmarks/sandbox_latency.py [--runs 40] [--workers 4] [--batch 48] [--out DIR]
 """
 
 from __future__ import annotations
@@ -21,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from reason.sandboxes import Limits, Sandbox
-from reason.sandboxes.container import container_spec, remove
+from reason.sandboxes import Sandbox
 from reason.sandboxes.engine import connect
 from reason.sandboxes.image import require_image
 
@@ -71,66 +70,46 @@ def throughput(sandbox: Sandbox, batch: int, workers: int) -> float:
     return batch / elapsed
 
 
-def _exec(client: Any, container_id: str, cmd: list[str]) -> tuple[int, bytes]:
-    exec_id = client.api.exec_create(container_id, cmd, stdout=True, stderr=True)["Id"]
-    output = client.api.exec_start(exec_id)
-    return client.api.exec_inspect(exec_id)["ExitCode"], output
-
-
-def reuse_latencies(client: Any, image: str, runs: int) -> list[float]:
-    """exec + reset in one long-lived container (PID 1 is a sleep that `kill -9 -1`
-    spares, being init)."""
-    spec = container_spec(client, image, Limits())
-    spec.update(command=["sleep", "infinity"], stdin_open=False, detach=True)
-    container_id = client.api.create_container(**spec)["Id"]
-    reset = "kill -9 -1 2>/dev/null; find /sandbox /tmp /dev/shm -mindepth 1 -delete 2>/dev/null; true"
-    try:
-        client.api.start(container_id)
-        latencies = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            code, output = _exec(client, container_id, ["python3", "-c", TRIVIAL])
-            _exec(client, container_id, ["sh", "-c", reset])
-            latencies.append(time.perf_counter() - start)
-            assert code == 0 and output.strip() == b"1", output
-        return latencies
-    finally:
-        remove(client, container_id)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=40, help="sequential runs per mode")
     parser.add_argument("--workers", type=int, default=4, help="concurrency of the throughput test")
     parser.add_argument("--batch", type=int, default=48, help="programs in the throughput test")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--out", type=Path, help="also write the report to OUT/sandbox.json")
     args = parser.parse_args()
 
     client = connect()
-    image = require_image(client)
-    report: dict[str, Any] = {"program": TRIVIAL, "engine": client.version().get("Version")}
-
-    with Sandbox(client=client, pool_size=0, max_workers=args.workers) as cold:
-        cold.run(TRIVIAL)  # warm the engine's caches once
-        report["cold"] = summary(sequential(cold, args.runs))
-        report["cold"]["runs_per_s"] = round(throughput(cold, args.batch, args.workers), 2)
-    with Sandbox(client=client, pool_size=args.workers, max_workers=args.workers) as warm:
-        report["warm_pool"] = summary(sequential(warm, args.runs))
-        report["warm_pool"]["runs_per_s"] = round(throughput(warm, args.batch, args.workers), 2)
-        report["warm_pool"]["pool_size"] = args.workers
-    report["reuse_exec_reset"] = summary(reuse_latencies(client, image, args.runs))
+    report: dict[str, Any] = {
+        "program": TRIVIAL,
+        "engine": client.version().get("Version"),
+        "image": require_image(client),
+        "command": "benchmarks/sandbox_latency.py " + " ".join(sys.argv[1:]),
+    }
+    modes = {
+        "cold": dict(pool_size=0),
+        "warm_pool": dict(pool_size=args.workers),
+        "reuse": dict(pool_size=args.workers, reuse=True),
+    }
+    for mode, settings in modes.items():
+        with Sandbox(client=client, max_workers=args.workers, **settings) as sandbox:
+            sandbox.run(TRIVIAL)  # the engine's caches, and for reuse a first worker
+            report[mode] = summary(sequential(sandbox, args.runs))
+            report[mode]["runs_per_s"] = round(throughput(sandbox, args.batch, args.workers), 2)
     report["workers"] = args.workers
     report["batch"] = args.batch
 
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "sandbox.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))
         return
     print(f"trivial program {TRIVIAL!r}, Docker {report['engine']}, {args.runs} sequential runs per mode")
-    print(f"{'mode':<22}{'p50 ms':>9}{'p95 ms':>9}{'runs/s':>9}")
-    for mode in ("cold", "warm_pool", "reuse_exec_reset"):
+    print(f"{'mode':<12}{'p50 ms':>9}{'p95 ms':>9}{'runs/s':>9}")
+    for mode in modes:
         row = report[mode]
-        rate = f"{row['runs_per_s']:.2f}" if "runs_per_s" in row else "-"
-        print(f"{mode:<22}{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}{rate:>9}")
+        print(f"{mode:<12}{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}{row['runs_per_s']:>9.2f}")
     print(f"runs/s: run_many of {args.batch} programs, {args.workers} at a time")
 
 

@@ -114,7 +114,7 @@ def remove(client: Any, container_id: str) -> None:
             raise
 
 
-class _Capped:
+class CappedOutput:
     """Keeps the first bytes and the last bytes of a stream up to ``cap`` in all."""
 
     def __init__(self, cap: int) -> None:
@@ -158,15 +158,15 @@ def execute(client: Any, container_id: str, code: str, stdin: bytes, limits: Lim
     message = f"{len(payload)} {backstop}\n".encode() + payload + stdin
     sock = client.api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
     raw: socket.socket = getattr(sock, "_sock", sock)
-    out, err = _Capped(limits.output_bytes), _Capped(limits.output_bytes)
+    out, err = CappedOutput(limits.output_bytes), CappedOutput(limits.output_bytes)
     timed_out = False
     start = time.monotonic()
     try:
-        writer = _send(raw, message)
+        writer = send_input(raw, message)
         deadline = start + limits.timeout_s
         timed_out = not _read_frames(raw, out, err, deadline)
         if timed_out:
-            _kill(client, container_id)
+            kill(client, container_id)
             # The stream ends once the container is dead; drain what is still in flight.
             _read_frames(raw, out, err, time.monotonic() + 10)
         if writer is not None:
@@ -181,7 +181,7 @@ def execute(client: Any, container_id: str, code: str, stdin: bytes, limits: Lim
     status = _wait(client, container_id, timeout=max(0.0, start + limits.timeout_s - time.monotonic()) + 10)
     if status is None:  # the stream ended but the program runs on: enforce the deadline here
         timed_out = True
-        _kill(client, container_id)
+        kill(client, container_id)
         status = _wait(client, container_id, timeout=30) or {}
     duration = time.monotonic() - start
     exit_code = status.get("StatusCode")
@@ -201,14 +201,16 @@ def execute(client: Any, container_id: str, code: str, stdin: bytes, limits: Lim
     )
 
 
-def _send(raw: socket.socket, message: bytes) -> threading.Thread | None:
-    """Write the program (and its stdin), then half-close: the program sees EOF. Large
-    payloads go from a thread so a program that prints before reading cannot deadlock us."""
+def send_input(raw: socket.socket, message: bytes, *, half_close: bool = True) -> threading.Thread | None:
+    """Write the program (and its stdin), then half-close (the program sees EOF) unless
+    the stream carries more runs. Large payloads go from a thread so a program that
+    prints before reading cannot deadlock us."""
 
     def write() -> None:
         try:
             raw.sendall(message)
-            raw.shutdown(socket.SHUT_WR)
+            if half_close:
+                raw.shutdown(socket.SHUT_WR)
         except OSError:  # the container died (or was killed) before reading it all
             pass
 
@@ -223,7 +225,7 @@ def _send(raw: socket.socket, message: bytes) -> threading.Thread | None:
 _HEADER = struct.Struct(">BxxxL")
 
 
-def _read_frames(raw: socket.socket, out: _Capped, err: _Capped, deadline: float) -> bool:
+def _read_frames(raw: socket.socket, out: CappedOutput, err: CappedOutput, deadline: float) -> bool:
     """Demultiplex the attach stream (8-byte headers: stream id, size) into ``out`` and
     ``err`` until it ends (True) or ``deadline`` passes (False)."""
     buffer = bytearray()
@@ -264,7 +266,7 @@ def _wait(client: Any, container_id: str, timeout: float) -> dict[str, Any] | No
         return None
 
 
-def _kill(client: Any, container_id: str) -> None:
+def kill(client: Any, container_id: str) -> None:
     import docker.errors
 
     try:

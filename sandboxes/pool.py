@@ -1,14 +1,10 @@
-"""The warm pool: fresh containers created and started ahead of need.
+"""The warm pool: containers created and started ahead of need.
 
-Two ways to be fast were measured (``benchmarks/sandbox_latency.py``): reusing a running
-container with ``exec`` and a state reset between runs, and handing out fresh containers
-started in advance. Both take container creation off the critical path, but only fresh
-containers *cannot* leak anything from one run to the next: every run gets a new
-filesystem, process tree and environment, and its container is thrown away afterwards.
-A reset, by contrast, has to find and undo everything a hostile program might leave
-(a daemonised child, a file in /dev/shm, a changed tmpfs mode), and exec has no
-timeout of its own. So the pool hands out fresh containers; removal happens in a
-background thread, also off the critical path.
+It holds either fresh single-use containers (``Sandbox()``: every run gets a new
+filesystem, process tree and environment, and the container is thrown away afterwards)
+or reusable workers (``Sandbox(reuse=True)``: a supervisor in the container resets it
+between programs, see :mod:`~reason.sandboxes.worker`). Either way creation is off the
+critical path, and removal happens in a background thread, also off it.
 """
 
 from __future__ import annotations
@@ -16,11 +12,15 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from reason.log import get_logger
 
+T = TypeVar("T")
+"""What the pool holds: a container id, or a :class:`~reason.sandboxes.worker.Worker`."""
 
-class WarmPool:
+
+class WarmPool(Generic[T]):
     """Keeps up to ``size`` started containers waiting for a program.
 
     ``take()`` never blocks: it returns a ready container id, or ``None`` when the pool is
@@ -30,17 +30,17 @@ class WarmPool:
 
     def __init__(
         self,
-        create: Callable[[], str],
-        remove: Callable[[str], None],
+        create: Callable[[], T],
+        remove: Callable[[T], None],
         size: int,
         fillers: int = 2,
     ) -> None:
         self._create = create
         self._remove = remove
         self.size = size
-        self._ready: collections.deque[str] = collections.deque()
+        self._ready: collections.deque[T] = collections.deque()
         self._creating = 0
-        self._trash: collections.deque[str] = collections.deque()
+        self._trash: collections.deque[T] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
         self.hits = 0
@@ -53,7 +53,7 @@ class WarmPool:
         for thread in self._threads:
             thread.start()
 
-    def take(self) -> str | None:
+    def take(self) -> T | None:
         with self._cond:
             if self._ready:
                 self.hits += 1
@@ -64,7 +64,7 @@ class WarmPool:
             self._cond.notify_all()
             return None
 
-    def discard(self, container_id: str) -> None:
+    def discard(self, container_id: T) -> None:
         """Queue a used (or broken) container for removal in the background."""
         with self._cond:
             if not self._closed:
@@ -136,8 +136,8 @@ class WarmPool:
                 container_id = self._trash.popleft()
             self._remove_quietly(container_id)
 
-    def _remove_quietly(self, container_id: str) -> None:
+    def _remove_quietly(self, container_id: T) -> None:
         try:
             self._remove(container_id)
         except Exception as exc:  # the sweep will get it later
-            get_logger().warning("sandbox container could not be removed", container=container_id[:12], error=str(exc))
+            get_logger().warning("sandbox container could not be removed", container=str(container_id)[:12], error=str(exc))

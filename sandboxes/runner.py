@@ -8,10 +8,13 @@
         result = sandbox.run("print(sum(range(10)))")
         results = sandbox.run_many([code_a, code_b], max_workers=4)
 
-Every run gets a fresh container (from the warm pool when one is ready), and every
-container is removed whatever happens: in ``finally`` for the run, by the pool's
-remover, at interpreter exit for pools not closed, and by the sweep for processes that
-were killed outright.
+By default every run gets a fresh container (from the warm pool when one is ready).
+With ``reuse=True`` a run goes to a warm container whose supervisor runs programs one at
+a time and resets it between them (:mod:`~reason.sandboxes.worker`): ~15 ms a run
+instead of ~180 ms, the same hardening, and the same guarantee that nothing carries over,
+checked after every run rather than given by a new container. Every container is removed
+whatever happens: in ``finally`` for the run, by the pool's remover, at interpreter exit
+for pools not closed, and by the sweep for processes that were killed outright.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .limits import Limits
 from .pool import WarmPool
 from .result import RunResult
 from .sweep import sweep
+from .worker import Worker, WorkerLost
 
 
 _live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
@@ -48,8 +52,9 @@ def _close_all() -> None:
 
 class Sandbox:
     """Runs programs under ``limits``; ``pool_size`` containers are kept started ahead of
-    need (0 = a cold container per run). Connects, checks the image and sweeps leftovers
-    of dead runs on first use; thread-safe."""
+    need (0 = a cold container per run). ``reuse`` runs programs one after another in
+    warm containers that are reset between runs, instead of one container per program.
+    Connects, checks the image and sweeps leftovers of dead runs on first use; thread-safe."""
 
     def __init__(
         self,
@@ -59,13 +64,18 @@ class Sandbox:
         image: str | None = None,
         client: Any = None,
         max_workers: int = 4,
+        reuse: bool = False,
     ) -> None:
         self.limits = limits or Limits()
         self.pool_size = pool_size
         self.max_workers = max_workers
+        self.reuse = reuse
         self._image = image
         self._client = client
-        self._pool: WarmPool | None = None
+        self._pool: WarmPool[str] | None = None
+        self._workers: WarmPool[Worker] | None = None
+        self._idle: list[Worker] = []
+        """Reusable workers between runs, the most recently used last."""
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
@@ -83,7 +93,10 @@ class Sandbox:
                 self._client = connect(pool_size=max(16, 2 * self.max_workers + self.pool_size + 4))
             self._image = require_image(self._client, self._image)
             sweep(self._client)
-            if self.pool_size > 0:
+            if self.reuse:
+                if self.pool_size > 0:
+                    self._workers = WarmPool(self._new_worker, Worker.close, self.pool_size)
+            elif self.pool_size > 0:
                 self._pool = WarmPool(self._new_container, self._remove, self.pool_size)
             self._started = True
             _live.add(self)
@@ -96,8 +109,13 @@ class Sandbox:
                 return
             self._closed = True
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
+            workers, self._workers = self._workers, None
+            idle, self._idle = self._idle, []
+        for each in (pool, workers):
+            if each is not None:
+                each.close()
+        for worker in idle:
+            worker.close()
         _live.discard(self)
 
     def __enter__(self) -> Sandbox:
@@ -117,8 +135,9 @@ class Sandbox:
         return self._image
 
     @property
-    def pool(self) -> WarmPool | None:
-        return self._pool
+    def pool(self) -> WarmPool[str] | WarmPool[Worker] | None:
+        """The containers started ahead of need (workers, with ``reuse``)."""
+        return self._workers if self.reuse else self._pool
 
     # -- running --------------------------------------------------------------------
 
@@ -145,6 +164,8 @@ class Sandbox:
         import docker.errors
         import requests.exceptions
 
+        if self.reuse:
+            return self._run_reusing(code, data, limits)
         pool = self._pool
         container_id = pool.take() if pool is not None else None
         try:
@@ -182,6 +203,60 @@ class Sandbox:
                 pool.discard(container_id)
             else:
                 remove(client, container_id)
+
+    def _run_reusing(self, code: str, stdin: bytes, limits: Limits) -> RunResult:
+        import docker.errors
+        import requests.exceptions
+
+        worker, warm = self._take_worker()
+        try:
+            try:
+                result = worker.run(code, stdin, limits)
+            except WorkerLost as exc:
+                if not warm:
+                    raise VerifierError(f"the sandbox container ended without an answer: {exc}") from exc
+                # A warm container can die while it waits (an engine restart): use a fresh one.
+                get_logger().warning("sandbox worker unusable, starting a fresh one", error=str(exc))
+                worker = self._new_worker()
+                result = worker.run(code, stdin, limits)
+        except WorkerLost as exc:
+            raise VerifierError(f"the sandbox container ended without an answer: {exc}") from exc
+        except docker.errors.DockerException as exc:
+            worker.close()
+            raise VerifierError(f"the sandbox run failed in the Docker engine: {exc}") from exc
+        except requests.exceptions.RequestException as exc:
+            worker.close()
+            raise VerifierError(f"lost the connection to the Docker engine: {exc}") from exc
+        except BaseException:
+            worker.close()
+            raise
+        self._give_back(worker)
+        return result
+
+    def _take_worker(self) -> tuple[Worker, bool]:
+        """An idle worker, a warm one from the pool, or a new one; and whether it had been
+        waiting (and so may have died meanwhile)."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+        warm = self._workers.take() if self._workers is not None else None
+        if warm is not None:
+            return warm, True
+        return self._new_worker(), False
+
+    def _give_back(self, worker: Worker) -> None:
+        with self._lock:
+            if worker.usable and not self._closed and len(self._idle) < max(self.pool_size, self.max_workers):
+                self._idle.append(worker)
+                return
+        if self._workers is not None and not worker.usable:
+            self._workers.discard(worker)  # removed in the background, off the caller's path
+        else:
+            worker.close()
+
+    def _new_worker(self) -> Worker:
+        assert self._image is not None
+        return Worker(self._client, self._image, self.limits)
 
     def _new_container(self) -> str:
         return create_started(self._client, self._image, self.limits)

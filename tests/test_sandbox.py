@@ -191,6 +191,77 @@ def test_pool_runs_leak_nothing_into_the_next_run(client):
     assert containers_of(client, owner_id()) == []
 
 
+PLANT = """
+import ctypes, os, signal, subprocess, sys
+os.makedirs('/sandbox/.local/lib/python%d.%d/site-packages' % sys.version_info[:2])
+with open('/sandbox/.local/lib/python%d.%d/site-packages/usercustomize.py' % sys.version_info[:2], 'w') as f:
+    f.write('print("HIJACKED")')  # the user site dir: imported by every later python, if left
+for path in ['/sandbox/json.py', '/tmp/json.py', '/dev/shm/leak']:  # json.py shadows the stdlib's
+    with open(path, 'w') as f:
+        f.write('raise SystemExit("HIJACKED")')
+os.makedirs('/sandbox/locked/deeper')
+os.chmod('/sandbox/locked', 0)
+libc = ctypes.CDLL(None)
+assert libc.shmget(0, 4096, 0o1000 | 0o666) >= 0 and libc.msgget(0, 0o1000 | 0o666) >= 0  # IPC_PRIVATE | IPC_CREAT
+if os.fork() == 0:  # a daemon that waits to write into the next program's files
+    os.setsid()
+    import time
+    while True:
+        try:
+            with open('/sandbox/main.py', 'a') as f:
+                f.write('\\nprint("HIJACKED")\\n')
+        except OSError:
+            pass
+        time.sleep(0.001)
+subprocess.Popen(['sleep', '1000'], start_new_session=True)
+results = {}
+for name in ['SIGSTOP', 'SIGKILL', 'SIGTERM', 'SIGINT', 'SIGHUP']:  # the supervisor is pid 1
+    try:
+        os.kill(1, getattr(signal, name))
+        results[name] = 'sent'
+    except OSError as exc:
+        results[name] = type(exc).__name__
+for path in ['/proc/1/mem', '/proc/1/fd/0', '/proc/1/fd/1', '/proc/1/environ']:
+    try:
+        open(path, 'rb').read(1)
+        results[path] = 'opened'
+    except OSError as exc:
+        results[path] = type(exc).__name__
+print(results)
+"""
+
+PROBE = """
+import json, os
+files = [os.path.join(d, f) for d in ['/sandbox', '/tmp', '/dev/shm'] for f in os.listdir(d)]
+procs = [open(f'/proc/{p}/cmdline').read().replace(chr(0), ' ').strip() for p in os.listdir('/proc') if p.isdigit()]
+ipc = {k: open(f'/proc/sysvipc/{k}').read().splitlines()[1:] for k in ['shm', 'msg', 'sem']}
+print(json.dumps({'files': sorted(files), 'procs': procs, 'ipc': ipc}))
+"""
+
+
+def test_a_reused_container_keeps_nothing_of_the_last_program(client):
+    """What a hostile program leaves in a container the supervisor reuses (files that would
+    hijack the next program's imports, a locked directory, a daemon writing into the next
+    program's file, System V IPC, signals sent to pid 1, its memory and streams through
+    /proc) reaches none of the programs after it, which run in that same container."""
+    with Sandbox(Limits(timeout_s=10), pool_size=0, max_workers=1, reuse=True, client=client) as sandbox:
+        planted = sandbox.run(PLANT)
+        assert planted.ok, planted
+        (container,) = containers_of(client, owner_id())
+        for path in ["/proc/1/mem", "/proc/1/fd/0", "/proc/1/fd/1", "/proc/1/environ"]:
+            assert f"'{path}': 'PermissionError'" in planted.stdout, planted.stdout
+        for _ in range(3):
+            probe = sandbox.run(PROBE)
+            assert probe.ok and "HIJACKED" not in probe.stdout + probe.stderr, probe
+            seen = json.loads(probe.stdout)
+            assert seen["files"] == ["/sandbox/main.py"], seen["files"]
+            assert len(seen["procs"]) == 2 and seen["procs"][0].startswith("python3 -I -c"), seen["procs"]
+            assert seen["ipc"] == {"shm": [], "msg": [], "sem": []}
+            assert sandbox.run("import json\nprint(json.dumps([1]))").stdout == "[1]\n"
+        assert [c["Id"] for c in containers_of(client, owner_id())] == [container["Id"]]  # all in one container
+    assert containers_of(client, owner_id()) == []
+
+
 def test_pool_and_cold_give_the_same_results(client):
     programs = [f"print({i} ** 2)" for i in range(6)]
     with Sandbox(pool_size=0, client=client) as cold, Sandbox(pool_size=3, client=client) as warm:
@@ -375,6 +446,7 @@ def test_verifier_inside_the_runtime_picks_the_passing_sample(client):
     ]
     samples = [wrongs[0], wrongs[1], right, wrongs[2]]
     backend = ScriptedBackend(lambda request, i: samples[i % 4])
+    others = sorted(c["Id"] for c in containers_of(client, owner_id()))  # the module's verifier's warm workers
     with Runtime(Config(search="best-of-n", n=4, verifier="sandbox", splitter="none"), backend=backend) as runtime:
         solution = runtime.solve(task)
     assert solution.score == 1.0
@@ -382,7 +454,7 @@ def test_verifier_inside_the_runtime_picks_the_passing_sample(client):
     # the share of public tests passed: each wrong program still meets one of the two examples
     # (with the hidden tests these were all 0.0)
     assert sorted(c.score for c in solution.candidates) == [0.0, 0.5, 0.5, 1.0]
-    assert containers_of(client, owner_id()) == []  # closing the runtime closed the pool
+    assert sorted(c["Id"] for c in containers_of(client, owner_id())) == others  # closing the runtime closed its pool
 
 
 def test_sandbox_feedback_drives_the_on_verifier_fail_reflection(client):

@@ -33,7 +33,7 @@ from reason.plugins.verifiers.sandbox import (
     read_report,
     verdict,
 )
-from reason.sandboxes.container import BOOTSTRAP, _Capped, _read_frames
+from reason.sandboxes.container import BOOTSTRAP, CappedOutput, _read_frames
 from reason.sandboxes.engine import owner_alive, owner_id, process_start_time
 from reason.sandboxes.image import image_tag, recipe
 from reason.sandboxes.limits import Limits
@@ -234,7 +234,7 @@ def test_run_result_ok_and_json():
 
 
 def test_capped_keeps_head_and_tail_and_counts_everything():
-    capped = _Capped(1000)
+    capped = CappedOutput(1000)
     capped.add(b"A" * 800)
     capped.add(b"B" * 10_000)
     capped.add(b"END")
@@ -244,7 +244,7 @@ def test_capped_keeps_head_and_tail_and_counts_everything():
     assert text.startswith("A" * 750)
     assert text.endswith("B" * 247 + "END")
     assert "bytes dropped" in text
-    small = _Capped(1000)
+    small = CappedOutput(1000)
     small.add(b"hello")
     assert not small.truncated and small.text() == "hello"
 
@@ -264,7 +264,7 @@ def test_attach_stream_demultiplexes_split_frames():
 
     thread = threading.Thread(target=feed)
     thread.start()
-    out, err = _Capped(1 << 20), _Capped(1 << 20)
+    out, err = CappedOutput(1 << 20), CappedOutput(1 << 20)
     assert _read_frames(ours, out, err, time.monotonic() + 30) is True
     thread.join()
     assert out.text() == "out-1\n" + "out-2\n" * 1000
@@ -274,7 +274,7 @@ def test_attach_stream_demultiplexes_split_frames():
 def test_attach_stream_reports_the_deadline():
     ours, theirs = socket.socketpair()
     theirs.sendall(_frame(1, b"partial"))
-    out, err = _Capped(1024), _Capped(1024)
+    out, err = CappedOutput(1024), CappedOutput(1024)
     assert _read_frames(ours, out, err, time.monotonic() + 0.3) is False
     assert out.text() == "partial"
     theirs.close()
