@@ -15,6 +15,7 @@ from .errors import BackendError, ComponentNotFound, ReasonError, UsageError, Ve
 from .options import Option
 from .registry import get_registry, hookimpl
 from .result import SearchOutcome, Solution
+from .run import Run
 from .runtime import Runtime
 from .tree import Node, Tree
 from .types import (
@@ -36,7 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend", "BackendError", "Candidate", "Completion", "ComponentNotFound", "Config", "Dataset",
-    "GenerateRequest", "Node", "Option", "ReasonError", "ReflectionTrigger", "Runtime", "SamplingParams", "Score",
+    "GenerateRequest", "Node", "Option", "ReasonError", "ReflectionTrigger", "Run", "Runtime", "SamplingParams", "Score",
     "ScoreRequest", "SearchContext", "SearchOutcome", "SearchPolicy", "Solution", "Splitter", "Step", "Task",
     "Tree", "Usage", "UsageError", "Verifier", "VerifierError", "Watch", "aggregate", "events", "get_registry",
     "hookimpl", "__version__",

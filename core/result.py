@@ -6,7 +6,7 @@ from typing import Any
 
 from attrs import define, field
 
-from .tree import Tree
+from .tree import Node, Tree
 from .types import Candidate, Task, Usage
 
 
@@ -32,6 +32,12 @@ class Solution:
     tree: Tree
     config: dict[str, Any]
     meta: dict[str, Any] = field(factory=dict)
+    node_id: int | None = None
+    """The tree node the chosen answer ends at (None: the search chose nothing)."""
+
+    @property
+    def chosen_node(self) -> Node | None:
+        return self.tree[self.node_id] if self.node_id is not None else None
 
     def to_dict(self, tree: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -42,6 +48,7 @@ class Solution:
             "score": self.score,
             "usage": self.usage.to_dict(),
             "seconds": round(self.seconds, 3),
+            "node_id": self.node_id,
             "candidates": [c.to_dict() for c in self.candidates],
             "config": self.config,
             "meta": self.meta,

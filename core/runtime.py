@@ -25,11 +25,13 @@ share one batch (see :mod:`reason.engine`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import json
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from .component_cache import ComponentCache, check_backend
@@ -39,11 +41,13 @@ from .context import PolicyParts, SearchContext
 from .engine import Engines, gather_all
 from .errors import UsageError
 from .events import Event, SearchFailed, SearchFinished, SearchStarted
+from .plan import Plan
 from .log import get_logger
 from .option_check import check_options, run_parts
 from .prompts import messages_for
 from .registry import PluginRegistry, get_registry
 from .result import Solution
+from .run import Run
 from .types import Task, Usage
 
 T = TypeVar("T")
@@ -54,6 +58,9 @@ keep memory (trees, KV caches) bounded. A new task starts as soon as one finishe
 
 MAX_POLICY_DEPTH = 3
 """How deep sub-policies may nest (a policy that runs a policy that runs one ...)."""
+
+PLANS_KEPT = 128
+"""Checked configs remembered (serve gives every request a config of its own seed)."""
 
 
 class Runtime:
@@ -79,11 +86,10 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._engines: Engines | None = None
-        self.last_solution: Solution | None = None
-        """The solution of the last :meth:`stream` to finish (see there)."""
+        self._plans: collections.OrderedDict[tuple[str, bool], Plan] = collections.OrderedDict()
         if backend is not None:
             backend.emit = self._emit_threadsafe
-        self.validate()
+        self.plan()
 
     # -- components -------------------------------------------------------------------
 
@@ -95,24 +101,45 @@ class Runtime:
         then its sub-policies' (:meth:`SearchPolicy.sub_configs`). A ``sub_policy``'s
         config carries its caller's options too, so only their values are checked:
         which keys a run takes was checked against the whole run when it started."""
+        return list(self.plan(config, sub_policy=sub_policy).configs)
+
+    def plan(self, config: Config | None = None, *, sub_policy: bool = False) -> Plan:
+        """``config`` checked (see :meth:`validate`) once: every solve with an equal config
+        reuses the plan (the last ``PLANS_KEPT`` configs are remembered)."""
         config = config or self.config
+        key = (json.dumps(config.to_dict(), sort_keys=True, default=str), sub_policy)
+        with self._lock:
+            if (plan := self._plans.get(key)) is not None:
+                self._plans.move_to_end(key)
+                return plan
+        plan = self._check(config, sub_policy)
+        with self._lock:
+            self._plans[key] = plan
+            while len(self._plans) > PLANS_KEPT:
+                self._plans.popitem(last=False)
+        return plan
+
+    def _check(self, config: Config, sub_policy: bool) -> Plan:
         parts = run_parts(self.registry, [config], self._backend)
         check_options(config, parts, self.registry, unknown=False)  # bad values first, named with their component
-        configs = self._configs(config)
+        policies = self._policies(config)
+        configs = [c for c, _ in policies]
         check_options(config, run_parts(self.registry, configs, self._backend), self.registry, unknown=not sub_policy)
         check_backend(parts[0].options, self.config, config)
         for each in configs:
             self.splitter(each)
             self.reflections(each)
-        return configs
+        policy = policies[0][1]
+        return Plan(config=config, configs=tuple(configs), width=max(1, policy.width), spare=[policy])
 
-    def _configs(self, config: Config, depth: int = 0) -> list[Config]:
-        """``config`` and, recursively, the configs of the sub-policies its search runs."""
+    def _policies(self, config: Config, depth: int = 0) -> list[tuple[Config, SearchPolicy]]:
+        """``config`` and, recursively, the configs of the sub-policies its search runs,
+        each with the policy built to ask it."""
         policy: SearchPolicy = self.registry.create("search", config.search, config)
         subs = list(policy.sub_configs())
         if subs and depth >= MAX_POLICY_DEPTH:
             raise UsageError(f"search {config.search}: sub-policies nest deeper than {MAX_POLICY_DEPTH} levels")
-        return [config, *(c for sub in subs for c in self._configs(sub, depth + 1))]
+        return [(config, policy), *(each for sub in subs for each in self._policies(sub, depth + 1))]
 
     def _adopt(self, component: Any, spec: str) -> None:
         component.spec = spec  # the name the user chose, for events and the tree
@@ -137,13 +164,11 @@ class Runtime:
     def reflections(self, config: Config) -> list[tuple[str, ReflectionTrigger]]:
         return [(spec, self.registry.create("reflection", spec, config)) for spec in config.reflect]
 
-    def _policy_parts(self, config: Config, checked: bool = False) -> PolicyParts:
+    def _policy_parts(self, config: Config, *, sub_policy: bool = True) -> PolicyParts:
         """What a search with ``config`` runs with: a fresh policy, and the splitter,
-        verifier and reflection triggers for that config (checked like a solve's unless
-        ``checked``). :meth:`SearchContext.run_policy` comes here."""
-        if not checked:
-            self.validate(config, sub_policy=True)
-        search: SearchPolicy = self.registry.create("search", config.search, config)
+        verifier and reflection triggers for that config, from its :meth:`plan`.
+        :meth:`SearchContext.run_policy` comes here for sub-policies."""
+        search = self.plan(config, sub_policy=sub_policy).policy(self.registry)
         return PolicyParts(search, self.splitter(config), self.verifier(config), self.reflections(config))
 
     def close(self) -> None:
@@ -261,7 +286,7 @@ class Runtime:
         rows = backend.rows
         if not rows:
             return DEFAULT_CONCURRENCY
-        width = max(1, self._policy_parts(config).search.width)
+        width = self.plan(config).width
         return max(1, min(rows, -(-2 * rows // width)))
 
     def solve_many(
@@ -316,12 +341,15 @@ class Runtime:
         solutions = await asyncio.wrap_future(self._submit(self._solve_all(task_list, config, concurrency, deliver)))
         return solutions
 
-    async def stream(self, task: Task | str, *, tokens: bool = False, **overrides: Any) -> AsyncIterator[Event]:
-        """Solve ``task`` and yield its events as they happen. The last event is
-        :class:`SearchFinished`; the solution is then in ``runtime.last_solution``.
-        Closing the iterator early cancels the search. ``tokens=True`` adds
+    def stream(self, task: Task | str, *, tokens: bool = False, **overrides: Any) -> Run:
+        """Solve ``task`` as a :class:`~reason.run.Run`: iterate it for the search's events
+        as they happen (the last is :class:`SearchFinished`), then read ``run.solution``.
+        Closing the run early cancels the search. ``tokens=True`` adds
         :class:`TextGenerated` events with each sample's text as it grows (on backends
-        that stream text)."""
+        that stream text). The search starts when the first event is asked for."""
+        return Run(self._stream(task, tokens, overrides))
+
+    async def _stream(self, task: Task | str, tokens: bool, overrides: dict[str, Any]) -> AsyncGenerator[Event | Solution, None]:
         config, (one,), _ = self._prepare([task], 1, overrides)
         caller = asyncio.get_running_loop()
         events: asyncio.Queue[Event | None] = asyncio.Queue()
@@ -331,7 +359,7 @@ class Runtime:
         try:
             while (event := await events.get()) is not None:
                 yield event
-            self.last_solution = future.result()
+            yield future.result()
         finally:
             future.cancel()
 
@@ -339,7 +367,7 @@ class Runtime:
         self, tasks: Iterable[Task | str], concurrency: int | None, overrides: dict[str, Any]
     ) -> tuple[Config, list[Task], int]:
         config = self.config.replace(**overrides) if overrides else self.config
-        configs = self.validate(config)
+        configs = self.plan(config).configs
         if concurrency is not None and concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {concurrency}")
         task_list = [_as_task(t, i) for i, t in enumerate(tasks)]
@@ -378,7 +406,7 @@ class Runtime:
     ) -> Solution:
         start = time.perf_counter()
         assert self._engines is not None
-        parts = self._policy_parts(config, checked=True)  # _prepare checked it
+        parts = self._policy_parts(config, sub_policy=False)  # _prepare planned it
 
         def emit(event: Event) -> None:
             self.emit(event)
@@ -421,6 +449,7 @@ class Runtime:
             tree=ctx.tree,
             config=config.to_dict(),
             meta=outcome.meta,
+            node_id=ctx.tree.chosen,
         )
         emit(SearchFinished(task_id=task.id, answer=solution.answer, score=solution.score, usage=ctx.usage, seconds=seconds))
         return solution

@@ -16,7 +16,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from reason import Config, Runtime, Task
+from reason import Config, Runtime, Solution, Task
 from reason.answers import is_equivalent
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "multiarith" / "test.jsonl"
@@ -43,13 +43,14 @@ def main() -> None:
         print(f"accuracy {correct}/{len(solutions)}, {tokens} tokens generated")
 
         # 2. one problem, watching it think
-        async def watch() -> None:
-            async for event in runtime.stream(tasks[-1]):
-                if event.kind in ("StepsGenerated", "AnswerFound", "SearchFinished"):
-                    print(f"  event {event.kind}: {json.dumps(event.to_dict(), default=str)[:120]}")
+        async def watch() -> Solution:
+            async with runtime.stream(tasks[-1]) as run:
+                async for event in run:
+                    if event.kind in ("StepsGenerated", "AnswerFound", "SearchFinished"):
+                        print(f"  event {event.kind}: {json.dumps(event.to_dict(), default=str)[:120]}")
+            return run.solution
 
-        asyncio.run(watch())
-        print("streamed answer:", runtime.last_solution.answer, "reference:", tasks[-1].reference)
+        print("streamed answer:", asyncio.run(watch()).answer, "reference:", tasks[-1].reference)
 
         # 3. an application's threads share the runtime (and its batch)
         with ThreadPoolExecutor(2) as pool:

@@ -9,7 +9,7 @@ import time
 import pytest
 from scripted import ContinuousScriptedBackend, ScriptedBackend, steps_script
 
-from reason import Config, GenerateRequest, Runtime, SamplingParams, SearchOutcome, SearchPolicy
+from reason import Config, GenerateRequest, Runtime, SamplingParams, SearchOutcome, SearchPolicy, Task, UsageError
 from reason.engine import BatchQueue
 from reason.registry import get_registry
 
@@ -81,15 +81,16 @@ def test_stream_yields_events_in_order():
     runtime = Runtime(Config(search="best-of-n", n=2), backend=ScriptedBackend())
 
     async def collect():
-        return [event async for event in runtime.stream("2+2?")]
+        run = runtime.stream("2+2?")
+        return [event async for event in run], run.solution
 
-    events = asyncio.run(collect())
+    events, solution = asyncio.run(collect())
     kinds = [e.kind for e in events]
     assert kinds[0] == "SearchStarted" and kinds[-1] == "SearchFinished"
     # a stream carries its own search's events (engine-wide ones go to subscribers)
     assert "StepsGenerated" in kinds and "StepsScored" in kinds and kinds.count("AnswerFound") == 2
     assert "BackendCalled" not in kinds and {e.task_id for e in events} == {"task-0"}
-    assert runtime.last_solution.answer == "4"
+    assert solution.answer == "4" and solution.chosen_node.text() == solution.text
     finished = events[-1]
     assert finished.usage.completion_tokens > 0 and finished.to_dict()["usage"]["model_calls"] == 1
     runtime.close()
@@ -205,6 +206,26 @@ def test_cancelling_a_search_frees_its_slot():
         assert rt.solve("2+2?").answer == "4"
 
 
+def test_concurrent_streams_each_hold_their_own_solution():
+    runtime = Runtime(Config(search="best-of-n", n=2), backend=ScriptedBackend())
+
+    async def both():
+        first, second = runtime.stream(Task(question="2+2?", id="a")), runtime.stream(Task(question="2+2?", id="b"))
+        with pytest.raises(UsageError, match="has not finished"):
+            first.solution  # noqa: B018
+        solutions = await asyncio.gather(first.result(), second.result())
+        return first, second, solutions
+
+    first, second, solutions = asyncio.run(both())
+    assert [s.task.id for s in solutions] == ["a", "b"]
+    assert first.solution is solutions[0] and second.solution is solutions[1] and first.done
+    # the solution names its node: the end of the chosen path, whose text it is
+    node = solutions[0].chosen_node
+    assert node is not None and node.id == solutions[0].node_id == solutions[0].tree.chosen
+    assert solutions[0].to_dict()["node_id"] == node.id
+    runtime.close()
+
+
 def test_a_stream_closed_early_cancels_its_search():
     backend = ContinuousScriptedBackend(delay=lambda request: 30.0)
     with Runtime(Config(search="best-of-n", n=2, verifier=None), backend=backend) as rt:
@@ -287,3 +308,28 @@ def test_usage_counts_the_prompt_tokens_each_sample_encoded():
     usage = solution.usage
     assert usage.prompt_tokens > 0 and usage.encoded_tokens == 4 * usage.prompt_tokens
     assert usage.to_dict()["encoded_tokens"] == usage.encoded_tokens
+
+
+def test_one_validation_and_one_policy_build_per_solve(monkeypatch):
+    """A solve checks its config once (a later solve with an equal config not at all) and
+    builds its search policy once; solve_many builds one per task."""
+    built = []
+    registry = get_registry()
+    registry.add("search", "test-counted", lambda config, arg: built.append(1) or FakeBeams(config, arg), plugin="tests")
+    checks = []
+    real_check = Runtime._check
+    monkeypatch.setattr(Runtime, "_check", lambda self, *a: checks.append(a) or real_check(self, *a))
+    try:
+        backend = ScriptedBackend(steps_script([f"Step {i}.\n\n" for i in range(10)]))
+        with Runtime(Config(search="test-counted", verifier=None), backend=backend) as runtime:
+            assert (len(checks), len(built)) == (1, 1)  # the runtime's own config, checked on creation
+            runtime.solve("q")
+            assert (len(checks), len(built)) == (1, 1)  # the first solve takes the checked policy
+            runtime.solve("q")
+            assert (len(checks), len(built)) == (1, 2)
+            runtime.solve("q", n=3)  # another config: one check, whose policy that solve runs
+            assert (len(checks), len(built)) == (2, 3)
+            runtime.solve_many(["a", "b", "c"])
+            assert (len(checks), len(built)) == (2, 6)
+    finally:
+        registry.remove("search", "test-counted")

@@ -153,11 +153,11 @@ def test_stream_with_tokens_yields_growing_text(backend):
     with Runtime(Config(search="greedy", max_tokens=12, verifier=None), backend=backend) as rt:
 
         async def collect():
-            return [e async for e in rt.stream("Name three colors.", tokens=True)]
+            run = rt.stream("Name three colors.", tokens=True)
+            return [e async for e in run], run.solution
 
-        events = asyncio.run(collect())
+        events, solution = asyncio.run(collect())
         texts = [e.text for e in events if e.kind == "TextGenerated"]
-        solution = rt.last_solution
     assert len(texts) >= 2 and all(b.startswith(a) for a, b in zip(texts, texts[1:]))
     assert texts[-1] == solution.text  # the last delta is the chosen answer's text
     assert events[-1].kind == "SearchFinished"

@@ -50,11 +50,7 @@ class Choice:
     @property
     def chosen_node(self) -> Any:
         """The tree node the chosen answer ends at (None: the search found nothing)."""
-        solution = self.solution
-        for candidate in solution.candidates:
-            if candidate.text == solution.text and candidate.score == solution.score:
-                return solution.tree[candidate.node_id]
-        return None
+        return self.solution.chosen_node
 
     @property
     def answer_tokens(self) -> int:
@@ -185,15 +181,11 @@ async def stream_all(
         view = SearchView(stream_tokens=single)
         try:
             with counter.search():
-                async with contextlib.aclosing(runtime.stream(task, tokens=single, **overrides)) as events:
-                    async for event in events:
+                async with runtime.stream(task, tokens=single, **overrides) as run:
+                    async for event in run:
                         for kind, data in view.feed(event, progress_events):
                             queue.put_nowait(Item(kind, index, data))
-                    # stream() has just stored this search's solution; read it before any
-                    # other search of this loop can finish and replace it.
-                    solution = runtime.last_solution
-            if solution.task.id != task.id:
-                raise RuntimeError(f"stream returned the solution of {solution.task.id}, not {task.id}")
+                solution = run.solution
             for text in view.finish(solution.text):
                 queue.put_nowait(Item("content", index, text))
             queue.put_nowait(Item("done", index, Choice(index, solution)))
