@@ -20,7 +20,7 @@ they are written as sequential code that awaits the runtime's engines.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .options import Declarations, read
@@ -47,9 +47,18 @@ class Component:
     distinct value of these fields and of the options (:mod:`reason.component_cache`),
     so a field left out here would be silently stale after a solve that changes it."""
 
+    spec: str = ""
+    """The name the user chose for this component ("prm:DIR"), set by the runtime when it
+    builds the component: events and the tree name it so. Empty when built directly."""
+
     def __init__(self, config: Config, arg: str | None = None) -> None:
         self.config = config
         self.arg = arg
+
+    @property
+    def label(self) -> str:
+        """How events and logs name this component: its :attr:`spec`, else its class."""
+        return self.spec or type(self).__name__
 
     def option(self, name: str) -> Any:
         """The value of declared option ``name`` (``-o name=value``), converted and
@@ -86,10 +95,13 @@ class Backend(Component, ABC):
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
         """Sample ``request.n`` completions for each request, in request order (blocking)."""
 
-    async def generate_async(self, request: GenerateRequest) -> list[Completion]:
+    async def generate_async(
+        self, request: GenerateRequest, *, on_text: Callable[[int, str], None] | None = None
+    ) -> list[Completion]:
         """Sample ``request.n`` completions of one request, resolving when all of them are
         done. Called from the runtime's event loop, concurrently for many requests, so it
         must not block the loop. Cancelling the await must free the request's slots.
+        ``on_text`` is only passed where :attr:`streams_text` says the backend calls it.
 
         Continuous backends override this (and :attr:`continuous` then says True); the
         default only exists so that the method can be named."""
@@ -176,6 +188,10 @@ class ReflectionTrigger(Component, ABC):
     ``reflections`` is how many times this path was already reflected on, so triggers can
     cap themselves.
     """
+
+    suppress: str | None = None
+    """Text dropped from the end of the step this trigger reflects after, before its own
+    text goes in (s1's budget forcing drops the end-of-thinking delimiter). Default: none."""
 
     def adjust_params(self, params: SamplingParams) -> SamplingParams:
         """Change sampling before a step is generated (e.g. add a stop string). Default: none."""

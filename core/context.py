@@ -26,7 +26,7 @@ from attrs import frozen
 from . import answers
 from .components import ReflectionTrigger, SearchPolicy, Splitter, Verifier
 from .config import Config
-from .engine import gather_all
+from .aio import gather_all
 from .events import AnswerFound, Event, NodesPruned, ReflectionInjected, StepsGenerated, StepsScored, TextGenerated
 from .tree import Node, Tree
 from .types import Candidate, GenerateRequest, SamplingParams, Score, ScoreRequest, Step, Task, Usage, Watch, aggregate, derive_seed
@@ -257,7 +257,7 @@ class SearchContext:
         verifier = verifier or self.verifier
         if verifier is None or not nodes:
             return [0.0] * len(nodes)
-        name = getattr(verifier, "spec", type(verifier).__name__)
+        name = verifier.label
         start = time.perf_counter()
         results: list[Score] = await self._engines.score(self, verifier, [self.score_request(n) for n in nodes])
         values = []
@@ -287,7 +287,7 @@ class SearchContext:
             else:
                 text = trigger.on_step(self.task, steps, score, node.reflections)
             if text:
-                return self.inject(node, text, trigger=name, suppress=getattr(trigger, "suppress", None))
+                return self.inject(node, text, trigger=name, suppress=trigger.suppress)
         return node
 
     def reflect_after_score(self, node: Node) -> Node:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
@@ -186,7 +186,7 @@ class Engines:
             def from_engine(sample: int, text: str) -> None:
                 loop.call_soon_threadsafe(on_text, sample, text)
 
-            completions = await backend.generate_async(request, on_text=from_engine)  # type: ignore[call-arg]
+            completions = await backend.generate_async(request, on_text=from_engine)
         elif backend.continuous:
             completions = await backend.generate_async(request)
         else:
@@ -238,7 +238,7 @@ class Engines:
     def _score_queue(self, verifier: Verifier) -> BatchQueue[Any, Any]:
         queue = self._score_queues.get(id(verifier))
         if queue is None:
-            name = getattr(verifier, "spec", type(verifier).__name__)
+            name = verifier.label
             held = weakref.ref(verifier)  # the queue must not keep its verifier alive
 
             def score_groups(groups: list[tuple[ScoreRequest, ...]]) -> list[list[Score]]:
@@ -285,14 +285,3 @@ class Engines:
             self._generate_queue.close()
         for queue in list(self._score_queues.values()):
             queue.close()
-
-
-async def gather_all(*aws: Coroutine[Any, Any, T]) -> list[T]:
-    """Run coroutines side by side; the first failure cancels the others and is raised
-    as itself (not as an exception group)."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(aw) for aw in aws]
-    except BaseExceptionGroup as failure:
-        raise failure.exceptions[0] from None
-    return [task.result() for task in tasks]

@@ -38,7 +38,8 @@ from .component_cache import ComponentCache, check_backend
 from .components import Backend, ReflectionTrigger, SearchPolicy, Splitter, Verifier
 from .config import Config
 from .context import PolicyParts, SearchContext
-from .engine import Engines, gather_all
+from .aio import LoopThread, gather_all
+from .engine import Engines
 from .errors import UsageError
 from .events import Event, SearchFailed, SearchFinished, SearchStarted
 from .plan import Plan
@@ -83,8 +84,7 @@ class Runtime:
         self._cache = ComponentCache(self.registry, self._adopt)
         self._lock = threading.RLock()
         self._listeners: list[Callable[[Event], None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._io: LoopThread | None = None
         self._engines: Engines | None = None
         self._plans: collections.OrderedDict[tuple[str, bool], Plan] = collections.OrderedDict()
         if backend is not None:
@@ -185,30 +185,19 @@ class Runtime:
 
     # -- the event loop -----------------------------------------------------------------
 
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+    def _ensure_loop(self) -> LoopThread:
         """The Runtime's event loop, started on first use in a daemon thread."""
         with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                ready = threading.Event()
-
-                def serve() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
-
-                self._thread = threading.Thread(target=serve, name="reason-runtime", daemon=True)
-                self._thread.start()
-                ready.wait()
+            if self._io is None:
+                self._io = LoopThread("reason-runtime")
                 self._engines = Engines(lambda: self.backend, self.emit)
-                self._loop = loop
-            return self._loop
+            return self._io
 
     def _stop_loop(self) -> None:
         with self._lock:
-            loop, thread, engines = self._loop, self._thread, self._engines
-            self._loop = self._thread = self._engines = None
-        if loop is None or thread is None:
+            io, engines = self._io, self._engines
+            self._io = self._engines = None
+        if io is None:
             return
 
         async def cancel_all() -> None:
@@ -217,20 +206,17 @@ class Runtime:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-        if thread is not threading.current_thread():
+        if not io.is_current:  # (closed from a callback on the loop itself: it keeps running)
             try:
-                asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(timeout=30)
+                io.submit(cancel_all()).result(timeout=30)
             except Exception as exc:  # a search that ignores cancellation must not hang close()
                 get_logger().warning("searches did not stop", error=str(exc))
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=30)
+            io.stop()
         if engines is not None:
             engines.close()
-        if not thread.is_alive():
-            loop.close()
 
     def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop())
+        return self._ensure_loop().submit(coro)
 
     # -- events -----------------------------------------------------------------------
 
@@ -256,17 +242,13 @@ class Runtime:
 
     def _emit_threadsafe(self, event: Event) -> None:
         """``emit`` from any thread: events reach observers in the event-loop thread."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
+        io = self._io
+        if io is None:
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
+        if io.is_current:
             self.emit(event)
         else:
-            _call_in(loop, self.emit, event)
+            io.call_soon(self.emit, event)
 
     # -- solving ----------------------------------------------------------------------
 

@@ -110,7 +110,9 @@ class ContinuousScriptedBackend(ScriptedBackend):
         self.most_in_flight = 0
         self.cancelled = 0
 
-    async def generate_async(self, request: GenerateRequest) -> list[Completion]:
+    async def generate_async(
+        self, request: GenerateRequest, *, on_text: Callable[[int, str], None] | None = None
+    ) -> list[Completion]:
         import asyncio
         import time
 

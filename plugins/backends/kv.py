@@ -167,3 +167,15 @@ def pad_left(kv: torch.Tensor, width: int) -> torch.Tensor:
 
     missing = width - kv.shape[2]
     return F.pad(kv, (0, 0, missing, 0)) if missing else kv
+
+
+def trim_padding(cache: Any, mask: torch.Tensor) -> torch.Tensor:
+    """Drop the leading columns of a plain cache (and its mask) that are padding in every row."""
+    used = mask.any(dim=0).nonzero()
+    first = int(used[0]) if len(used) else 0
+    if first == 0:
+        return mask
+    for layer in cache.layers:
+        layer.keys = layer.keys[:, :, first:]
+        layer.values = layer.values[:, :, first:]
+    return mask[:, first:]

@@ -53,13 +53,14 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from reason.aio import gather_all
 from reason.components import Backend
 from reason.errors import BackendError, UsageError
 from reason.log import get_logger
 from reason.options import Option
 from reason.types import Completion, GenerateRequest
 
-from .openai_io import LoopThread, all_or_first_error, shutdown
+from .openai_io import HTTPLoop, shutdown
 from .openai_payload import LLAMA_CPP_PYTHON_NEUTRAL, completion_payload, error_text, mentions_extras, parse_choice, retry_after
 
 log = get_logger()
@@ -119,7 +120,7 @@ class OpenAIBackend(Backend):
         self._model: str | None = arg or config.model or None
         self._served: list[str] | None = None
         self._owners: dict[str, str] = {}
-        self._io: LoopThread | None = None
+        self._io: HTTPLoop | None = None
         self._io_lock = threading.Lock()
         """Guards starting and closing the loop thread (a submit waits for a close)."""
         self._tokenizer: Any = None
@@ -139,7 +140,7 @@ class OpenAIBackend(Backend):
         """Run ``fn(*args)`` on the backend's loop (started on first use)."""
         with self._io_lock:
             if self._io is None:
-                self._io = LoopThread(self.max_concurrency)
+                self._io = HTTPLoop(self.max_concurrency)
                 # A backend dropped without close() must not leave its thread behind.
                 weakref.finalize(self, self._io.stop, 5.0)
             io = self._io
@@ -148,7 +149,7 @@ class OpenAIBackend(Backend):
     def _call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run ``fn(*args)`` on the backend's loop and wait for it (from any other thread)."""
         io = self._io
-        if io is not None and threading.current_thread() is io.thread:
+        if io is not None and io.is_current:
             raise RuntimeError("OpenAIBackend: a blocking call on the backend's own loop thread would deadlock")
         future = self._submit(fn, *args)
         try:
@@ -157,7 +158,7 @@ class OpenAIBackend(Backend):
             future.cancel()
             raise
 
-    async def _tracked(self, io: LoopThread, coro: Coroutine[Any, Any, T]) -> T:
+    async def _tracked(self, io: HTTPLoop, coro: Coroutine[Any, Any, T]) -> T:
         task = asyncio.current_task()
         assert task is not None
         io.tasks.add(task)
@@ -364,7 +365,9 @@ class OpenAIBackend(Backend):
             return []
         return self._call(self._generate_all, list(requests))
 
-    async def generate_async(self, request: GenerateRequest) -> list[Completion]:
+    async def generate_async(
+        self, request: GenerateRequest, *, on_text: Callable[[int, str], None] | None = None
+    ) -> list[Completion]:
         """One request, resolved as soon as its own completions are back, whatever else is
         in flight. Cancelling the await cancels its HTTP request(s)."""
         # wrap_future: cancelling this await cancels the concurrent future, which cancels
@@ -372,7 +375,7 @@ class OpenAIBackend(Backend):
         return await asyncio.wrap_future(self._submit(self._generate_one, request))
 
     async def _generate_all(self, requests: list[GenerateRequest]) -> list[list[Completion]]:
-        return await all_or_first_error([self._generate_one(r) for r in requests])
+        return await gather_all(*(self._generate_one(r) for r in requests))
 
     async def _generate_one(self, request: GenerateRequest) -> list[Completion]:
         if request.params.temperature == 0 and request.n > 1:
@@ -392,9 +395,7 @@ class OpenAIBackend(Backend):
                 log.info("server ignores n; sending one request per sample", base_url=self.base_url)
             self.supports_n = False
         # One request per missing sample; sample j gets seed + j so seeded samples differ.
-        singles = await all_or_first_error(
-            [self._complete(request, 1, j) for j in range(len(completions), request.n)]
-        )
+        singles = await gather_all(*(self._complete(request, 1, j) for j in range(len(completions), request.n)))
         for got in singles:
             if not got:
                 raise BackendError(f"the server at {self.base_url} returned no choice for a completion request")
@@ -447,7 +448,7 @@ class OpenAIBackend(Backend):
             io, self._io = self._io, None
             if io is None:
                 return
-            if threading.current_thread() is io.thread:
+            if io.is_current:
                 raise RuntimeError("OpenAIBackend.close() cannot run on the backend's own loop thread")
             io.closing = True
             try:

@@ -67,8 +67,8 @@ class TransformersBackend(DecodeLoop, Backend):
 
     def __init__(self, config: Config, arg: str | None = None) -> None:
         super().__init__(config, arg)
-        self.spec = config.model or arg
-        self.source = models.resolve_model(self.spec)  # fails fast on a missing path
+        model_spec = config.model or arg
+        self.source = models.resolve_model(model_spec)  # fails fast on a missing path
         self.max_batch = self.option("max_batch")
         self.prefix_cache = PrefixCache(self.option("prefix_cache_tokens"))
         self.threads = self.option("threads")
@@ -165,9 +165,9 @@ class TransformersBackend(DecodeLoop, Backend):
         return self.max_batch or None
 
     async def generate_async(
-        self, request: GenerateRequest, on_text: Callable[[int, str], None] | None = None
+        self, request: GenerateRequest, *, on_text: Callable[[int, str], None] | None = None
     ) -> list[Completion]:
-        return await asyncio.wrap_future(self.submit(request, on_text))
+        return await asyncio.wrap_future(self.submit(request, on_text=on_text))
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
         """Blocking: the requests arrive together, so they are admitted together."""
@@ -175,7 +175,7 @@ class TransformersBackend(DecodeLoop, Backend):
         return [future.result() for future in futures]
 
     def submit(
-        self, request: GenerateRequest, on_text: Callable[[int, str], None] | None = None
+        self, request: GenerateRequest, *, on_text: Callable[[int, str], None] | None = None
     ) -> concurrent.futures.Future[list[Completion]]:
         """Queue ``request`` for the decode loop; the future resolves when its ``n``
         samples are done. Cancelling the future drops its sequences from the batch.

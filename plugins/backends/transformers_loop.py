@@ -38,7 +38,7 @@ from reason.types import Completion, GenerateRequest, Watch, sample_seed
 
 from . import kv
 from .kv import PrefixCache, output_cache, with_cache
-from .transformers_sequences import Batch, PendingRequest, SequenceState
+from .transformers_sequences import Batch, PendingRequest, SequenceState, sample_token
 
 if TYPE_CHECKING:
     import torch
@@ -333,7 +333,8 @@ class DecodeLoop:
             logits=batch.logits[index],
             lengths=[batch.lengths[i] for i in keep],
         )
-        batch.mask = self._trim(batch.cache, batch.mask)
+        if self.plain_cache:
+            batch.mask = kv.trim_padding(batch.cache, batch.mask)
         return batch
 
     def _decode(self, batch: Batch, tokens: list[int]) -> None:
@@ -449,17 +450,17 @@ class DecodeLoop:
             if params.temperature == 0:
                 token = greedy[i]
             else:
-                token = _sample(logits[i], params.temperature, params.top_p, seq.generator)
+                token = sample_token(logits[i], params.temperature, params.top_p, seq.generator)
             tokens.append(token)
             seq.token_ids.append(token)
             seq.logprobs.append(float(logprobs[i, token]))
             seq.top_logprobs.append(tuple(top_values[i][: params.logprobs]) if top_values else ())
-            self._settle(seq, len(seq.prompt_ids) + len(seq.token_ids))
+            seq.settle(self.eos_ids, self._detokenize, self.max_positions)
             watch = seq.owner.request.watch
             if watch is not None and seq.finish is None and len(seq.token_ids) % watch.every == 0:
                 self._check_watch(seq, watch)
             if seq.owner.on_text is not None:
-                text = seq.text if seq.finish else self._tokenizer.decode(seq.token_ids, skip_special_tokens=True)
+                text = seq.text if seq.finish else self._detokenize(seq.token_ids)
                 try:
                     seq.owner.on_text(seq.index, text)
                 except Exception as exc:  # a listener gone (its loop closed) must not fail the batch
@@ -467,33 +468,12 @@ class DecodeLoop:
         self.stats.decode_tokens += len(active) - drained
         return tokens
 
-    def _settle(self, seq: SequenceState, total: int) -> None:
-        """Set ``seq.finish`` (and cut its text at a stop string) when it is done."""
-        params = seq.params
-        if seq.token_ids[-1] in self.eos_ids:
-            seq.finish = "eos"
-        elif params.stop:
-            before = len(seq.text)
-            seq.text = self._tokenizer.decode(seq.token_ids, skip_special_tokens=True)
-            # Earlier text had no stop string; look only where a new one can end. A few
-            # characters of slack cover a previous token that decoded incompletely.
-            ends = []
-            for stop in params.stop:
-                at = seq.text.find(stop, max(0, before - len(stop) - 4))
-                if at >= 0:
-                    ends.append(at + len(stop))
-            if ends:
-                seq.text = seq.text[: min(ends)]
-                seq.finish = "stop"
-                return
-        if seq.finish is None and (len(seq.token_ids) >= params.max_tokens or total >= self.max_positions):
-            seq.finish = "length"
-        if seq.finish is not None and seq.finish != "stop":
-            seq.text = self._tokenizer.decode(seq.token_ids, skip_special_tokens=True)
+    def _detokenize(self, token_ids: list[int]) -> str:
+        return self._tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def _check_watch(self, seq: SequenceState, watch: Watch) -> None:
         """End ``seq`` here (finish ``length``) when its request's watch says stop."""
-        seq.text = self._tokenizer.decode(seq.token_ids, skip_special_tokens=True)
+        seq.text = self._detokenize(seq.token_ids)
         try:
             stop = watch.stop(seq.completion("length"))
         except Exception as exc:  # a broken check fails its own request, not the batch
@@ -509,31 +489,3 @@ class DecodeLoop:
             return
         ids = (seq.prompt_ids + tuple(seq.token_ids))[:length]
         self.prefix_cache.insert(ids, kv.row_kv(cache, row, length, width))
-
-    def _trim(self, cache: Any, mask: torch.Tensor) -> torch.Tensor:
-        """Drop leading columns that are padding in every remaining row."""
-        if not self.plain_cache:
-            return mask
-        used = mask.any(dim=0).nonzero()
-        first = int(used[0]) if len(used) else 0
-        if first == 0:
-            return mask
-        for layer in cache.layers:
-            layer.keys = layer.keys[:, :, first:]
-            layer.values = layer.values[:, :, first:]
-        return mask[:, first:]
-
-
-
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: Any) -> int:
-    import torch
-
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        # keep the smallest set whose mass reaches top_p (always at least the top token)
-        keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
-        sorted_probs = sorted_probs * keep
-        choice = torch.multinomial(sorted_probs, 1, generator=generator)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=generator))

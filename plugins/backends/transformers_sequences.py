@@ -4,7 +4,7 @@ submitted request, each of its samples, and the batch of rows decoding together.
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from attrs import define, field
@@ -80,6 +80,33 @@ class SequenceState:
         was asked for: the row stays for one more decode pass that only reads states."""
         return self.finish is not None and bool(self.params.hidden_layers) and len(self.hidden) < len(self.token_ids)
 
+    def settle(self, eos_ids: Collection[int], decode: Callable[[list[int]], str], max_positions: int) -> None:
+        """Set ``finish`` (and cut the text at a stop string) when the last token ended
+        the sample: an end-of-sequence token, a stop string, its budget or the model's
+        context (``max_positions``)."""
+        params = self.params
+        if self.token_ids[-1] in eos_ids:
+            self.finish = "eos"
+        elif params.stop:
+            before = len(self.text)
+            self.text = decode(self.token_ids)
+            # Earlier text had no stop string; look only where a new one can end. A few
+            # characters of slack cover a previous token that decoded incompletely.
+            ends = []
+            for stop in params.stop:
+                at = self.text.find(stop, max(0, before - len(stop) - 4))
+                if at >= 0:
+                    ends.append(at + len(stop))
+            if ends:
+                self.text = self.text[: min(ends)]
+                self.finish = "stop"
+                return
+        total = len(self.prompt_ids) + len(self.token_ids)
+        if self.finish is None and (len(self.token_ids) >= params.max_tokens or total >= max_positions):
+            self.finish = "length"
+        if self.finish is not None and self.finish != "stop":
+            self.text = decode(self.token_ids)
+
     def completion(self, finish: FinishReason | None = None) -> Completion:
         """The sample as a completion: finished, or so far (``finish`` given)."""
         finish = finish or self.finish
@@ -99,3 +126,18 @@ class SequenceState:
             cached_tokens=self.cached_tokens,
             hidden=hidden,
         )
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: Any) -> int:
+    """Draw a token from ``logits`` at ``temperature``, within the ``top_p`` nucleus."""
+    import torch
+
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        # keep the smallest set whose mass reaches top_p (always at least the top token)
+        keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
+        sorted_probs = sorted_probs * keep
+        choice = torch.multinomial(sorted_probs, 1, generator=generator)
+        return int(order[choice])
+    return int(torch.multinomial(probs, 1, generator=generator))

@@ -52,6 +52,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from reason.aio import LoopThread
 from reason.components import Backend
 from reason.errors import BackendError, UsageError
 from reason.log import get_logger
@@ -124,8 +125,7 @@ class VLLMBackend(StepRecorder, Backend):
         self.stats = VLLMStats()
         self._lock = threading.Lock()
         self._engine: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._io: LoopThread | None = None
         self._tokenizer: Any = None
         self._closed = False
         self._ids = itertools.count()
@@ -184,19 +184,14 @@ class VLLMBackend(StepRecorder, Backend):
                 raise BackendError("backend vllm: the backend is closed")
             if self._engine is not None:
                 return
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=_serve_loop, args=(loop,), name="reason-vllm", daemon=True)
-            thread.start()
+            io = LoopThread("reason-vllm")
             start = time.perf_counter()
             try:
-                self._engine = asyncio.run_coroutine_threadsafe(self._start_engine(), loop).result()
+                self._engine = io.submit(self._start_engine()).result()
             except BaseException:
-                loop.call_soon_threadsafe(loop.stop)
-                thread.join(timeout=30)
-                if not thread.is_alive():
-                    loop.close()
+                io.stop()
                 raise
-            self._loop, self._thread = loop, thread
+            self._io = io
             self.stats.load_seconds = time.perf_counter() - start
             log.info("vllm engine ready", model=self.model_name, seconds=round(self.stats.load_seconds, 1))
 
@@ -296,11 +291,11 @@ class VLLMBackend(StepRecorder, Backend):
         return self.max_batch or None
 
     async def generate_async(
-        self, request: GenerateRequest, on_text: Callable[[int, str], None] | None = None
+        self, request: GenerateRequest, *, on_text: Callable[[int, str], None] | None = None
     ) -> list[Completion]:
         if self._engine is None:  # starting takes a while: not on the caller's loop
             await asyncio.to_thread(self._ensure_engine)
-        return await asyncio.wrap_future(self.submit(request, on_text))
+        return await asyncio.wrap_future(self.submit(request, on_text=on_text))
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
         futures = [self.submit(request) for request in requests]
@@ -312,7 +307,7 @@ class VLLMBackend(StepRecorder, Backend):
             raise
 
     def submit(
-        self, request: GenerateRequest, on_text: Callable[[int, str], None] | None = None
+        self, request: GenerateRequest, *, on_text: Callable[[int, str], None] | None = None
     ) -> concurrent.futures.Future[list[Completion]]:
         """Hand ``request`` to the engine's loop; the future resolves with its ``n``
         completions. Cancelling the future aborts its vLLM requests. ``on_text(sample,
@@ -321,9 +316,9 @@ class VLLMBackend(StepRecorder, Backend):
         # Scheduled under the lock, so a close() cannot slip in between: its shutdown then
         # runs after this request has started, and aborts it instead of stranding it.
         with self._lock:
-            if self._loop is None:
+            if self._io is None:
                 raise BackendError("backend vllm: the backend is closed")
-            return asyncio.run_coroutine_threadsafe(self._run(request, on_text), self._loop)
+            return self._io.submit(self._run(request, on_text))
 
     async def _run(self, request: GenerateRequest, on_text: Callable[[int, str], None] | None = None) -> list[Completion]:
         """On the engine's loop: one vLLM request per sample, gathered. Without
@@ -384,17 +379,14 @@ class VLLMBackend(StepRecorder, Backend):
         """Abort what is running, shut vLLM's processes down and stop the loop thread."""
         with self._lock:
             self._closed = True
-            engine, loop, thread = self._engine, self._loop, self._thread
-            self._engine = self._loop = self._thread = None
-        if loop is not None and thread is not None:
+            engine, io = self._engine, self._io
+            self._engine = self._io = None
+        if io is not None:
             try:
-                asyncio.run_coroutine_threadsafe(_shutdown(engine, self._tasks), loop).result(timeout=120)
+                io.submit(_shutdown(engine, self._tasks)).result(timeout=120)
             except Exception as exc:  # closing must not mask the real outcome
                 log.warning("vllm engine did not shut down cleanly", error=str(exc))
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=30)
-            if not thread.is_alive():
-                loop.close()
+            io.stop()
             # AsyncLLM holds reference cycles; collected at interpreter exit its __del__
             # would shut down again with half-torn-down modules and print a traceback.
             del engine
@@ -405,11 +397,6 @@ class VLLMBackend(StepRecorder, Backend):
 
 
 # -- the engine's loop -------------------------------------------------------------------
-
-
-def _serve_loop(loop: asyncio.AbstractEventLoop) -> None:
-    asyncio.set_event_loop(loop)
-    loop.run_forever()
 
 
 async def _final_output(

@@ -23,7 +23,7 @@ from typing import Any
 from attrs import define, field
 
 from reason import Runtime, Solution, Task
-from reason.engine import gather_all
+from reason.aio import gather_all
 from reason.log import get_logger
 
 from .protocol import APIError
