@@ -8,6 +8,7 @@ Public API::
 component that needs it is used.
 """
 
+from . import events
 from .components import Backend, Dataset, ReflectionTrigger, SearchPolicy, Splitter, Verifier
 from .config import Config
 from .context import SearchContext
@@ -31,14 +32,43 @@ from .types import (
     Watch,
     aggregate,
 )
-from . import events
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backend", "BackendError", "Candidate", "Completion", "ComponentNotFound", "Config", "Dataset",
-    "GenerateRequest", "Node", "Option", "ReasonError", "ReflectionTrigger", "Run", "Runtime", "SamplingParams", "Score",
-    "ScoreRequest", "SearchContext", "SearchOutcome", "SearchPolicy", "Solution", "Splitter", "Step", "Task",
-    "Tree", "Usage", "UsageError", "Verifier", "VerifierError", "Watch", "aggregate", "events", "get_registry",
-    "hookimpl", "__version__",
+    "Backend",
+    "BackendError",
+    "Candidate",
+    "Completion",
+    "ComponentNotFound",
+    "Config",
+    "Dataset",
+    "GenerateRequest",
+    "Node",
+    "Option",
+    "ReasonError",
+    "ReflectionTrigger",
+    "Run",
+    "Runtime",
+    "SamplingParams",
+    "Score",
+    "ScoreRequest",
+    "SearchContext",
+    "SearchOutcome",
+    "SearchPolicy",
+    "Solution",
+    "Splitter",
+    "Step",
+    "Task",
+    "Tree",
+    "Usage",
+    "UsageError",
+    "Verifier",
+    "VerifierError",
+    "Watch",
+    "aggregate",
+    "events",
+    "get_registry",
+    "hookimpl",
+    "__version__",
 ]

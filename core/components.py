@@ -68,10 +68,21 @@ class Component:
     def close(self) -> None:
         """Release resources (models, containers, connections). Called once at shutdown."""
 
+    emitter: Callable[[Event], None] | None = None
+    """Where :meth:`emit` sends events: set by the runtime when it builds the component
+    (:meth:`adopt`); ``None``: a component used on its own reports to nobody."""
+
+    def adopt(self, spec: str, emitter: Callable[[Event], None]) -> None:
+        """Called by the runtime that built this component: the name the user chose for
+        it, and where its events go."""
+        self.spec = spec
+        self.emitter = emitter
+
     def emit(self, event: Event) -> None:
         """Report an event (e.g. :class:`~reason.events.EngineStep` statistics), from any
-        thread. The runtime replaces this with its own emitter when it builds the
-        component; a component used on its own reports to nobody."""
+        thread."""
+        if self.emitter is not None:
+            self.emitter(event)
 
 
 class Backend(Component, ABC):

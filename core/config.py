@@ -16,7 +16,7 @@ from attrs import define, field
 
 from .errors import UsageError
 from .options import Option
-from .types import AGGREGATIONS, SamplingParams
+from .types import AGGREGATIONS, SamplingParams, str_tuple
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: int) -> None:
@@ -49,7 +49,7 @@ class Config:
     splitter: str = "step"
     verifier: str | None = field(default="confidence", converter=lambda v: None if v in (None, "", "none") else v)
     """``None`` (or "none") = no verifier."""
-    reflect: tuple[str, ...] = field(default=(), converter=tuple)
+    reflect: tuple[str, ...] = field(default=(), converter=str_tuple)
 
     # model
     model: str | None = None
@@ -85,15 +85,14 @@ class Config:
 
     def sampling(self, **overrides: Any) -> SamplingParams:
         """The base sampling params for a whole solution."""
-        values = dict(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_tokens=self.max_tokens,
-            seed=self.seed,
-            logprobs=self.logprobs,
-        )
-        values.update(overrides)
-        return SamplingParams(**values)
+        values: dict[str, Any] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "logprobs": self.logprobs,
+        }
+        return SamplingParams(**{**values, **overrides})
 
     def option(self, key: str, default: Any = None, kind: type | None = None, minimum: float | None = None) -> Any:
         """The plugin setting ``key`` (``-o key=value``, ``[options]`` in a recipe), or ``default``.

@@ -21,15 +21,28 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import attrs
 from attrs import frozen
 
 from . import answers
+from .aio import gather_all
 from .components import ReflectionTrigger, SearchPolicy, Splitter, Verifier
 from .config import Config
-from .aio import gather_all
 from .events import AnswerFound, Event, NodesPruned, ReflectionInjected, StepsGenerated, StepsScored, TextGenerated
 from .tree import Node, Tree
-from .types import Candidate, GenerateRequest, SamplingParams, Score, ScoreRequest, Step, Task, Usage, Watch, aggregate, derive_seed
+from .types import (
+    Candidate,
+    GenerateRequest,
+    SamplingParams,
+    Score,
+    ScoreRequest,
+    Step,
+    Task,
+    Usage,
+    Watch,
+    aggregate,
+    derive_seed,
+)
 
 if TYPE_CHECKING:
     from .engine import Engines
@@ -71,15 +84,15 @@ class SearchContext:
         self.splitter = splitter
         self.verifier = verifier
         self.reflections = list(reflections)
-        self.tree = parent.tree if parent is not None else Tree(prompt=prompt)
+        self.tree: Tree = parent.tree if parent is not None else Tree(prompt=prompt)
         self.usage = Usage()
-        self.stream_text = parent.stream_text if parent is not None else False
+        self.stream_text: bool = parent.stream_text if parent is not None else False
         """Emit :class:`TextGenerated` as tokens come (``Runtime.stream(tokens=True)``)."""
         self._engines = engines
         self._emit = emit
         self._policies = policies
         self._parent = parent
-        self._start = parent._start if parent is not None else time.perf_counter()
+        self._start: float = parent._start if parent is not None else time.perf_counter()
 
     # -- bookkeeping ----------------------------------------------------------------
 
@@ -141,7 +154,7 @@ class SearchContext:
             return None
         params = self.adjusted(self.splitter.step_params(self.config.sampling(**overrides)))
         if params.max_tokens > remaining:
-            params = _evolve(params, max_tokens=remaining)
+            params = attrs.evolve(params, max_tokens=remaining)
         return params
 
     def adjusted(self, params: SamplingParams) -> SamplingParams:
@@ -150,7 +163,7 @@ class SearchContext:
         for _, trigger in self.reflections:
             params = trigger.adjust_params(params)
         if self.verifier is not None and self.verifier.hidden_layers:
-            params = _evolve(params, hidden_layers=self.verifier.hidden_layers)
+            params = attrs.evolve(params, hidden_layers=self.verifier.hidden_layers)
         return params
 
     async def expand(self, node: Node, n: int = 1, **overrides: Any) -> list[Node]:
@@ -202,7 +215,7 @@ class SearchContext:
     ) -> list[Node]:
         draw = _next_draw(node)
         if params.seed is not None and (draw or node.parent is not None):
-            params = _evolve(params, seed=derive_seed(params.seed, "node", node.key, draw))
+            params = attrs.evolve(params, seed=derive_seed(params.seed, "node", node.key, draw))
         request = GenerateRequest(prompt=self.prompt + node.text(), params=params, n=n, watch=watch)
         start = time.perf_counter()
         on_text = None
@@ -302,7 +315,7 @@ class SearchContext:
         forcing removes the end-of-thinking delimiter before appending "Wait"); the
         step's tokens are kept, as they were generated and paid for."""
         if suppress and node.step is not None and node.step.text.endswith(suppress):
-            node.step = _evolve(node.step, text=node.step.text[: -len(suppress)])
+            node.step = attrs.evolve(node.step, text=node.step.text[: -len(suppress)])
             node.meta["suppressed"] = suppress
         node.terminal = False
         key = f"{node.key}/{_next_draw(node)}.{trigger}"
@@ -344,12 +357,6 @@ def _next_draw(node: Node) -> int:
     before the first await, in the order searches make requests (see the module doc)."""
     node.draws += 1
     return node.draws - 1
-
-
-def _evolve(params: SamplingParams, **changes: Any) -> SamplingParams:
-    import attrs
-
-    return attrs.evolve(params, **changes)
 
 
 def split_step(step: Step, pieces: Sequence[str]) -> list[Step]:

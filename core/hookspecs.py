@@ -26,7 +26,8 @@ implementation accept only the arguments it names); no hook is renamed or remove
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

@@ -75,7 +75,13 @@ def markdown(registry: PluginRegistry) -> str:
             if not options:
                 without.append(f"{kind} `{name}`")
             for o in options:
-                cells = [f"{kind} `{name}`", f"`{o.name}`", o.kind(), f"`{show_default(o)}`" if o.default is not None else "", o.help]
+                cells = [
+                    f"{kind} `{name}`",
+                    f"`{o.name}`",
+                    o.kind(),
+                    f"`{show_default(o)}`" if o.default is not None else "",
+                    o.help,
+                ]
                 rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     rows.append("")
     rows.append(f"No options: {', '.join(without)}.")

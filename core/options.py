@@ -27,6 +27,7 @@ from typing import Any
 from attrs import field, frozen
 
 from .errors import UsageError
+from .types import str_tuple
 
 _TYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "str", list: "list"}
 _EXPECTS = {int: "a whole number", float: "a number", bool: "true or false", str: "text", list: "a list, e.g. [1, 2]"}
@@ -67,7 +68,7 @@ class Option:
     help: str = ""
     minimum: float | None = None
     maximum: float | None = None
-    choices: tuple[str, ...] = field(default=(), converter=tuple)
+    choices: tuple[str, ...] = field(default=(), converter=str_tuple)
 
     def __attrs_post_init__(self) -> None:
         if self.type not in _TYPE_NAMES:

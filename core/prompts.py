@@ -5,13 +5,9 @@ from __future__ import annotations
 
 from .types import Task
 
-MATH_SYSTEM = (
-    "Solve the problem step by step. Separate the steps with a blank line. "
-    "Finish with: The answer is \\boxed{ANSWER}."
-)
+MATH_SYSTEM = "Solve the problem step by step. Separate the steps with a blank line. Finish with: The answer is \\boxed{ANSWER}."
 CODE_SYSTEM = (
-    "You are an expert Python programmer. Complete the function. "
-    "Reply with the whole function in one ```python code block."
+    "You are an expert Python programmer. Complete the function. Reply with the whole function in one ```python code block."
 )
 
 

@@ -12,6 +12,7 @@ broken plugin can always be uninstalled with the CLI.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import os
@@ -210,7 +211,7 @@ def load_plugins() -> PluginRegistry:
     from . import __version__
 
     for module in BUILTIN_PLUGINS:
-        _load(registry, module, lambda m=module: importlib.import_module(m), __version__, builtin=True)
+        _load(registry, module, functools.partial(importlib.import_module, module), __version__, builtin=True)
     allowed = _allowed_entry_points()
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if allowed is not None and ep.name not in allowed:

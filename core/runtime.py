@@ -34,17 +34,17 @@ import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
+from .aio import LoopThread, gather_all
 from .component_cache import ComponentCache, check_backend
-from .components import Backend, ReflectionTrigger, SearchPolicy, Splitter, Verifier
+from .components import Backend, Component, ReflectionTrigger, SearchPolicy, Splitter, Verifier
 from .config import Config
 from .context import PolicyParts, SearchContext
-from .aio import LoopThread, gather_all
 from .engine import Engines
 from .errors import UsageError
 from .events import Event, SearchFailed, SearchFinished, SearchStarted
-from .plan import Plan
 from .log import get_logger
 from .option_check import check_options, run_parts
+from .plan import Plan
 from .prompts import messages_for
 from .registry import PluginRegistry, get_registry
 from .result import Solution
@@ -88,7 +88,7 @@ class Runtime:
         self._engines: Engines | None = None
         self._plans: collections.OrderedDict[tuple[str, bool], Plan] = collections.OrderedDict()
         if backend is not None:
-            backend.emit = self._emit_threadsafe
+            backend.emitter = self._emit_threadsafe
         self.plan()
 
     # -- components -------------------------------------------------------------------
@@ -141,9 +141,8 @@ class Runtime:
             raise UsageError(f"search {config.search}: sub-policies nest deeper than {MAX_POLICY_DEPTH} levels")
         return [(config, policy), *(each for sub in subs for each in self._policies(sub, depth + 1))]
 
-    def _adopt(self, component: Any, spec: str) -> None:
-        component.spec = spec  # the name the user chose, for events and the tree
-        component.emit = self._emit_threadsafe  # engines report from their threads
+    def _adopt(self, component: Component, spec: str) -> None:
+        component.adopt(spec, self._emit_threadsafe)  # engines report from their threads
 
     @property
     def backend(self) -> Backend:
@@ -456,4 +455,3 @@ def _as_task(task: Task | str, index: int) -> Task:
 
 def _summary(config: Config) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k in ("search", "backend", "splitter", "verifier", "n", "model")}
-

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from attrs import field, frozen, validators
@@ -18,6 +18,34 @@ FinishReason = Literal["stop", "length", "eos"]
 """Why a completion ended: a stop string matched (``stop``, the string is included in the
 text), ``max_tokens`` was reached (``length``), or the model emitted end-of-sequence (``eos``:
 the path is finished)."""
+
+
+# Typed converters for tuple fields: mypy's attrs plugin takes a field's argument type from
+# its converter, and ``converter=tuple`` leaves the element type unknown.
+
+
+def int_tuple(values: Iterable[int]) -> tuple[int, ...]:
+    return tuple(values)
+
+
+def float_tuple(values: Iterable[float]) -> tuple[float, ...]:
+    return tuple(values)
+
+
+def str_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
+def _float_rows(rows: Iterable[Iterable[float]]) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(row) for row in rows)
+
+
+def _layers(layers: Iterable[int]) -> tuple[int, ...]:
+    return tuple(sorted(set(layers)))
+
+
+def _messages(messages: Iterable[dict[str, str]]) -> tuple[dict[str, str], ...]:
+    return tuple(messages)
 
 
 def _non_negative(instance: Any, attribute: Any, value: float) -> None:
@@ -32,11 +60,11 @@ class SamplingParams:
     temperature: float = field(default=0.8, validator=_non_negative)
     top_p: float = field(default=1.0)
     max_tokens: int = field(default=512)
-    stop: tuple[str, ...] = field(default=(), converter=tuple)
+    stop: tuple[str, ...] = field(default=(), converter=str_tuple)
     seed: int | None = None
     logprobs: int = 5
     """How many top alternatives to report per generated token (0 = none)."""
-    hidden_layers: tuple[int, ...] = field(default=(), converter=lambda xs: tuple(sorted(set(xs))))
+    hidden_layers: tuple[int, ...] = field(default=(), converter=_layers)
     """Residual-stream layers whose state at every generated token the backend should
     return (``Completion.hidden``), numbered as transformers' ``hidden_states`` (0 the
     embeddings, ``k`` block ``k``'s output). Set by runs whose verifier reads the policy's
@@ -105,9 +133,9 @@ class Completion:
     """
 
     text: str
-    token_ids: tuple[int, ...] = field(converter=tuple)
-    logprobs: tuple[float, ...] = field(converter=tuple)
-    top_logprobs: tuple[tuple[float, ...], ...] = field(converter=lambda xs: tuple(tuple(x) for x in xs))
+    token_ids: tuple[int, ...] = field(converter=int_tuple)
+    logprobs: tuple[float, ...] = field(converter=float_tuple)
+    top_logprobs: tuple[tuple[float, ...], ...] = field(converter=_float_rows)
     finish_reason: FinishReason
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -134,11 +162,9 @@ class Step:
     """One step of a reasoning path, as generated (or injected, for reflections)."""
 
     text: str
-    token_ids: tuple[int, ...] = field(default=(), converter=tuple)
-    logprobs: tuple[float, ...] = field(default=(), converter=tuple)
-    top_logprobs: tuple[tuple[float, ...], ...] = field(
-        default=(), converter=lambda xs: tuple(tuple(x) for x in xs)
-    )
+    token_ids: tuple[int, ...] = field(default=(), converter=int_tuple)
+    logprobs: tuple[float, ...] = field(default=(), converter=float_tuple)
+    top_logprobs: tuple[tuple[float, ...], ...] = field(default=(), converter=_float_rows)
     finish_reason: FinishReason | None = None
     injected: bool = False
     """True for text the runtime inserted (a reflection), not sampled from the model."""
@@ -174,7 +200,7 @@ class Task:
     kind: str = "math"
     reference: str | None = None
     metadata: dict[str, Any] = field(factory=dict)
-    history: tuple[dict[str, str], ...] = field(default=(), converter=tuple)
+    history: tuple[dict[str, str], ...] = field(default=(), converter=_messages)
 
     @question.validator
     def _check_question(self, attribute: Any, value: str) -> None:
@@ -190,6 +216,10 @@ class Task:
                 raise ValueError(f"history[{i}]'s content must be text")
 
 
+def _steps(steps: Iterable[Step]) -> tuple[Step, ...]:
+    return tuple(steps)
+
+
 @frozen
 class ScoreRequest:
     """Score every step of one path.
@@ -200,7 +230,7 @@ class ScoreRequest:
 
     task: Task
     prompt: str
-    steps: tuple[Step, ...] = field(converter=tuple)
+    steps: tuple[Step, ...] = field(converter=_steps)
 
     @property
     def text(self) -> str:
@@ -217,7 +247,7 @@ class Score:
     verdict (the code sandbox); ``None`` where there is none.
     """
 
-    step_scores: tuple[float, ...] = field(converter=tuple)
+    step_scores: tuple[float, ...] = field(converter=float_tuple)
     feedback: str | None = None
     passed: bool | None = None
 
@@ -297,7 +327,7 @@ class Candidate:
     text: str
     answer: str | None
     score: float | None
-    step_scores: tuple[float, ...] = field(default=(), converter=tuple)
+    step_scores: tuple[float, ...] = field(default=(), converter=float_tuple)
 
     def to_dict(self) -> dict[str, Any]:
         return {

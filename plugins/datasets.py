@@ -26,7 +26,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -142,7 +142,7 @@ def fetch_from_hub(hub: HubSource, target: Path) -> Path:
     os.close(fd)
     try:
         opener = gzip.open if target.suffix == ".gz" else open
-        with opener(tmp, "wt", encoding="utf-8") as out:  # type: ignore[operator]
+        with opener(tmp, "wt", encoding="utf-8") as out:
             for row in rows:
                 record = hub.convert(row) if hub.convert is not None else dict(row)
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -156,7 +156,7 @@ def fetch_from_hub(hub: HubSource, target: Path) -> Path:
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Records of a JSONL file (``.gz`` too); a bad line is an error naming its number."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+    with opener(path, "rt", encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -176,7 +176,7 @@ class FileDataset(Dataset):
     relative_path = ""
     hub: HubSource | None = None
     """Where the hub has it, for a user without the file (None: nowhere known)."""
-    options = (DATA_DIR,)
+    options: ClassVar[tuple[Option, ...] | None] = (DATA_DIR,)
 
     @property
     def path(self) -> Path:
@@ -368,9 +368,7 @@ class JsonlDataset(NumericAnswers, Dataset):
         chosen = self.option(option)
         if chosen:
             if chosen not in record:
-                raise UsageError(
-                    f"{self.path}: no field {chosen!r} (from {flag}); the records have: {', '.join(record)}"
-                )
+                raise UsageError(f"{self.path}: no field {chosen!r} (from {flag}); the records have: {', '.join(record)}")
             return str(chosen)
         for name in usual:
             if name in record:
@@ -400,7 +398,6 @@ class JsonlDataset(NumericAnswers, Dataset):
                 reference=_final_answer(raw) if raw is not None else None,
                 metadata={k: v for k, v in record.items() if k not in (question_field, answer_field)},
             )
-
 
 
 def _number_text(value: Any) -> str:

@@ -48,7 +48,9 @@ from functools import lru_cache
 
 from attrs import frozen
 
-WRAPPERS = frozenset({"round", "abs", "sorted", "list", "tuple", "set", "len", "str", "int", "float", "bool", "sum", "min", "max"})
+WRAPPERS = frozenset(
+    {"round", "abs", "sorted", "list", "tuple", "set", "len", "str", "int", "float", "bool", "sum", "min", "max"}
+)
 """Builtins an example may wrap the call in (``round(find_zero([1, 2]), 2)``)."""
 
 # Separators between a call and its result, strongest first. ``=`` alone is maths
@@ -136,7 +138,11 @@ def _function(prompt: str, entry: str) -> tuple[str, list[str]] | None:
         return None
     params = [a.arg for a in (*node.args.posonlyargs, *node.args.args)]
     for statement in node.body:  # the first string statement (HumanEval/115 imports first)
-        if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) and isinstance(statement.value.value, str):
+        if (
+            isinstance(statement, ast.Expr)
+            and isinstance(statement.value, ast.Constant)
+            and isinstance(statement.value.value, str)
+        ):
             raw = ast.get_source_segment(prompt, statement.value) or ""
             return inspect.cleandoc(_strip_quotes(raw)), params
     return None
@@ -174,8 +180,19 @@ def _call(source: str, entry: str) -> str | None:
                 return None
         elif not isinstance(
             node,
-            (ast.Constant, ast.List, ast.Tuple, ast.Set, ast.Dict, ast.UnaryOp, ast.BinOp, ast.keyword,
-             ast.Load, ast.operator, ast.unaryop),
+            (
+                ast.Constant,
+                ast.List,
+                ast.Tuple,
+                ast.Set,
+                ast.Dict,
+                ast.UnaryOp,
+                ast.BinOp,
+                ast.keyword,
+                ast.Load,
+                ast.operator,
+                ast.unaryop,
+            ),
         ):
             return None
     if not calls_entry or not isinstance(tree.body, ast.Call):
@@ -210,7 +227,7 @@ def _leading_literal(text: str) -> tuple[str, str] | None:
             head = head[:-1]
         value = _literal(head)
         if value is not None:
-            return value, text[len(head):]
+            return value, text[len(head) :]
     return None
 
 
@@ -335,7 +352,7 @@ def _doctest(source: str, output: str, entry: str) -> PublicTest | None:
     # ">>> f(x) == y", ">>> f(x) y": the call, then the rest of the line
     if code.startswith(entry):
         open_at = code.find("(", len(entry))
-        end = _balanced_end(code, open_at) if open_at >= 0 and not code[len(entry):open_at].strip() else None
+        end = _balanced_end(code, open_at) if open_at >= 0 and not code[len(entry) : open_at].strip() else None
         rest = code[end:].strip() if end is not None else ""
         if end is not None and rest:
             call = _call(code[:end], entry)
@@ -343,7 +360,7 @@ def _doctest(source: str, output: str, entry: str) -> PublicTest | None:
                 return None
             separator = _SEPARATOR.match(code[end:])
             if separator and not separator.group("weak"):  # ">>> f(x) == y" (or ➞, ->, ...)
-                expected = _expected(code[end + separator.end():], strong=True)
+                expected = _expected(code[end + separator.end() :], strong=True)
             elif not output:
                 expected = _expected(rest, strong=False)  # HumanEval/116's missing "=="
             else:
@@ -364,7 +381,7 @@ def _inline(doc: str, entry: str) -> Iterator[PublicTest]:
     pattern = re.compile(rf"(?<![\w.]){re.escape(entry)}\s*\(")
     for match in pattern.finditer(doc):
         line_start = doc.rfind("\n", 0, match.start()) + 1
-        if doc[line_start:match.start()].lstrip().startswith(">>>"):
+        if doc[line_start : match.start()].lstrip().startswith(">>>"):
             continue  # a doctest's, read above
         end = _balanced_end(doc, match.end() - 1)
         if end is None:
@@ -372,13 +389,13 @@ def _inline(doc: str, entry: str) -> Iterator[PublicTest]:
         separator = _SEPARATOR.match(doc, end)
         if separator is None:
             continue
-        call = _call(doc[match.start():end], entry)
+        call = _call(doc[match.start() : end], entry)
         if call is None:
             continue
         after = _rest_of_value(doc, separator.end())
         expected = _expected(after, strong=separator.group("weak") is None)
         if expected is not None:
-            text = (doc[match.start():separator.end()] + after).strip()
+            text = (doc[match.start() : separator.end()] + after).strip()
             yield PublicTest(call, expected, "inline", " ".join(text.split()))
 
 
@@ -393,7 +410,7 @@ def _arguments(text: str, params: list[str]) -> list[str] | None:
         match = _ASSIGNMENT.match(text, pos)
         if match is None:
             break
-        found = _leading_literal(text[match.end():])
+        found = _leading_literal(text[match.end() :])
         if found is None:
             return None
         value, rest = found
@@ -432,7 +449,7 @@ def _trim_prose(text: str) -> str:
         match = _ASSIGNMENT.match(text, pos)
         if match is None:
             return out
-        found = _leading_literal(text[match.end():])
+        found = _leading_literal(text[match.end() :])
         if found is None:
             return out
         rest = found[1]

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from reason import ReflectionTrigger, SamplingParams, Score, Step, Task, aggregate, hookimpl
+from reason import Config, ReflectionTrigger, SamplingParams, Score, Step, Task, aggregate, hookimpl
 from reason.errors import UsageError
 from reason.options import Option
 from reason.plugins.search.common import has_answer
@@ -60,7 +60,7 @@ def _separator(text: str) -> str:
 class _Trigger(ReflectionTrigger):
     """Shared bookkeeping: recognise this trigger's own injections, check the budget."""
 
-    def __init__(self, config, arg=None):
+    def __init__(self, config: Config, arg: str | None = None) -> None:
         super().__init__(config, arg)
         self._mine: set[str] = set()
 
@@ -110,7 +110,14 @@ class LowConfidenceReflection(_Trigger):
     """Reflect after a step the model was unsure of (mean token confidence < T)."""
 
     options = (
-        Option("low_confidence_threshold", float, 0.5, minimum=0, maximum=1, help="reflect below this step confidence (or low-confidence:T)"),
+        Option(
+            "low_confidence_threshold",
+            float,
+            0.5,
+            minimum=0,
+            maximum=1,
+            help="reflect below this step confidence (or low-confidence:T)",
+        ),
         Option("low_confidence_phrase", str, LOW_CONFIDENCE_PHRASE, help="the text injected"),
         Option("low_confidence_max", int, 1, minimum=0, help="reflections per path"),
     )
@@ -144,7 +151,14 @@ class VerifierFailReflection(_Trigger):
     """Feed a verifier's rejection (and its feedback) back to the model."""
 
     options = (
-        Option("fail_threshold", float, None, minimum=0, maximum=1, help="also reflect when the path score is below this [only failed verdicts]"),
+        Option(
+            "fail_threshold",
+            float,
+            None,
+            minimum=0,
+            maximum=1,
+            help="also reflect when the path score is below this [only failed verdicts]",
+        ),
         Option("fail_template", str, FAIL_TEMPLATE, help="the text injected; must contain {feedback}"),
         Option("fail_max", int, 1, minimum=0, help="reflections per path"),
         Option("fail_feedback_chars", int, 1500, minimum=1, help="the verifier's feedback is cut to this many characters"),
@@ -184,7 +198,13 @@ class BudgetForcing(_Trigger):
     """s1 budget forcing: keep the model thinking until a minimum, stop it at a maximum."""
 
     options = (
-        Option("min_thinking_tokens", int, None, minimum=0, help="keep thinking until this many tokens [budget-forcing:MIN, else 128]"),
+        Option(
+            "min_thinking_tokens",
+            int,
+            None,
+            minimum=0,
+            help="keep thinking until this many tokens [budget-forcing:MIN, else 128]",
+        ),
         Option("max_thinking_tokens", int, None, minimum=1, help="stop thinking here [budget-forcing:MIN:MAX, else no cap]"),
         Option("think_end", str, "</think>", help="the end-of-thinking delimiter"),
         Option("wait_phrase", str, "Wait", help="appended to keep the model thinking"),
@@ -199,7 +219,9 @@ class BudgetForcing(_Trigger):
             default_min = int(low) if low else 128
             default_max = int(high) if high else None
         except ValueError:
-            raise UsageError(f"budget-forcing takes MIN[:MAX] thinking tokens, e.g. budget-forcing:256:1024 (got {arg!r})") from None
+            raise UsageError(
+                f"budget-forcing takes MIN[:MAX] thinking tokens, e.g. budget-forcing:256:1024 (got {arg!r})"
+            ) from None
         low_option, high_option = self.option("min_thinking_tokens"), self.option("max_thinking_tokens")
         self.min_tokens = default_min if low_option is None else low_option
         self.max_tokens = default_max if high_option is None else high_option

@@ -31,7 +31,7 @@ _EXPORTS = {
     "image_tag": "image",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["IMAGE_REPOSITORY", "Limits", "RunResult", "Sandbox", "image_tag"]
 
 
 def __getattr__(name: str) -> Any:

@@ -44,19 +44,20 @@ def doctor_command(as_json: bool) -> None:
     from .image import image_exists, image_tag
     from .sweep import labelled
 
-    report: dict[str, object] = {"image": image_tag(), "engine": None, "image_exists": None, "containers": None, "fix": []}
+    fixes: list[str] = []
+    report: dict[str, object] = {"image": image_tag(), "engine": None, "image_exists": None, "containers": None, "fix": fixes}
     try:
         client = connect(pool_size=2, timeout=10)
     except EngineUnavailable as exc:
         report["engine_error"] = str(exc)
-        report["fix"] = [ENGINE_FIX, "then: reason sandbox build"]
+        fixes += [ENGINE_FIX, "then: reason sandbox build"]
     else:
         version = client.version()
         report["engine"] = f"Docker {version.get('Version')} (API {version.get('ApiVersion')})"
         report["image_exists"] = image_exists(client, image_tag())
         report["containers"] = len(labelled(client))
         if not report["image_exists"]:
-            report["fix"] = ["reason sandbox build   (needs root and the Debian mirror, about a minute)"]
+            fixes.append("reason sandbox build   (needs root and the Debian mirror, about a minute)")
     ready = bool(report["engine"]) and bool(report["image_exists"])
     report["ready"] = ready
     if as_json:
@@ -70,7 +71,7 @@ def doctor_command(as_json: bool) -> None:
         if report["containers"] is not None:
             click.echo(f"containers: {report['containers']} labelled reason-runtime.sandbox")
         click.echo(f"ready:      {'yes' if ready else 'no'}")
-        for fix in report["fix"]:  # type: ignore[union-attr]
+        for fix in fixes:
             click.echo(f"fix:        {fix}")
     sys.exit(0 if ready else 1)
 
@@ -116,8 +117,9 @@ def run_command(file, stdin_file, timeout: float, memory: int, as_json: bool) ->
 
 
 @sandbox_group.command("clean")
-@click.option("--all", "everything", is_flag=True,
-              help="Every sandbox container, also those of runs still going (they will fail).")
+@click.option(
+    "--all", "everything", is_flag=True, help="Every sandbox container, also those of runs still going (they will fail)."
+)
 def clean_command(everything: bool) -> None:
     """Remove sandbox containers whose owner process has died (a crash, a SIGKILL).
 

@@ -23,11 +23,7 @@ from .image import SANDBOX_UID, WORKDIR
 from .limits import Limits
 from .result import RunResult
 
-BOOTSTRAP = (
-    'IFS=" " read -r n t || exit 125; '
-    'head -c "$n" > main.py || exit 125; '
-    'exec timeout -s KILL "$t" python3 main.py'
-)
+BOOTSTRAP = 'IFS=" " read -r n t || exit 125; head -c "$n" > main.py || exit 125; exec timeout -s KILL "$t" python3 main.py'
 """Run by ``sh`` (dash) as the container's command. dash's ``read`` takes one byte at a
 time from a pipe and ``head -c`` reads no further than asked, so the program's stdin is
 left intact behind the code."""
@@ -236,7 +232,7 @@ def _read_frames(raw: socket.socket, out: CappedOutput, err: CappedOutput, deadl
         raw.settimeout(remaining)
         try:
             chunk = raw.recv(256 * 1024)
-        except socket.timeout:
+        except TimeoutError:
             return False
         except OSError:
             return True

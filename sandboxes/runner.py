@@ -40,7 +40,6 @@ from .result import RunResult
 from .sweep import sweep
 from .worker import Worker, WorkerLost
 
-
 _live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
 
 
@@ -194,7 +193,7 @@ class Sandbox:
     def _run_in(self, container_id: str | None, code: str, stdin: bytes, limits: Limits) -> RunResult:
         client = self._client
         if container_id is None:
-            container_id = create_started(client, self._image, self.limits)
+            container_id = create_started(client, self.image, self.limits)
         try:
             return execute(client, container_id, code, stdin, limits)
         finally:
@@ -259,6 +258,7 @@ class Sandbox:
         return Worker(self._client, self._image, self.limits)
 
     def _new_container(self) -> str:
+        assert self._image is not None  # the pool fills once start() has found the image
         return create_started(self._client, self._image, self.limits)
 
     def _remove(self, container_id: str) -> None:

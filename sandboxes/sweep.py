@@ -18,7 +18,6 @@ from .container import remove
 from .engine import LABEL, LABEL_HOST, LABEL_OWNER, host_id, owner_alive
 
 
-
 def labelled(client: Any) -> list[dict[str, Any]]:
     """Every container (running or not) that carries the sandbox label."""
     return client.api.containers(all=True, filters={"label": LABEL})

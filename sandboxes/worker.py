@@ -59,9 +59,7 @@ class Worker:
         self.container_id = client.api.create_container(**worker_spec(client, image, limits))["Id"]
         try:
             # Attached before start: nothing the supervisor writes can be missed.
-            self._sock = client.api.attach_socket(
-                self.container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-            )
+            self._sock = client.api.attach_socket(self.container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
             self._raw: socket.socket = getattr(self._sock, "_sock", self._sock)
             client.api.start(self.container_id)
         except BaseException:
@@ -145,7 +143,7 @@ class Worker:
             self._raw.settimeout(remaining)
             try:
                 chunk = self._raw.recv(256 * 1024)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError as exc:
                 raise WorkerLost(f"the sandbox container's stream broke: {exc}") from exc

@@ -369,7 +369,7 @@ def test_close_fails_what_is_in_flight_and_refuses_more(fake):
 def test_engine_statistics_feed_stats_and_events(fake):
     backend, _ = fake()
     events = []
-    backend.emit = events.append
+    backend.emitter = events.append
     cache = SimpleNamespace(requests=2, queries=300, hits=256)
     backend._record(SimpleNamespace(num_running_reqs=3, num_waiting_reqs=1, prefix_cache_stats=cache), SimpleNamespace(num_generation_tokens=3))
     backend._record(None, None)  # outputs without scheduler stats change nothing

@@ -14,7 +14,7 @@ from scripted import ScriptedBackend
 from reason import Config, Runtime, ScoreRequest, Step, Task
 from reason.errors import UsageError
 from reason.plugins.backends.models import load_model, load_tokenizer
-from reason.plugins.verifiers.model_verifier import PrefixCache, ScoringStats, prefix_keys
+from reason.plugins.verifiers.model_verifier import ScoreCache, ScoringStats, prefix_keys
 from reason.plugins.verifiers.prm import PRMVerifier
 from reason.plugins.verifiers.scoring import ModelReader, ReadResult, Row, read_scores
 from reason.types import aggregate
@@ -47,14 +47,14 @@ def test_prefix_keys_are_a_chain_over_the_steps():
 
 
 def test_prefix_cache_is_a_bounded_lru():
-    cache = PrefixCache(capacity=2)
+    cache = ScoreCache(capacity=2)
     cache.put(b"a", 0.1)
     cache.put(b"b", 0.2)
     assert cache.get(b"a") == 0.1  # a is now the most recent
     cache.put(b"c", 0.3)
     assert cache.get(b"b") is None and cache.get(b"a") == 0.1 and cache.get(b"c") == 0.3
     assert len(cache) == 2
-    disabled = PrefixCache(capacity=0)
+    disabled = ScoreCache(capacity=0)
     disabled.put(b"a", 0.5)
     assert disabled.get(b"a") is None
 

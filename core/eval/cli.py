@@ -127,32 +127,71 @@ class _Progress:
 
 
 @click.group("eval", invoke_without_command=True, epilog=EXAMPLES)
-@click.option("--dataset", "dataset_name", metavar="NAME|PATH.jsonl",
-              help="gsm8k, math500, multiarith, humaneval (or any registered dataset), or a JSONL file.")
+@click.option(
+    "--dataset",
+    "dataset_name",
+    metavar="NAME|PATH.jsonl",
+    help="gsm8k, math500, multiarith, humaneval (or any registered dataset), or a JSONL file.",
+)
 @click.option("--limit", type=int, help="Evaluate at most this many problems.")
 @click.option("--offset", type=int, default=0, show_default=True, help="Skip this many problems first.")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory [runs/DATASET-SEARCH-nN].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out: skip finished problems, never repeat one.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the datasets [$REASON_DATA_DIR, ../shared/data].")
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False), help="Folder holding the datasets [$REASON_DATA_DIR, ../shared/data]."
+)
 @click.option("--question-field", help="JSONL datasets: the field with the question [question|problem|input|prompt].")
 @click.option("--answer-field", help="JSONL datasets: the field with the reference answer [answer|target|...].")
-@click.option("--concurrency", type=int, default=None, help="Problems in flight at once (their requests share the batch; with --ray, on each worker); the next starts as each finishes.  [default: enough to fill the engine: 2 x its rows / the search's width, at most its rows; 16 where the engine does not say]")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
-              help="Solve on Ray workers (needs reason-runtime[ray]): a cluster's ADDRESS (auto: the one running here, "
-                   "HOST:PORT, ray://HOST:PORT), or no value to start a local one. This process grades and writes.")
-@click.option("--workers", type=int, help="--ray: how many workers [as many as the cluster's CPUs fit, or GPUs with --worker-gpus].")
+@click.option(
+    "--concurrency",
+    type=int,
+    default=None,
+    help="Problems in flight at once (their requests share the batch; with --ray, on each worker); the next starts as each finishes.  [default: enough to fill the engine: 2 x its rows / the search's width, at most its rows; 16 where the engine does not say]",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Solve on Ray workers (needs reason-runtime[ray]): a cluster's ADDRESS (auto: the one running here, "
+    "HOST:PORT, ray://HOST:PORT), or no value to start a local one. This process grades and writes.",
+)
+@click.option(
+    "--workers", type=int, help="--ray: how many workers [as many as the cluster's CPUs fit, or GPUs with --worker-gpus]."
+)
 @click.option("--worker-cpus", type=float, default=1.0, show_default=True, help="--ray: CPUs each worker reserves.")
-@click.option("--worker-gpus", type=float, default=0.0, show_default=True, help="--ray: GPUs each worker reserves (1: a model per GPU).")
+@click.option(
+    "--worker-gpus", type=float, default=0.0, show_default=True, help="--ray: GPUs each worker reserves (1: a model per GPU)."
+)
 @click.option("--save-tree", is_flag=True, help="Store each problem's search tree in results.jsonl.")
 @click.option("--no-plot", is_flag=True, help="Do not draw accuracy_vs_budget.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @run_options
 @click.pass_context
-def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None, offset: int, out: str | None,
-                 resume: bool, data_dir: str | None, question_field: str | None, answer_field: str | None,
-                 concurrency: int | None, ray_address: str | None, workers: int | None, worker_cpus: float, worker_gpus: float,
-                 save_tree: bool, no_plot: bool, as_json: bool, quiet: bool, **params: Any) -> None:
+def eval_command(
+    ctx: click.Context,
+    dataset_name: str | None,
+    limit: int | None,
+    offset: int,
+    out: str | None,
+    resume: bool,
+    data_dir: str | None,
+    question_field: str | None,
+    answer_field: str | None,
+    concurrency: int | None,
+    ray_address: str | None,
+    workers: int | None,
+    worker_cpus: float,
+    worker_gpus: float,
+    save_tree: bool,
+    no_plot: bool,
+    as_json: bool,
+    quiet: bool,
+    **params: Any,
+) -> None:
     """Evaluate a search strategy on a benchmark: accuracy against compute.
 
     Solves every problem (batched across problems), grades every candidate, and writes
@@ -178,6 +217,7 @@ def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None
     if not dataset_name:
         raise UsageError("reason eval needs --dataset NAME|PATH.jsonl (gsm8k, math500, multiarith, humaneval)")
     from reason import get_registry
+
     from .report import console, summary_table
     from .run import EvalRun
 
@@ -199,8 +239,15 @@ def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None
     dataset = get_registry().create("dataset", spec, config)
     directory = Path(out) if out else _default_out(spec, config)
     run = EvalRun(
-        dataset_spec=spec, dataset=dataset, config=config, out=directory, offset=offset, limit=limit,
-        resume=resume, save_tree=save_tree, concurrency=concurrency,
+        dataset_spec=spec,
+        dataset=dataset,
+        config=config,
+        out=directory,
+        offset=offset,
+        limit=limit,
+        resume=resume,
+        save_tree=save_tree,
+        concurrency=concurrency,
     )
     try:
         todo = run.prepare()
@@ -211,8 +258,11 @@ def eval_command(ctx: click.Context, dataset_name: str | None, limit: int | None
             click.echo(f"reason eval: every selected problem is already in {directory / 'results.jsonl'}", err=True)
     except KeyboardInterrupt:
         _finish(run, no_plot, partial=True)
-        click.echo(f"reason eval: interrupted; {len(run.records)} problem(s) saved in {directory}; "
-                   "continue with the same options and --resume", err=True)
+        click.echo(
+            f"reason eval: interrupted; {len(run.records)} problem(s) saved in {directory}; "
+            "continue with the same options and --resume",
+            err=True,
+        )
         raise
     except Exception:
         if run.records:
@@ -275,8 +325,14 @@ def _finish(run: Any, no_plot: bool, partial: bool = False) -> dict[str, Any]:
 
 @eval_command.command("compare")
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default="eval_compare.png", show_default=True,
-              help="Where to write the side-by-side plot.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default="eval_compare.png",
+    show_default=True,
+    help="Where to write the side-by-side plot.",
+)
 @click.option("--no-plot", is_flag=True, help="Only print the table.")
 @click.option("--common", is_flag=True, help="Only the problems every run has finished (fair when a run stopped early).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")

@@ -150,8 +150,9 @@ class RayPool:
             self._owns_connection = True
         count = self.count or self._fits()
         if count > self._fits():
-            self._log.warning("more ray workers than the cluster fits now; some wait for resources",
-                              workers=count, fits=self._fits())
+            self._log.warning(
+                "more ray workers than the cluster fits now; some wait for resources", workers=count, fits=self._fits()
+            )
         actor = ray.remote(EvalWorker).options(
             num_cpus=self.cpus,
             num_gpus=self.gpus,

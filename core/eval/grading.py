@@ -69,9 +69,7 @@ class CodeGrader:
         verdicts = [False] * len(programs)
         if not indices:
             return verdicts
-        requests = [
-            ScoreRequest(task=task, prompt="", steps=(Step(text=_fenced(str(programs[i]))),)) for i in indices
-        ]
+        requests = [ScoreRequest(task=task, prompt="", steps=(Step(text=_fenced(str(programs[i]))),)) for i in indices]
         scores = self.verifier.score(requests)
         for i, score in zip(indices, scores):
             verdicts[i] = _passed(score)
@@ -93,4 +91,3 @@ def _passed(score: Any) -> bool:
     if score.passed is not None:
         return bool(score.passed)
     return bool(score.step_scores) and score.last >= 1.0
-

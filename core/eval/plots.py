@@ -56,8 +56,16 @@ def _draw(ax: Any, summary: dict[str, Any], color: Any, prefix: str = "") -> Non
         if not xs:
             continue
         if family in ORACLES:
-            ax.plot(xs, ys, linestyle=STYLES[family], linewidth=1.0, alpha=0.7, color=color,
-                    label=f"{prefix}{LABELS[family]}", zorder=1)
+            ax.plot(
+                xs,
+                ys,
+                linestyle=STYLES[family],
+                linewidth=1.0,
+                alpha=0.7,
+                color=color,
+                label=f"{prefix}{LABELS[family]}",
+                zorder=1,
+            )
         else:
             ax.plot(xs, ys, STYLES[family], marker=MARKERS[family], color=color, label=f"{prefix}{LABELS[family]}")
     if "accuracy" in summary:

@@ -9,6 +9,7 @@ from typing import Any
 
 from .metrics import ORACLE_FAMILIES, metric_names
 
+
 def dataset_label(spec: Any) -> str:
     """``jsonl:/long/path/x.jsonl`` -> ``x.jsonl``; names stay as they are."""
     spec = str(spec)
@@ -65,8 +66,9 @@ def summary_table(summary: dict[str, Any]) -> Any:
     for k in ks:
         table.add_column(f"@{k}", justify="right")
     if ks:
-        table.add_row(f"{summary.get('search')}'s choice", *([""] * (len(ks) - 1)), _pct(summary.get("accuracy")),
-                      style="bold green")
+        table.add_row(
+            f"{summary.get('search')}'s choice", *([""] * (len(ks) - 1)), _pct(summary.get("accuracy")), style="bold green"
+        )
     for family in metric_names(summary):
         row = [ROW_LABELS[family], *(_pct(summary.get(f"{family}@{k}")) for k in ks)]
         table.add_row(*row, style="dim italic" if family in ORACLE_FAMILIES else None)

@@ -190,6 +190,5 @@ def task_ids(directory: str | Path) -> set[str]:
     return {r["task_id"] for r in ResultsFile(Path(directory) / RESULTS).read()}
 
 
-
 def records_in(directory: Path) -> Iterable[dict[str, Any]]:
     return ResultsFile(directory / RESULTS).read()

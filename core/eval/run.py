@@ -23,9 +23,8 @@ import attrs
 from attrs import define, field
 
 from reason import Config, Dataset, Solution, Task
-from reason.errors import UsageError
-
 from reason.answers import group_answers
+from reason.errors import UsageError
 
 from .grading import grade_many
 from .results import (
@@ -145,7 +144,7 @@ class EvalRun:
             raise UsageError(f"--offset must be >= 0, got {self.offset}")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit must be at least 1, got {self.limit}")
-        chosen = []
+        chosen: list[Any] = []
         for index, task in enumerate(self.dataset.load()):
             if index < self.offset:
                 continue
@@ -221,9 +220,7 @@ class EvalRun:
 
         try:
             if todo:
-                runtime.solve_many(
-                    [search_view(t) for _, t in todo], concurrency=self.concurrency, on_solution=on_solution
-                )
+                runtime.solve_many([search_view(t) for _, t in todo], concurrency=self.concurrency, on_solution=on_solution)
         finally:
             results.close()
         return self.records

@@ -18,7 +18,7 @@ import functools
 import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +45,12 @@ def output_cache(output: Any) -> Any:
     return cache if cache is not None else output.past_key_values
 
 
-class PrefixCache:
+E = TypeVar("E")
+"""What a :class:`PrefixCache` entry holds: a :data:`KV` (the backend, the model
+verifiers), or a KV with the hidden states read alongside (the probe's reader)."""
+
+
+class PrefixCache(Generic[E]):
     """An LRU of per-sequence KV caches keyed by the token ids they encode.
 
     Each entry holds, per layer, ``(keys, values)`` of shape ``[heads, length, head_dim]``.
@@ -57,12 +62,12 @@ class PrefixCache:
     def __init__(self, max_tokens: int) -> None:
         self.max_tokens = max_tokens
         self.tokens = 0
-        self._entries: OrderedDict[tuple[int, ...], KV] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, ...], E] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, ids: Sequence[int]) -> tuple[int, KV | None]:
+    def lookup(self, ids: Sequence[int]) -> tuple[int, E | None]:
         """The longest cached prefix of ``ids``: ``(length, per-layer kv)`` (kv may be longer)."""
         best, best_key = 0, None
         ids = tuple(ids)
@@ -77,7 +82,7 @@ class PrefixCache:
         self._entries.move_to_end(best_key)
         return best, self._entries[best_key]
 
-    def insert(self, ids: Sequence[int], kv: KV) -> None:
+    def insert(self, ids: Sequence[int], entry: E) -> None:
         ids = tuple(ids)
         if not ids or len(ids) > self.max_tokens:
             return
@@ -87,7 +92,7 @@ class PrefixCache:
                 return
             if len(key) < len(ids) and ids[: len(key)] == key:
                 self._drop(key)
-        self._entries[ids] = kv
+        self._entries[ids] = entry
         self.tokens += len(ids)
         while self.tokens > self.max_tokens and self._entries:
             self._drop(next(iter(self._entries)))
@@ -156,8 +161,7 @@ def row_kv(cache: Any, row: int, length: int, width: int) -> KV:
     """Row ``row``'s keys and values for its last ``length`` of ``width`` columns (the
     tokens it encoded; the columns before them are padding), copied out of the batch."""
     return [
-        (layer.keys[row, :, width - length :].clone(), layer.values[row, :, width - length :].clone())
-        for layer in cache.layers
+        (layer.keys[row, :, width - length :].clone(), layer.values[row, :, width - length :].clone()) for layer in cache.layers
     ]
 
 

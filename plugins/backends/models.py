@@ -84,9 +84,7 @@ def resolve_model(spec: str | None) -> ModelSource:
     if path.is_file():
         if path.suffix.lower() == ".gguf":
             return ModelSource("gguf", str(path.resolve()), path.stem)
-        raise UsageError(
-            f"--model {spec} is a file but not a .gguf: pass an HF model directory, a .gguf file, or a hub id"
-        )
+        raise UsageError(f"--model {spec} is a file but not a .gguf: pass an HF model directory, a .gguf file, or a hub id")
     if _looks_like_path(spec):
         aliases = ", ".join(m.alias for m in packaged.PACKAGED)
         raise UsageError(
@@ -164,14 +162,16 @@ def weights_sha256(source: ModelSource) -> str:
     digest = hashlib.sha256()
     for path in files:
         stat = path.stat()
-        digest.update(f"{path.name}:{_file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)}\n".encode())
+        digest.update(
+            f"{path.name}:{_file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)}\n".encode()
+        )
     return digest.hexdigest()
 
 
 def _is_complete(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors")) and (
-        folder / "tokenizer_config.json"
-    ).is_file()
+    return (
+        (folder / "config.json").is_file() and any(folder.glob("*.safetensors")) and (folder / "tokenizer_config.json").is_file()
+    )
 
 
 def ensure_converted(source: ModelSource) -> tuple[Path, Any | None]:
@@ -238,9 +238,14 @@ def resolve_device(device: str | None) -> str:
 
 
 _DTYPES = {
-    "float32": "float32", "fp32": "float32", "float": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16", "half": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
 }
 
 
@@ -324,8 +329,13 @@ def load_model(
         else:
             model = _from_pretrained(auto, source, dtype=torch_dtype)
         model = model.to(device=device, dtype=torch_dtype).eval()
-        log.debug("model loaded", model=source.name, device=device, dtype=str(torch_dtype),
-                  seconds=round(time.perf_counter() - start, 2))
+        log.debug(
+            "model loaded",
+            model=source.name,
+            device=device,
+            dtype=str(torch_dtype),
+            seconds=round(time.perf_counter() - start, 2),
+        )
         _models[key] = model
         return model
 
@@ -353,12 +363,12 @@ def _quiet(fn: Any, *args: Any, **kwargs: Any) -> Any:
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     if gguf_tqdm is not None:
-        gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
+        setattr(gguf_utils, "tqdm", functools.partial(gguf_tqdm, disable=True))  # noqa: B010  # not in its stubs
     try:
         return fn(*args, **kwargs)
     finally:
         if gguf_tqdm is not None:
-            gguf_utils.tqdm = gguf_tqdm
+            setattr(gguf_utils, "tqdm", gguf_tqdm)  # noqa: B010
         if enabled:
             hf_logging.enable_progress_bar()
 

@@ -68,10 +68,7 @@ T = TypeVar("T")
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-START_HINT = (
-    "start one (e.g. `vllm serve MODEL` or `python -m llama_cpp.server --model FILE.gguf`) "
-    "or point --base-url at it"
-)
+START_HINT = "start one (e.g. `vllm serve MODEL` or `python -m llama_cpp.server --model FILE.gguf`) or point --base-url at it"
 
 
 class _Retryable(Exception):
@@ -93,6 +90,7 @@ def normalize_base_url(url: str) -> str:
         url += "/v1"
     return url
 
+
 class OpenAIBackend(Backend):
     """Policy backend on an OpenAI-compatible ``/v1/completions`` endpoint."""
 
@@ -108,9 +106,7 @@ class OpenAIBackend(Backend):
 
     def __init__(self, config: Any, arg: str | None = None) -> None:
         super().__init__(config, arg)
-        self.base_url = normalize_base_url(
-            str(self.option("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
-        )
+        self.base_url = normalize_base_url(str(self.option("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL))
         self.api_key = self.option("api_key") or os.environ.get("OPENAI_API_KEY") or None
         self.tokenizer_spec = self.option("tokenizer")
         self.timeout = self.option("timeout")
@@ -166,9 +162,7 @@ class OpenAIBackend(Backend):
             return await coro
         except asyncio.CancelledError:
             if io.closing:  # close() cancelled it: the caller gets a reason, not a bare cancel
-                raise BackendError(
-                    f"the openai backend for {self.base_url} was closed while a request was in flight"
-                ) from None
+                raise BackendError(f"the openai backend for {self.base_url} was closed while a request was in flight") from None
             raise
         finally:
             io.tasks.discard(task)
@@ -215,9 +209,7 @@ class OpenAIBackend(Backend):
             served = await self._served_models_async()
             if self._model is None:
                 if not served:
-                    raise BackendError(
-                        f"the server at {self.base_url} lists no model on /v1/models; pass --model NAME"
-                    )
+                    raise BackendError(f"the server at {self.base_url} lists no model on /v1/models; pass --model NAME")
                 self._model = served[0]
             elif served is not None and self._model not in served:
                 raise BackendError(
@@ -264,9 +256,7 @@ class OpenAIBackend(Backend):
                     except httpx.TransportError as exc:
                         raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
                 if response.status_code in RETRY_STATUS:
-                    raise _Retryable(
-                        f"HTTP {response.status_code}: {error_text(response)}", retry_after(response)
-                    )
+                    raise _Retryable(f"HTTP {response.status_code}: {error_text(response)}", retry_after(response))
                 return response
             except _Retryable as exc:
                 if attempt >= self.max_retries:
@@ -279,8 +269,13 @@ class OpenAIBackend(Backend):
                 delay = min(delay, 30.0) * (1 + 0.1 * random.random())
                 attempt += 1
                 self.retries += 1
-                log.warning("openai request failed, retrying", url=self.base_url + path, error=str(exc),
-                            attempt=attempt, delay=round(delay, 2))
+                log.warning(
+                    "openai request failed, retrying",
+                    url=self.base_url + path,
+                    error=str(exc),
+                    attempt=attempt,
+                    delay=round(delay, 2),
+                )
                 await asyncio.sleep(delay)
 
     def _check_status(self, response: Any, path: str) -> None:

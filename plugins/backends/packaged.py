@@ -144,7 +144,4 @@ def _locate(model: PackagedModel, package: str, pattern: str) -> Path:
         files = sorted(Path(folder).glob(pattern))
         if files:
             return files[0].resolve()
-    raise UsageError(
-        f"the package {package} holds no {pattern}: reinstall {model.name} with"
-        f" `{model.reinstall_command}`"
-    )
+    raise UsageError(f"the package {package} holds no {pattern}: reinstall {model.name} with `{model.reinstall_command}`")

@@ -39,7 +39,7 @@ from reason.options import Option
 from reason.types import Completion, GenerateRequest
 
 from . import kv, models
-from .kv import PrefixCache
+from .kv import KV, PrefixCache
 from .models import prompt_ids
 from .transformers_loop import BackendStats, DecodeLoop
 from .transformers_sequences import PendingRequest
@@ -58,9 +58,17 @@ class TransformersBackend(DecodeLoop, Backend):
     """Batched generation with a transformers causal LM (see the module docstring)."""
 
     options = (
-        Option("max_batch", int, None, minimum=1, help=f"rows decoded together [{DEFAULT_MAX_BATCH_CPU} on CPU, {DEFAULT_MAX_BATCH_GPU} on GPU]"),
+        Option(
+            "max_batch",
+            int,
+            None,
+            minimum=1,
+            help=f"rows decoded together [{DEFAULT_MAX_BATCH_CPU} on CPU, {DEFAULT_MAX_BATCH_GPU} on GPU]",
+        ),
         Option("admit_min", int, None, minimum=1, help="free rows before newcomers join a running batch [max_batch/4]"),
-        Option("prefix_cache_tokens", int, DEFAULT_PREFIX_CACHE_TOKENS, minimum=0, help="KV cache budget for prefix reuse (0: off)"),
+        Option(
+            "prefix_cache_tokens", int, DEFAULT_PREFIX_CACHE_TOKENS, minimum=0, help="KV cache budget for prefix reuse (0: off)"
+        ),
         Option("threads", int, None, minimum=1, help="torch CPU threads (fewer than cores on a busy machine) [torch's]"),
         Option("continuous", bool, True, help="false: lockstep batches, for comparisons"),
     )
@@ -70,7 +78,7 @@ class TransformersBackend(DecodeLoop, Backend):
         model_spec = config.model or arg
         self.source = models.resolve_model(model_spec)  # fails fast on a missing path
         self.max_batch = self.option("max_batch")
-        self.prefix_cache = PrefixCache(self.option("prefix_cache_tokens"))
+        self.prefix_cache: PrefixCache[KV] = PrefixCache(self.option("prefix_cache_tokens"))
         self.threads = self.option("threads")
         self._continuous = self.option("continuous")
         self.admit_min = self.option("admit_min")
@@ -101,7 +109,7 @@ class TransformersBackend(DecodeLoop, Backend):
             return self._model
 
     def load(self) -> None:
-        self.model
+        _ = self.model  # the property loads it once
 
     def _setup(self) -> None:
         import torch

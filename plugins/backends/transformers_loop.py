@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import random
 import threading
 import time
@@ -60,9 +61,13 @@ class DecodeLoop:
     provides the model, the tokenizer, ``encode`` and the settings declared here."""
 
     # provided by the backend
+    if TYPE_CHECKING:
+
+        @property
+        def model_name(self) -> str: ...
+
     _model: Any
     _tokenizer: Any
-    model_name: str
     device: Any
     eos_ids: frozenset[int]
     pad_id: int
@@ -70,7 +75,7 @@ class DecodeLoop:
     max_batch: int
     admit_min: int
     plain_cache: bool
-    prefix_cache: PrefixCache
+    prefix_cache: PrefixCache[kv.KV]
     _continuous: bool
     encode: Callable[[str], list[int]]
     load: Callable[[], None]
@@ -109,6 +114,9 @@ class DecodeLoop:
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=60)
 
+    def _closed_request(self, pending: PendingRequest, _future: concurrent.futures.Future[list[Completion]]) -> None:
+        self._open.discard(pending)
+
     def _enqueue(self, pending: list[PendingRequest]) -> list[concurrent.futures.Future[list[Completion]]]:
         with self._wake:
             if self._closed:
@@ -116,7 +124,7 @@ class DecodeLoop:
             self._arrivals.extend(pending)
             for p in pending:
                 self._open.add(p)
-                p.future.add_done_callback(lambda _, p=p: self._open.discard(p))
+                p.future.add_done_callback(functools.partial(self._closed_request, p))
             if self._worker is None:
                 self._worker = threading.Thread(target=self._serve, name="reason-transformers", daemon=True)
                 self._worker.start()

@@ -76,9 +76,14 @@ CPU_BLOCK_SIZE = 32
 
 _DTYPES = {
     "auto": "auto",
-    "float32": "float32", "fp32": "float32", "float": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16", "half": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
 }
 
 
@@ -92,10 +97,23 @@ class VLLMBackend(StepRecorder, Backend):
 
     options = (
         Option("tensor_parallel_size", int, 1, minimum=1, help="GPUs one model is split over"),
-        Option("gpu_memory_utilization", float, None, minimum=0.01, maximum=1, help="share of GPU memory vLLM takes (of RAM on CPU) [0.9; 0.3 on CPU]"),
+        Option(
+            "gpu_memory_utilization",
+            float,
+            None,
+            minimum=0.01,
+            maximum=1,
+            help="share of GPU memory vLLM takes (of RAM on CPU) [0.9; 0.3 on CPU]",
+        ),
         Option("max_model_len", int, None, minimum=1, help="context length [the model's]"),
         Option("enforce_eager", bool, None, help="no CUDA graphs [false on GPU, true on CPU]"),
-        Option("block_size", int, None, minimum=1, help="KV block tokens: prefix caching reuses whole blocks [vLLM's 16 on GPU; 32 on CPU, its smallest]"),
+        Option(
+            "block_size",
+            int,
+            None,
+            minimum=1,
+            help="KV block tokens: prefix caching reuses whole blocks [vLLM's 16 on GPU; 32 on CPU, its smallest]",
+        ),
         Option("tokenizer", str, None, help="tokenizer (HF dir or id) [the model's]"),
         Option("dtype", str, None, help="weights dtype: auto, float32, bfloat16, float16 [--dtype, else auto]"),
     )
@@ -333,8 +351,7 @@ class VLLMBackend(StepRecorder, Backend):
         base = f"reason-{next(self._ids)}"
         kind = RequestOutputKind.FINAL_ONLY if on_text is None and request.watch is None else RequestOutputKind.CUMULATIVE
         samples = [
-            (f"{base}-{i}", VLLMSamplingParams(**sample_kwargs(request.params, i), output_kind=kind))
-            for i in range(request.n)
+            (f"{base}-{i}", VLLMSamplingParams(**sample_kwargs(request.params, i), output_kind=kind)) for i in range(request.n)
         ]
         self.stats.requests += 1
         self.stats.sequences += request.n
@@ -343,8 +360,10 @@ class VLLMBackend(StepRecorder, Backend):
             self._tasks.add(task)
         try:
             outputs = await asyncio.gather(
-                *(_final_output(engine, rid, ids, params, i, on_text, request.watch, request.params.logprobs)
-                  for i, (rid, params) in enumerate(samples))
+                *(
+                    _final_output(engine, rid, ids, params, i, on_text, request.watch, request.params.logprobs)
+                    for i, (rid, params) in enumerate(samples)
+                )
             )
         except asyncio.CancelledError:
             self.stats.cancelled += request.n
@@ -363,7 +382,7 @@ class VLLMBackend(StepRecorder, Backend):
                 reason = one_line(exc)
             raise BackendError(f"backend vllm: generate failed: {reason}") from exc
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
         return completions_from_outputs(outputs, request)
 
     @property

@@ -70,7 +70,9 @@ def logprobs_from_positions(
     return chosen, top
 
 
-def completion_from(out: Any, prompt_tokens: int, k: int, cached_tokens: int = 0, finish: FinishReason | None = None) -> Completion:
+def completion_from(
+    out: Any, prompt_tokens: int, k: int, cached_tokens: int = 0, finish: FinishReason | None = None
+) -> Completion:
     """One ``vllm.CompletionOutput`` as our :class:`Completion` (``finish`` overrides its
     finish reason: a sample still running has none)."""
     token_ids = list(out.token_ids)
@@ -92,8 +94,10 @@ def completions_from_output(output: Any, request: GenerateRequest) -> list[Compl
     cached = int(getattr(output, "num_cached_tokens", None) or 0)
     outs = sorted(output.outputs, key=lambda o: getattr(o, "index", 0))
     # vLLM's count is the request's: samples after its first (vLLM's own n) share its pass
-    completions = [completion_from(out, prompt_tokens, request.params.logprobs, cached if i == 0 else prompt_tokens)
-                   for i, out in enumerate(outs)]
+    completions = [
+        completion_from(out, prompt_tokens, request.params.logprobs, cached if i == 0 else prompt_tokens)
+        for i, out in enumerate(outs)
+    ]
     if len(completions) != request.n:
         raise BackendError(f"backend vllm: asked for {request.n} completions, vLLM returned {len(completions)}")
     return completions

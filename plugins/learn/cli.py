@@ -48,7 +48,9 @@ def _layers(text: str) -> tuple[int, ...]:
 def _run_dir(path: str) -> Path:
     directory = Path(path)
     if not (directory / "results.jsonl").is_file():
-        raise UsageError(f"{directory} holds no rollouts (no results.jsonl): make them with `reason learn rollouts --out {directory}`")
+        raise UsageError(
+            f"{directory} holds no rollouts (no results.jsonl): make them with `reason learn rollouts --out {directory}`"
+        )
     return directory
 
 
@@ -102,8 +104,10 @@ def _rollouts(ctx: click.Context, **params: Any) -> None:
         directory = Path(params["out"])
         if (directory / "results.jsonl").is_file():
             stats = _write_trajectories(directory)
-            _say(f"{stats['trajectories']} trajectories of {stats['problems']} problems ({stats['right']} right) "
-                 f"in {directory / 'trajectories.jsonl'}")
+            _say(
+                f"{stats['trajectories']} trajectories of {stats['problems']} problems ({stats['right']} right) "
+                f"in {directory / 'trajectories.jsonl'}"
+            )
 
 
 def _register_rollouts() -> None:
@@ -117,7 +121,7 @@ def _register_rollouts() -> None:
         callback=click.pass_context(_rollouts_callback),
         help=_rollouts.__doc__,
         epilog="\b\nExample:\n  reason learn rollouts --dataset gsm8k-train --limit 400 --search self-consistency "
-               "--n 8 --backend vllm --seed 1 --out runs/learn",
+        "--n 8 --backend vllm --seed 1 --out runs/learn",
     )
     learn_group.add_command(command)
 
@@ -159,7 +163,9 @@ def export_sft(run_dir: str, out: str, system_prompt: str | None) -> None:
 
 @learn_group.command("features")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--layers", default="12", show_default=True, help="Residual-stream layers to read (block outputs, 1-based), e.g. 6,12,18.")
+@click.option(
+    "--layers", default="12", show_default=True, help="Residual-stream layers to read (block outputs, 1-based), e.g. 6,12,18."
+)
 @click.option("--limit", type=int, help="Only the first N problems.")
 @click.option("--device", help="Where the policy runs: cpu, cuda ... [auto]")
 def features_command(run_dir: str, layers: str, limit: int | None, device: str | None) -> None:
@@ -182,27 +188,40 @@ def features_command(run_dir: str, layers: str, limit: int | None, device: str |
 
 @learn_group.command("train")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--layers", default="12", show_default=True, help="Layers the features were read at; heads are tried on each and on all together.")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The head to write: OUT.safetensors and OUT.json.")
+@click.option(
+    "--layers",
+    default="12",
+    show_default=True,
+    help="Layers the features were read at; heads are tried on each and on all together.",
+)
+@click.option(
+    "--out", "out", required=True, type=click.Path(dir_okay=False), help="The head to write: OUT.safetensors and OUT.json."
+)
 @click.option("--kinds", default="linear,encoder", show_default=True, help="Head kinds to try.")
-@click.option("--label", type=click.Choice(["outcome", "mc"]), default="outcome", show_default=True, help="Which step labels to learn.")
+@click.option(
+    "--label", type=click.Choice(["outcome", "mc"]), default="outcome", show_default=True, help="Which step labels to learn."
+)
 @click.option("--folds", "k", type=int, default=5, show_default=True, help="Cross-validation folds, by problem.")
 def train_command(run_dir: str, layers: str, out: str, kinds: str, label: str, k: int) -> None:
     """Cross-validate heads by problem, keep the best, calibrate it and save it with its card."""
+    from . import train as tr
     from .heads import head_files
     from .labels import file_sha256
-    from . import train as tr
 
     directory = _run_dir(run_dir)
     stored = _layers(layers)
     problems = tr.load_problems(directory, stored, label)
     if len(problems) < k * 2:
-        raise UsageError(f"{directory}: features for {len(problems)} problems; extract more with `reason learn features` "
-                         f"(at least {2 * k} for {k} folds)")
+        raise UsageError(
+            f"{directory}: features for {len(problems)} problems; extract more with `reason learn features` "
+            f"(at least {2 * k} for {k} folds)"
+        )
     wanted = {kind.strip() for kind in kinds.split(",") if kind.strip()}
     candidates = tr.default_candidates(stored, wanted)
-    _say(f"{len(problems)} problems, {sum(len(p.samples) for p in problems)} trajectories; "
-         f"trying {len(candidates)} heads, {k} folds by problem")
+    _say(
+        f"{len(problems)} problems, {sum(len(p.samples) for p in problems)} trajectories; "
+        f"trying {len(candidates)} heads, {k} folds by problem"
+    )
     results = []
     for candidate in candidates:
         start = time.perf_counter()

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import field, frozen
 
 from reason.errors import VerifierError
-from reason.plugins.backends.kv import PrefixCache, with_cache
+from reason.plugins.backends.kv import KV, PrefixCache, with_cache
+from reason.types import int_tuple
+
+if TYPE_CHECKING:
+    import torch
 
 
 @frozen
@@ -31,7 +35,7 @@ class FeatureSpec:
     """What a head reads. ``layers`` index the residual stream as transformers'
     ``hidden_states`` do: 0 is the embeddings, ``k`` the output of block ``k``."""
 
-    layers: tuple[int, ...] = field(converter=tuple)
+    layers: tuple[int, ...] = field(converter=int_tuple)
     pooling: str = "mean"
     """How a step's prefix becomes one vector: ``mean`` over the path's tokens so far, or
     ``mean+last`` (that mean and the last token's state, concatenated)."""
@@ -77,7 +81,7 @@ class HiddenStateReader:
         _install_hooks(blocks, self.layers)
         self.base = getattr(model, "base_model", model)
         self.device = next(model.parameters()).device
-        self.cache = PrefixCache(cache_tokens) if cache_tokens > 0 else None
+        self.cache: PrefixCache[tuple[KV, torch.Tensor]] | None = PrefixCache(cache_tokens) if cache_tokens > 0 else None
         self.tokens = 0
         self.reused = 0
 
@@ -106,12 +110,12 @@ class HiddenStateReader:
         finally:
             _active.capture = None
         new = torch.stack([capture.states[k] for k in self.layers], dim=1).cpu()
-        states = torch.cat([old_states[:hit], new]) if hit else new
+        states = torch.cat([old_states[:hit], new]) if hit and old_states is not None else new
         self.tokens += len(ids) - hit
         self.reused += hit
         if self.cache is not None:
             layers = [(layer.keys[0].clone(), layer.values[0].clone()) for layer in past.layers[:deepest]]
-            self.cache.insert(ids, (layers, states))  # type: ignore[arg-type]  # states travel with the kv
+            self.cache.insert(ids, (layers, states))  # the states travel with the kv
         return states
 
 

@@ -59,9 +59,7 @@ def build_head(kind: str, features: int, config: dict[str, Any] | None = None) -
                 self.register_buffer("scale", torch.ones(features))
                 self.project = nn.Linear(features, width)
                 self.marker = nn.Embedding(2, width)
-                self.encoder = nn.TransformerEncoderLayer(
-                    width, heads, dim_feedforward=2 * width, dropout=0.1, batch_first=True
-                )
+                self.encoder = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.1, batch_first=True)
                 self.out = nn.Sequential(nn.Linear(width, width // 2), nn.GELU(), nn.Linear(width // 2, 1))
 
             def forward(self, x: Any, marker: Any, mask: Any) -> Any:

@@ -62,8 +62,14 @@ def load_problems(run_dir: Path, layers: Sequence[int], label: str = "outcome") 
         for t in group:
             k = t["candidate"]
             problem.samples.append(
-                Sample(task_id, t["answer"], bool(t["correct"]), tensors[f"states.{k}"],
-                       tensors[f"ends.{k}"].tolist(), [float(x) for x in t["labels"][label]])
+                Sample(
+                    task_id,
+                    t["answer"],
+                    bool(t["correct"]),
+                    tensors[f"states.{k}"],
+                    tensors[f"ends.{k}"].tolist(),
+                    [float(x) for x in t["labels"][label]],
+                )
             )
         problems.append(problem)
     return problems
@@ -177,8 +183,9 @@ def fit_encoder(train: Sequence[Problem], layer_index: Sequence[int], config: di
 # -- evaluation -----------------------------------------------------------------------------
 
 
-def score_problems(head: Any, kind: str, problems: Sequence[Problem], layer_index: Sequence[int], pooling: str,
-                   max_tokens: int = 384) -> list[list[list[float]]]:
+def score_problems(
+    head: Any, kind: str, problems: Sequence[Problem], layer_index: Sequence[int], pooling: str, max_tokens: int = 384
+) -> list[list[list[float]]]:
     """Per problem, per sample, the head's logit at each step prefix."""
     import torch
 
@@ -199,7 +206,9 @@ def score_problems(head: Any, kind: str, problems: Sequence[Problem], layer_inde
 def quality(problems: Sequence[Problem], logits: Sequence[Sequence[Sequence[float]]]) -> dict[str, Any]:
     """Candidate AUROC (pooled and within problems), step-level AUROC and PR-AUC, and
     choosing by the head against the vote, on these problems."""
-    records, step_scores, step_labels = [], [], []
+    records: list[dict[str, Any]] = []
+    step_scores: list[float] = []
+    step_labels: list[bool] = []
     for problem, per_sample in zip(problems, logits):
         from reason.answers import group_answers
 
@@ -212,8 +221,17 @@ def quality(problems: Sequence[Problem], logits: Sequence[Sequence[Sequence[floa
             for v in values:
                 step_scores.append(v)
                 step_labels.append(sample.correct)
-        records.append({"task_id": problem.task_id, "kind": "math", "candidates": candidates, "correct": False,
-                        "answer": None, "usage": {"completion_tokens": 0, "prompt_tokens": 0}, "seconds": 0.0})
+        records.append(
+            {
+                "task_id": problem.task_id,
+                "kind": "math",
+                "candidates": candidates,
+                "correct": False,
+                "answer": None,
+                "usage": {"completion_tokens": 0, "prompt_tokens": 0},
+                "seconds": 0.0,
+            }
+        )
     n = max(len(r["candidates"]) for r in records)
     summary = compute_metrics(records, n)
     right = [v for v, ok in zip(step_scores, step_labels) if ok]
@@ -302,7 +320,9 @@ def head_card(candidate: Candidate, head: Any, spec: FeatureSpec, hidden: int) -
     return {
         "kind": candidate.kind,
         "features": spec.to_dict(),
-        "input_features": hidden * len(candidate.layers) * (2 if candidate.pooling == "mean+last" and candidate.kind == "linear" else 1),
+        "input_features": hidden
+        * len(candidate.layers)
+        * (2 if candidate.pooling == "mean+last" and candidate.kind == "linear" else 1),
         "config": dict(candidate.config),
         "parameters": parameter_count(head),
     }
@@ -348,8 +368,9 @@ def selection_key(result: dict[str, Any]) -> tuple[float, float]:
     return (result.get("candidate_auroc_within") or 0.0, result.get("candidate_auroc") or 0.0)
 
 
-def finish(candidate: Candidate, result: dict[str, Any], problems: Sequence[Problem], stored: Sequence[int],
-           model: str | None) -> tuple[Any, dict[str, Any]]:
+def finish(
+    candidate: Candidate, result: dict[str, Any], problems: Sequence[Problem], stored: Sequence[int], model: str | None
+) -> tuple[Any, dict[str, Any]]:
     """Calibrate on the held-out logits, refit on every problem, and make the card."""
     from reason.plugins.backends.models import resolve_model, weights_sha256
 

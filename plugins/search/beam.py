@@ -33,7 +33,10 @@ class BeamSearch(SearchPolicy):
     options = (
         Option("lookahead", int, 0, minimum=0, help="score each new step by a greedy continuation of k more steps"),
         Option("dedup", bool, False, help="drop new paths whose text repeats one already kept this round"),
-        final_option(None, "the answer among completed paths: top score, vote, or score-weighted vote [weighted-vote with --weighted, else top]"),
+        final_option(
+            None,
+            "the answer among completed paths: top score, vote, or score-weighted vote [weighted-vote with --weighted, else top]",
+        ),
     )
 
     def __init__(self, config, arg=None):
@@ -52,9 +55,7 @@ class BeamSearch(SearchPolicy):
         for round_index in range(ctx.config.max_steps):
             rounds += 1
             last = round_index == ctx.config.max_steps - 1
-            grown = await ctx.gather(
-                *((ctx.complete if last else ctx.expand)(node, count) for node, count in plan)
-            )
+            grown = await ctx.gather(*((ctx.complete if last else ctx.expand)(node, count) for node, count in plan))
             children: list[Node] = []
             for (node, _), kids in zip(plan, grown):
                 if kids:
@@ -130,7 +131,8 @@ class BeamSearch(SearchPolicy):
     @staticmethod
     def _dedup(ctx: SearchContext, nodes: list[Node]) -> list[Node]:
         seen: set[str] = set()
-        unique, duplicates = [], []
+        unique: list[Node] = []
+        duplicates: list[Node] = []
         for node in nodes:
             text = node.text()
             (duplicates if text in seen else unique).append(node)

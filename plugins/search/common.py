@@ -7,8 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from reason import Candidate, Node, SearchContext
-from reason import answers
+from reason import Candidate, Node, SearchContext, answers
 from reason.options import Option
 
 _BOXED = re.compile(r"\\boxed\{.*\}", re.DOTALL)
@@ -78,6 +77,7 @@ def choose(
     mode = _RULES[final]
     ranks = list(weights) if weights is not None else [c.score for c in candidates]
     index, total = answers.choose([c.answer for c in candidates], ranks, mode)
+    assert index is not None  # there are candidates
     meta: dict = {"mode": mode, "final": final}
     if mode != "naive":
         meta["answer_weight"] = total

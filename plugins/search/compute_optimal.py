@@ -62,8 +62,7 @@ def parse_table(raw: Any) -> list[dict[str, Any]]:
         return [dict(row) for row in DEFAULT_TABLE]
     if not isinstance(raw, Sequence) or isinstance(raw, str | bytes) or not raw:
         raise UsageError(
-            "compute-optimal: -o table must be a non-empty list of rows like "
-            '[{max_difficulty=1.0, search="beam", n=8}]'
+            'compute-optimal: -o table must be a non-empty list of rows like [{max_difficulty=1.0, search="beam", n=8}]'
         )
     fields = Config.field_names() - {"options", *BACKEND_FIELDS}  # a sub-policy runs on the run's model
     rows = []
@@ -133,13 +132,14 @@ class ComputeOptimal(SearchPolicy):
         changes = strategy(pick(self.table, difficulty))
         config = ctx.config.replace(**changes)
         outcome = await ctx.run_policy(config)
+        probe_scores: list[float | None] = list(scores) if scores else [None] * len(leaves)
         outcome.meta = {
             **outcome.meta,
             "difficulty": round(difficulty, 6),
             "strategy": config.search,
             "strategy_n": config.n,
             "choice": changes,
-            "probe": [{"node_id": leaf.id, "score": score} for leaf, score in zip(leaves, scores or [None] * len(leaves))],
+            "probe": [{"node_id": leaf.id, "score": score} for leaf, score in zip(leaves, probe_scores)],
         }
         return outcome
 

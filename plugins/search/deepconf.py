@@ -96,8 +96,15 @@ class DeepConf(SearchPolicy):
         Option("percentile", float, 10, minimum=0, maximum=100, help="the stop threshold's percentile of warm-up confidences"),
         Option("window", int, 32, minimum=1, help="tokens in a sliding confidence window"),
         Option("chunk", int, None, minimum=1, help="tokens generated between checks [window]"),
-        Option("consensus", float, None, minimum=0, maximum=1, help="skip the online phase when the warm-up vote share reaches this"),
-        Option("stream", bool, True, help="each online trace one request that the check stops, where the backend can watch; false: a request per chunk"),
+        Option(
+            "consensus", float, None, minimum=0, maximum=1, help="skip the online phase when the warm-up vote share reaches this"
+        ),
+        Option(
+            "stream",
+            bool,
+            True,
+            help="each online trace one request that the check stops, where the backend can watch; false: a request per chunk",
+        ),
     )
 
     def __init__(self, config, arg=None):
@@ -132,7 +139,9 @@ class DeepConf(SearchPolicy):
         stopped: list[Node] = []
         if online:
             watch = self._watch(ctx, [], threshold)
-            firsts = await ctx.generate(ctx.root, online, self._chunk_params(ctx, ctx.root, watch), watch)
+            params = self._chunk_params(ctx, ctx.root, watch)
+            assert params is not None  # the root has spent no budget
+            firsts = await ctx.generate(ctx.root, online, params, watch)
             traces = await ctx.gather(*(self._trace(ctx, node, threshold) for node in firsts))
             for node, was_stopped in traces:
                 (stopped if was_stopped else finished).append(node)

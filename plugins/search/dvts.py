@@ -17,14 +17,17 @@ MultiArith, its weighted vote 34% and 74%.
 
 from __future__ import annotations
 
-from reason import Node, SearchContext, SearchOutcome, SearchPolicy
+from reason import Candidate, Node, SearchContext, SearchOutcome, SearchPolicy
 
 from .common import choose, final_option, is_finished, reflect_on_scores
 
 
 class DVTS(SearchPolicy):
     options = (
-        final_option(None, "the answer among the completions: top score, vote, or score-weighted vote [weighted-vote with --weighted, else top]"),
+        final_option(
+            None,
+            "the answer among the completions: top score, vote, or score-weighted vote [weighted-vote with --weighted, else top]",
+        ),
     )
 
     def __init__(self, config, arg=None):
@@ -35,13 +38,15 @@ class DVTS(SearchPolicy):
         n, m = ctx.config.n, ctx.config.beam_width
         subtrees = max(1, n // m)
         finals = await ctx.gather(*(self._subtree(ctx, index, m) for index in range(subtrees)))
-        candidates = []
+        candidates: list[Candidate] = []
         groups = []
-        for index, leaves in enumerate(finals):
+        for leaves in finals:
             groups.append([node.id for node, _ in leaves])
             candidates.extend(ctx.candidate(node, score) for node, score in leaves)
         chosen, meta = choose(ctx, candidates, self.final)
-        meta.update(subtrees=groups, rounds=max((node.meta.get("round", 0) + 1 for leaves in finals for node, _ in leaves), default=0))
+        meta.update(
+            subtrees=groups, rounds=max((node.meta.get("round", 0) + 1 for leaves in finals for node, _ in leaves), default=0)
+        )
         return SearchOutcome(candidates=candidates, chosen=chosen, meta=meta)
 
     async def _subtree(self, ctx: SearchContext, index: int, m: int) -> list[tuple[Node, float]]:

@@ -145,7 +145,8 @@ class MCTS(SearchPolicy):
         return leaf, value
 
     def _answer_path(self, ctx: SearchContext) -> list[Node]:
-        path, node = [], ctx.root
+        path: list[Node] = []
+        node = ctx.root
         while True:
             visited = [child for child in self.kids.get(node.id, []) if child.visits > 0]
             if not visited:

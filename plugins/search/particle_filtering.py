@@ -102,9 +102,15 @@ class Particle:
 
 class ParticleFiltering(SearchPolicy):
     options = (
-        Option("resampling", str, "multinomial", choices=("multinomial", "systematic"), help="how particles are redrawn each step"),
-        Option("temper", bool, False, help="in the first half of the steps, temper weights while the effective size is below N/2"),
-        Option("iterations", int, 1, minimum=1, help="particle Gibbs: further runs, each with the last choice as reference particle"),
+        Option(
+            "resampling", str, "multinomial", choices=("multinomial", "systematic"), help="how particles are redrawn each step"
+        ),
+        Option(
+            "temper", bool, False, help="in the first half of the steps, temper weights while the effective size is below N/2"
+        ),
+        Option(
+            "iterations", int, 1, minimum=1, help="particle Gibbs: further runs, each with the last choice as reference particle"
+        ),
         final_option("weighted-vote", "the answer among finished particles: weight-summed vote, largest weight, or vote"),
     )
 

@@ -42,9 +42,15 @@ class Metrics:
 
     def __init__(self, gauges: dict[str, tuple[str, Callable[[], float]]]) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("reason_requests", "HTTP requests answered, by route and status code", ["route", "code"], registry=r)
+        self.requests = Counter(
+            "reason_requests", "HTTP requests answered, by route and status code", ["route", "code"], registry=r
+        )
         self.latency = Histogram(
-            "reason_request_duration_seconds", "Time to the last byte of a response", ["route"], buckets=LATENCY_BUCKETS, registry=r
+            "reason_request_duration_seconds",
+            "Time to the last byte of a response",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.first_token = Histogram(
             "reason_time_to_first_token_seconds",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from attrs import define, field
@@ -79,8 +79,7 @@ class Choice:
             "answer": s.answer,
             "score": s.score,
             "candidates": [
-                {"answer": c.answer, "score": c.score, "step_scores": list(c.step_scores), "text": c.text}
-                for c in s.candidates
+                {"answer": c.answer, "score": c.score, "step_scores": list(c.step_scores), "text": c.text} for c in s.candidates
             ],
             "usage": {**s.usage.to_dict(), "answer_tokens": self.answer_tokens},
             "seconds": round(s.seconds, 3),
@@ -167,7 +166,7 @@ async def stream_all(
     shutdown: Any = None,
     stop_at: float | None = None,
     timeout_error: APIError | None = None,
-) -> AsyncIterator[Item]:
+) -> AsyncGenerator[Item, None]:
     """Run every job as a stream and yield :class:`Item` s as they happen, choices
     interleaved. Closing this iterator (a client gone) cancels every search; so does
     ``shutdown`` (an event with ``wait()``, set when the server stops), and so does the
@@ -196,7 +195,9 @@ async def stream_all(
 
     async def stopping() -> None:
         await shutdown.wait()
-        error = APIError("the server is shutting down; the search was cancelled", 503, type="server_error", code="server_shutdown")
+        error = APIError(
+            "the server is shutting down; the search was cancelled", 503, type="server_error", code="server_shutdown"
+        )
         queue.put_nowait(Item("error", jobs[0][0], error))
 
     async def expiring() -> None:
@@ -339,7 +340,13 @@ def progress(event: Any) -> dict[str, Any] | None:
             "scores": list(event.scores),
         }
     if kind == "ReflectionInjected":
-        return {"type": "reflection", "trigger": event.trigger, "node_id": event.node_id, "parent_id": event.parent_id, "text": event.text}
+        return {
+            "type": "reflection",
+            "trigger": event.trigger,
+            "node_id": event.node_id,
+            "parent_id": event.parent_id,
+            "text": event.text,
+        }
     if kind == "NodesPruned":
         return {"type": "nodes.pruned", "node_ids": list(event.node_ids), "reason": event.reason}
     if kind == "AnswerFound":
@@ -368,7 +375,7 @@ class Counter:
     cancelled: int = 0
 
     @contextlib.contextmanager
-    def search(self):  # type: ignore[no-untyped-def]
+    def search(self):
         self.searches += 1
         try:
             yield
@@ -379,7 +386,7 @@ class Counter:
             self.searches -= 1
 
     @contextlib.contextmanager
-    def request(self):  # type: ignore[no-untyped-def]
+    def request(self):
         self.requests += 1
         try:
             yield

@@ -104,7 +104,7 @@ def select(
     kind, progress, reasoning = "math", True, None
     if extension is not None:
         if not isinstance(extension, dict):
-            raise APIError("'reason' must be an object, e.g. {\"search\": \"beam\", \"n\": 8}", param="reason")
+            raise APIError('\'reason\' must be an object, e.g. {"search": "beam", "n": 8}', param="reason")
         allowed = sorted(Config.field_names() - set(SERVER_FIELDS)) + list(EXTENSION_KEYS)
         for key, value in extension.items():
             if key in SERVER_FIELDS:

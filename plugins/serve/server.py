@@ -221,7 +221,9 @@ class Server:
                     overrides["seed"] = selection.config.seed + index  # n searches, not n copies
                 jobs.append((index, task, overrides))
         self.limits.check(
-            len(jobs), selection.overrides.get("n"), selection.overrides.get("max_tokens"),
+            len(jobs),
+            selection.overrides.get("n"),
+            selection.overrides.get("max_tokens"),
             choices_param="n" if len(questions) == 1 else "prompt",
         )
         return selection, jobs
@@ -316,7 +318,7 @@ class Server:
                             to_error=to_api_error,
                             shutdown=shutdown,
                             stop_at=deadline,
-                            timeout_error=deadline_error(self.limits.deadline) if deadline is not None else None,
+                            timeout_error=deadline_error(self.limits.deadline) if self.limits.deadline is not None else None,
                         )
                         first_content = True
                         async with contextlib.aclosing(items):
@@ -329,7 +331,9 @@ class Server:
                                     self.metrics.search_done(item.data.solution)
                                 elif item.kind == "error":  # a failed search, the deadline or the shutdown
                                     self.check_engine()
-                                    outcome = "error" if item.data.code not in ("deadline_exceeded", "server_shutdown") else "cancelled"
+                                    outcome = (
+                                        "error" if item.data.code not in ("deadline_exceeded", "server_shutdown") else "cancelled"
+                                    )
                                     self.metrics.searches_ended(selection.search, outcome, len(jobs) - ended)
                                     ended = len(jobs)
                                 for chunk in self._chunks(fmt, item, choices, len(jobs), include_usage):

@@ -1,5 +1,5 @@
 """What the verifiers that read a scoring model share (``prm``, ``self-eval``): step
-scores remembered by path prefix (:func:`prefix_keys`, :class:`PrefixCache`), their
+scores remembered by path prefix (:func:`prefix_keys`, :class:`ScoreCache`), their
 counters (:class:`ScoringStats`), their options (:func:`scoring_options`) and their base
 class (:class:`ModelVerifier`). The model itself is read by :mod:`.scoring`.
 """
@@ -10,7 +10,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from attrs import define
 
@@ -36,7 +36,7 @@ def prefix_keys(namespace: str, question: str, steps: Sequence[str]) -> list[byt
     return keys
 
 
-class PrefixCache:
+class ScoreCache:
     """A bounded LRU map from prefix key to step score."""
 
     def __init__(self, capacity: int = DEFAULT_CACHE_SIZE) -> None:
@@ -92,9 +92,7 @@ class ScoringStats:
     def steps_per_second(self) -> float:
         return self.steps / self.seconds if self.seconds else 0.0
 
-    def record(
-        self, paths: int, cached: int, computed: int, read: ReadResult | None, seconds: float
-    ) -> dict[str, Any]:
+    def record(self, paths: int, cached: int, computed: int, read: ReadResult | None, seconds: float) -> dict[str, Any]:
         """Count one ``score`` call; returns that call's own figures."""
         batches, tokens, reused = (read.batches, read.tokens, read.reused) if read else (0, 0, 0)
         self.calls += 1
@@ -133,7 +131,6 @@ class ScoringStats:
         }
 
 
-
 def scoring_options(prefix: str) -> tuple[Option, ...]:
     """The options of a verifier that reads a scoring model, under ``prefix``."""
     return (
@@ -141,7 +138,13 @@ def scoring_options(prefix: str) -> tuple[Option, ...]:
         Option(f"{prefix}_device", str, None, help="the scoring model's device [--device, else auto]"),
         Option(f"{prefix}_dtype", str, None, help="its weights dtype [--dtype, else float32 on CPU, bfloat16 on GPU]"),
         Option(f"{prefix}_cache_size", int, DEFAULT_CACHE_SIZE, minimum=0, help="step scores remembered by path prefix"),
-        Option(f"{prefix}_kv_cache_tokens", int, DEFAULT_KV_TOKENS, minimum=0, help="keys and values kept so a grown path runs only its new tokens (0: off)"),
+        Option(
+            f"{prefix}_kv_cache_tokens",
+            int,
+            DEFAULT_KV_TOKENS,
+            minimum=0,
+            help="keys and values kept so a grown path runs only its new tokens (0: off)",
+        ),
     )
 
 
@@ -155,7 +158,7 @@ class ModelVerifier(Verifier):
     """
 
     option_prefix = ""
-    config_fields = ("device", "dtype")
+    config_fields: ClassVar[tuple[str, ...] | None] = ("device", "dtype")
 
     def __init__(self, config: Any, arg: str | None = None) -> None:
         super().__init__(config, arg)
@@ -163,7 +166,7 @@ class ModelVerifier(Verifier):
         self.batch_size = self.option(f"{p}_batch_size")
         self.device = self.option(f"{p}_device") or config.device
         self.dtype = self.option(f"{p}_dtype") or config.dtype
-        self.cache = PrefixCache(self.option(f"{p}_cache_size"))
+        self.cache = ScoreCache(self.option(f"{p}_cache_size"))
         self.kv_tokens = self.option(f"{p}_kv_cache_tokens")
         self.stats = ScoringStats()
         self.last_call: dict[str, Any] = {}

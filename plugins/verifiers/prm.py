@@ -55,7 +55,12 @@ class PRMVerifier(ModelVerifier):
 
     option_prefix = "prm"
     options = (
-        Option("prm_model", str, None, help="the reward model: HF dir, hub id or .gguf [--verifier prm:MODEL, else the default model]"),
+        Option(
+            "prm_model",
+            str,
+            None,
+            help="the reward model: HF dir, hub id or .gguf [--verifier prm:MODEL, else the default model]",
+        ),
         *FORMAT_OPTIONS,
         *scoring_options("prm"),
     )
@@ -137,12 +142,8 @@ class PRMVerifier(ModelVerifier):
             rows = []
             for request, _, missing in jobs:
                 last = missing[-1]
-                encoded = self.format.encode(
-                    self._tokenizer, request.task.question, [s.text for s in request.steps[: last + 1]]
-                )
-                rows.append(
-                    Row(list(encoded.input_ids[: encoded.positions[last] + 1]), [encoded.positions[k] for k in missing])
-                )
+                encoded = self.format.encode(self._tokenizer, request.task.question, [s.text for s in request.steps[: last + 1]])
+                rows.append(Row(list(encoded.input_ids[: encoded.positions[last] + 1]), [encoded.positions[k] for k in missing]))
             read = self._read(rows)
             for (_, keys, missing), row_values in zip(jobs, read.values):
                 for k, value in zip(missing, row_values):

@@ -34,6 +34,7 @@ from attrs import field, frozen
 
 from reason.errors import UsageError, VerifierError
 from reason.options import Option, read
+from reason.types import int_tuple
 
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 """The system prompt of the Qwen2.5-Math-PRM model card."""
@@ -43,8 +44,8 @@ QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\bo
 class PRMInput:
     """One path, ready for the model: token ids and one read position per step."""
 
-    input_ids: tuple[int, ...] = field(converter=tuple)
-    positions: tuple[int, ...] = field(converter=tuple)
+    input_ids: tuple[int, ...] = field(converter=int_tuple)
+    positions: tuple[int, ...] = field(converter=int_tuple)
 
 
 def clean_step(text: str) -> str:
@@ -100,7 +101,7 @@ def read_positions(tokenizer: Any, text: str, marks: Sequence[tuple[int, int]], 
         t = found + 1
         if offsets[found][1] > limit:
             raise VerifierError(
-                f"prm: the token {text[offsets[found][0]:offsets[found][1]]!r} runs past a step tag, so the score "
+                f"prm: the token {text[offsets[found][0] : offsets[found][1]]!r} runs past a step tag, so the score "
                 "would depend on the next step; this tokenizer does not fit the chosen prm_format"
             )
         positions.append(found)

@@ -119,7 +119,8 @@ class ProbeVerifier(Verifier):
         head, spec, tokenizer, reader = self._loaded
         if not request.steps:
             return Score(step_scores=())
-        path, ends = [], []
+        path: list[int] = []
+        ends: list[int] = []
         for step in request.steps:
             # an injected step (a reflection) has text but no sampled ids
             path += list(step.token_ids) or tokenizer(step.text, add_special_tokens=False)["input_ids"]

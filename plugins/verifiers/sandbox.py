@@ -97,7 +97,7 @@ def candidate_program(task: Task, completion: str) -> str:
 
 
 # Runs inside the sandbox, after the candidate's code, in the same module namespace.
-_HARNESS = r'''
+_HARNESS = r"""
 
 def _reason_public_tests(tests, marker):
     import ast, math, sys
@@ -162,7 +162,7 @@ def _reason_public_tests(tests, marker):
 
 
 _reason_public_tests(%(tests)s, %(marker)r)
-'''
+"""
 
 
 def build_program(task: Task, completion: str) -> str:
@@ -210,7 +210,7 @@ def read_report(program: str, stdout: str) -> dict | None:
     for line in reversed(stdout.splitlines()):
         if line.startswith(tag):
             try:
-                report = ast.literal_eval(line[len(tag):])
+                report = ast.literal_eval(line[len(tag) :])
             except (SyntaxError, ValueError, MemoryError, RecursionError):
                 return None
             if isinstance(report, dict) and isinstance(report.get("passed"), int) and isinstance(report.get("total"), int):

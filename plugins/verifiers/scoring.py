@@ -12,8 +12,7 @@ from typing import Any
 from attrs import define
 
 from reason.errors import VerifierError
-from reason.plugins.backends.kv import PrefixCache as KVPrefixCache
-from reason.plugins.backends.kv import output_cache, plain_cache, row_kv, splice, with_cache
+from reason.plugins.backends.kv import KV, PrefixCache, output_cache, plain_cache, row_kv, splice, with_cache
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -75,9 +74,9 @@ class ModelReader:
         base = getattr(model, "base_model", None)
         out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         self.split = base is not None and base is not model and out is not None
-        self.kv = None
+        self.kv: PrefixCache[KV] | None = None
         if kv_tokens > 0 and head == "lm" and self.split and plain_cache(model):
-            self.kv = KVPrefixCache(kv_tokens)
+            self.kv = PrefixCache(kv_tokens)
 
     def read(self, rows: Sequence[Row]) -> ReadResult:
         result = ReadResult(values=[[] for _ in rows])
@@ -124,13 +123,16 @@ class ModelReader:
         ci = torch.tensor(column_index, device=device)
         with torch.inference_mode():
             if self.head == "classifier":
-                output = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device))
+                output = self.model(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device)
+                )
                 logits = output.logits if hasattr(output, "logits") else output[0]
                 if logits.shape[-1] != 2:
                     raise VerifierError(f"prm: the qwen format needs a two-class reward head, got {logits.shape[-1]} outputs")
                 scores = torch.softmax(logits[bi, ci].float(), dim=-1)[:, 1]
             else:
                 logits = self._lm_logits(rows, hits, past, ids, position_ids, mask, bi, ci).float()
+                assert self.labels is not None  # checked in __init__ for head="lm"
                 good = torch.tensor(list(self.labels[0]), device=device)
                 bad = torch.tensor(list(self.labels[1]), device=device)
                 scores = torch.sigmoid(torch.logsumexp(logits[:, good], dim=-1) - torch.logsumexp(logits[:, bad], dim=-1))

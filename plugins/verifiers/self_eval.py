@@ -93,7 +93,9 @@ class SelfEvalVerifier(ModelVerifier):
 
     option_prefix = "self_eval"
     options = (
-        Option("self_eval_model", str, None, help="the judge: HF dir, hub id or .gguf [--verifier self-eval:MODEL, else --model]"),
+        Option(
+            "self_eval_model", str, None, help="the judge: HF dir, hub id or .gguf [--verifier self-eval:MODEL, else --model]"
+        ),
         Option("self_eval_scope", str, "step", choices=SCOPES, help="judge every step, or only the whole solution"),
         Option("self_eval_prompt", str, None, help="the question put to the judge, with {question} {previous} {step} {solution}"),
         *scoring_options("self_eval"),

@@ -49,12 +49,16 @@ def load_problems(path: str | Path, problem: str | None = None, solution: str | 
     """
     path = Path(path)
     if not path.exists():
-        raise UsageError(f"{path} does not exist: give a tree JSON (reason solve --tree), a results.jsonl or an eval run directory")
+        raise UsageError(
+            f"{path} does not exist: give a tree JSON (reason solve --tree), a results.jsonl or an eval run directory"
+        )
     sol = _read_json(Path(solution)) if solution else None
     if path.is_dir():
         results = path / RESULTS
         if not results.exists():
-            raise UsageError(f"{path} is a directory without {RESULTS}: give an eval run directory (reason eval --out DIR --save-tree)")
+            raise UsageError(
+                f"{path} is a directory without {RESULTS}: give an eval run directory (reason eval --out DIR --save-tree)"
+            )
         return _from_results(results, problem, _run_config(path))
     if path.suffix == ".jsonl" or path.name.endswith(".jsonl.gz"):
         return _from_results(path, problem, _run_config(path.parent))
@@ -144,7 +148,9 @@ def _from_results(path: Path, problem: str | None, config: dict[str, Any]) -> li
 # --- page data ----------------------------------------------------------------------------
 
 
-def problem_data(tree: dict[str, Any], solution: dict[str, Any] | None = None, label: str = "", config: dict[str, Any] | None = None) -> dict[str, Any]:
+def problem_data(
+    tree: dict[str, Any], solution: dict[str, Any] | None = None, label: str = "", config: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What the page shows for one problem: slim nodes, candidates, the chosen leaf."""
     if not isinstance(tree.get("nodes"), list) or not tree["nodes"]:
         raise UsageError("the tree has no nodes: expected Tree.to_dict() output (reason solve --tree OUT.json)")
@@ -172,8 +178,22 @@ def problem_data(tree: dict[str, Any], solution: dict[str, Any] | None = None, l
 
 
 def _summary(solution: dict[str, Any], label: str, config: dict[str, Any] | None) -> dict[str, Any]:
-    cfg = solution.get("config") if isinstance(solution.get("config"), dict) else (config or {})
-    keep = ("search", "verifier", "splitter", "reflect", "n", "beam_width", "max_tokens", "temperature", "aggregation", "weighted", "model", "backend", "options")
+    cfg: dict[str, Any] = solution["config"] if isinstance(solution.get("config"), dict) else (config or {})
+    keep = (
+        "search",
+        "verifier",
+        "splitter",
+        "reflect",
+        "n",
+        "beam_width",
+        "max_tokens",
+        "temperature",
+        "aggregation",
+        "weighted",
+        "model",
+        "backend",
+        "options",
+    )
     return {
         "id": label,
         "question": solution.get("question") or "",
@@ -211,7 +231,8 @@ class _PathIndex:
         return ids
 
     def text(self, node_id: int) -> str:
-        parts, node = [], node_id
+        parts: list[str] = []
+        node: int | None = node_id
         while node is not None:
             parts.append(self.raw[node].get("text") or "")
             node = self.raw[node].get("parent")
@@ -223,9 +244,12 @@ class _PathIndex:
             return None
         if self._ids is None:
             self._ids = self._build()
-        matches = [i for i in self._ids.get(hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest(), []) if self.text(i) == text]
+        matches = [
+            i for i in self._ids.get(hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest(), []) if self.text(i) == text
+        ]
         terminal = [i for i in matches if self.raw[i].get("terminal") or self.raw[i].get("answer") is not None]
-        return (terminal or matches or [None])[0]
+        found = terminal or matches
+        return found[0] if found else None
 
 
 def _candidates(raw: list[dict[str, Any]], texts: _PathIndex, solution: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
@@ -256,12 +280,17 @@ def _candidates(raw: list[dict[str, Any]], texts: _PathIndex, solution: dict[str
     return out, "tree"
 
 
-def _chosen(tree: dict[str, Any], raw: list[dict[str, Any]], texts: _PathIndex, solution: dict[str, Any], candidates: list[dict[str, Any]]) -> tuple[int | None, str]:
+def _chosen(
+    tree: dict[str, Any], raw: list[dict[str, Any]], texts: _PathIndex, solution: dict[str, Any], candidates: list[dict[str, Any]]
+) -> tuple[int | None, str]:
     recorded = tree.get("chosen")
     if isinstance(recorded, int) and 0 <= recorded < len(raw):
         return recorded, "recorded in the tree"
     if not solution:
-        return None, "unknown: the tree alone does not say which leaf was chosen (give the solution: reason solve --json ... > SOL.json, then reason view TREE.json --solution SOL.json)"
+        return (
+            None,
+            "unknown: the tree alone does not say which leaf was chosen (give the solution: reason solve --json ... > SOL.json, then reason view TREE.json --solution SOL.json)",
+        )
     text, answer, score = solution.get("text"), solution.get("answer"), solution.get("score")
     given = solution.get("candidates") or []
     # solve --json: the candidate (with its node id) whose text is the chosen text
@@ -411,7 +440,9 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def write_view(path: str | Path, out: str | Path | None = None, problem: str | None = None, solution: str | Path | None = None) -> tuple[Path, list[dict[str, Any]]]:
+def write_view(
+    path: str | Path, out: str | Path | None = None, problem: str | None = None, solution: str | Path | None = None
+) -> tuple[Path, list[dict[str, Any]]]:
     """Read ``path``, write the page (atomically) to ``out`` or next to the input."""
     problems = load_problems(path, problem, solution)
     target = Path(out) if out else default_out(path, problem)
