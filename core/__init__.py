@@ -11,13 +11,13 @@ component that needs it is used.
 from . import events
 from .components import Backend, Dataset, ReflectionTrigger, SearchPolicy, Splitter, Verifier
 from .config import Config
-from .context import SearchContext
 from .errors import BackendError, ComponentNotFound, ReasonError, UsageError, VerifierError
 from .options import Option
 from .registry import get_registry, hookimpl
 from .result import SearchOutcome, Solution
 from .run import Run
 from .runtime import Runtime
+from .search_api import SearchContext
 from .tree import Node, Tree
 from .types import (
     Candidate,

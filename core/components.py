@@ -28,9 +28,9 @@ from .types import Completion, GenerateRequest, SamplingParams, Score, ScoreRequ
 
 if TYPE_CHECKING:
     from .config import Config
-    from .context import SearchContext
     from .events import Event
     from .result import SearchOutcome
+    from .search_api import SearchContext
 
 
 class Component:

@@ -1,9 +1,8 @@
-"""What a search policy sees: the task, the tree, and awaitable model and verifier calls.
-
-A policy never talks to the backend directly. It awaits :meth:`SearchContext.expand`,
-:meth:`SearchContext.complete` and :meth:`SearchContext.score`; each request goes to its
-engine at once and is batched there with every other running search's. The context also keeps the tree, the usage, and
-applies reflection triggers, so policies stay short.
+"""The runtime's :class:`~reason.search_api.SearchContext`: :class:`RunningSearch`, one
+search in progress (what a policy may call is declared in :mod:`reason.search_api`; read
+that one to write a policy). Each request goes to its engine (:mod:`reason.engine`) at
+once; this class keeps the tree and the usage, draws seeds, applies reflection triggers
+and reports events.
 
 Seeds: with a run seed, each request gets a seed of its own, derived from the run's seed,
 the key of the node it starts from (:attr:`Node.key`) and how many requests that node has
@@ -61,7 +60,9 @@ class PolicyParts:
     reflections: list[tuple[str, ReflectionTrigger]]
 
 
-class SearchContext:
+class RunningSearch:
+    """One search of one task: the runtime's :class:`~reason.search_api.SearchContext`."""
+
     def __init__(
         self,
         *,
@@ -74,7 +75,7 @@ class SearchContext:
         reflections: Sequence[tuple[str, ReflectionTrigger]] = (),
         emit: Any,
         policies: Callable[[Config], PolicyParts] | None = None,
-        parent: SearchContext | None = None,
+        parent: RunningSearch | None = None,
     ) -> None:
         """``policies(config)`` builds what :meth:`run_policy` runs (the Runtime's);
         ``parent``: the context a sub-policy's context shares its tree and usage with."""
@@ -128,9 +129,9 @@ class SearchContext:
         :meth:`SearchPolicy.sub_configs` so they are checked, and their models loaded,
         before the search starts."""
         if self._policies is None:
-            raise RuntimeError("this SearchContext was built without a runtime, so it cannot run another policy")
+            raise RuntimeError("this search was built without a runtime, so it cannot run another policy")
         parts = self._policies(config)
-        child = SearchContext(
+        child = RunningSearch(
             task=self.task,
             config=config,
             prompt=self.prompt,

@@ -38,7 +38,7 @@ from .aio import LoopThread, gather_all
 from .component_cache import ComponentCache, check_backend
 from .components import Backend, Component, ReflectionTrigger, SearchPolicy, Splitter, Verifier
 from .config import Config
-from .context import PolicyParts, SearchContext
+from .context import PolicyParts, RunningSearch
 from .engine import Engines
 from .errors import UsageError
 from .events import Event, SearchFailed, SearchFinished, SearchStarted
@@ -394,7 +394,7 @@ class Runtime:
             if observe is not None:
                 observe(event)
 
-        ctx = SearchContext(
+        ctx = RunningSearch(
             task=task,
             config=config,
             prompt=self._prompt(task, config),

@@ -11,6 +11,7 @@ import pytest
 from scripted import ScriptedBackend
 
 import reason
+import reason.context
 from reason import Config, Option, Runtime, SearchOutcome, UsageError
 from reason.registry import get_registry, load_plugins
 
@@ -179,7 +180,7 @@ def test_a_table_row_cannot_change_the_model():
 
 
 def test_run_policy_needs_a_runtime():
-    ctx = reason.SearchContext(
+    ctx = reason.context.RunningSearch(
         task=reason.Task("q"), config=Config(), prompt="", engines=None, splitter=None, verifier=None, emit=print
     )
     with pytest.raises(RuntimeError, match="built without a runtime"):
