@@ -28,6 +28,7 @@ from .types import Completion, GenerateRequest, SamplingParams, Score, ScoreRequ
 
 if TYPE_CHECKING:
     from .config import Config
+    from .engine import EngineStats
     from .events import Event
     from .result import SearchOutcome
     from .search_api import SearchContext
@@ -114,8 +115,8 @@ class Backend(Component, ABC):
         must not block the loop. Cancelling the await must free the request's slots.
         ``on_text`` is only passed where :attr:`streams_text` says the backend calls it.
 
-        Continuous backends override this (and :attr:`continuous` then says True); the
-        default only exists so that the method can be named."""
+        Continuous backends implement this and say :attr:`continuous`; the default only
+        exists so that the method can be named."""
         raise NotImplementedError(f"{type(self).__name__} has no continuous engine; the runtime batches its generate()")
 
     streams_text: bool = False
@@ -143,11 +144,28 @@ class Backend(Component, ABC):
         to rebuild instead of failing every later request. Default: never fails this way."""
         return None
 
+    continuous: bool = False
+    """Whether the runtime submits requests one by one to :meth:`generate_async` (a
+    backend that implements it says True) instead of batching calls to :meth:`generate`."""
+
+    stats: EngineStats | None = None
+    """What the engine computed since it started (a continuous engine keeps one), for
+    benchmarks and ``reason serve``'s ``/health``; None where the backend keeps none."""
+
+    rows_in_flight: int | None = None
+    """Sequences the engine holds right now; None where it does not say."""
+
+    def encode(self, text: str) -> list[int] | None:
+        """The token ids of ``text`` as the model reads it; None where the backend cannot
+        count tokens (a remote server). ``reason serve`` refuses a prompt that does not fit
+        :attr:`context_length` with it."""
+        return None
+
     @property
-    def continuous(self) -> bool:
-        """Whether the runtime should submit requests one by one to :meth:`generate_async`
-        (True when a subclass overrides it) instead of batching calls to :meth:`generate`."""
-        return type(self).generate_async is not Backend.generate_async
+    def context_length(self) -> int | None:
+        """Tokens the model takes, prompt and answer together, once loaded; None where
+        unknown."""
+        return None
 
     @abstractmethod
     def format_prompt(self, messages: Sequence[dict[str, str]]) -> str:

@@ -146,6 +146,21 @@ class BatchQueue(Generic[P, R]):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+@define
+class BatchedBackend:
+    """A batch-only backend as the engine sees a continuous one: each request waits in
+    ``queue`` and goes to the backend's :meth:`~Backend.generate` with every request that
+    arrived while the previous call ran."""
+
+    backend: Backend
+    queue: BatchQueue[GenerateRequest, list[Completion]]
+
+    async def generate_async(
+        self, request: GenerateRequest, *, on_text: Callable[[int, str], None] | None = None
+    ) -> list[Completion]:
+        return await self.queue.submit(request)
+
+
 class Engines:
     """The runtime's engines: one for the policy backend, one queue per verifier.
 
@@ -161,7 +176,7 @@ class Engines:
     def __init__(self, backend: Callable[[], Backend], emit: Callable[[Event], None]) -> None:
         self._backend_factory = backend
         self.emit = emit
-        self._generate_queue: BatchQueue[GenerateRequest, list[Completion]] | None = None
+        self._batched: BatchedBackend | None = None
         self._score_queues: dict[int, BatchQueue[Any, Any]] = {}  # by id(verifier), while it lives
         self._waits: set[tuple[str, int]] = set()
 
@@ -180,17 +195,14 @@ class Engines:
         in this event loop as tokens come, where the backend streams text."""
         backend = self._backend_factory()
         first = self._new_wait("generate", owner)
-        if backend.continuous and on_text is not None and backend.streams_text:
+        relay = None
+        if on_text is not None and backend.continuous and backend.streams_text:
             loop = asyncio.get_running_loop()
 
-            def from_engine(sample: int, text: str) -> None:
+            def relay(sample: int, text: str) -> None:  # the engine calls it from its own thread
                 loop.call_soon_threadsafe(on_text, sample, text)
 
-            completions = await backend.generate_async(request, on_text=from_engine)
-        elif backend.continuous:
-            completions = await backend.generate_async(request)
-        else:
-            completions = await self._batch_queue(backend).submit(request)
+        completions = await self._engine(backend).generate_async(request, on_text=relay)
         if len(completions) != request.n:
             raise RuntimeError(f"backend {type(backend).__name__} returned {len(completions)} completions for n={request.n}")
         if owner is not None:
@@ -205,10 +217,14 @@ class Engines:
             )
         return completions
 
-    def _batch_queue(self, backend: Backend) -> BatchQueue[GenerateRequest, list[Completion]]:
-        if self._generate_queue is None:
-            self._generate_queue = BatchQueue(backend.generate, name="backend", on_call=self._backend_called)
-        return self._generate_queue
+    def _engine(self, backend: Backend) -> Backend | BatchedBackend:
+        """What takes requests one at a time: a continuous backend itself; a batch-only
+        one through a :class:`BatchedBackend`, so that both have one code path here."""
+        if backend.continuous:
+            return backend
+        if self._batched is None or self._batched.backend is not backend:
+            self._batched = BatchedBackend(backend, BatchQueue(backend.generate, name="backend", on_call=self._backend_called))
+        return self._batched
 
     def _backend_called(self, requests: list[GenerateRequest], results: Sequence[list[Completion]], seconds: float) -> None:
         self.emit(
@@ -281,7 +297,7 @@ class Engines:
         return True
 
     def close(self) -> None:
-        if self._generate_queue is not None:
-            self._generate_queue.close()
+        if self._batched is not None:
+            self._batched.queue.close()
         for queue in list(self._score_queues.values()):
             queue.close()

@@ -102,6 +102,8 @@ class ContinuousScriptedBackend(ScriptedBackend):
     its ``max_tokens``), however many others are in flight. Records when each request
     started and ended, and how many were in flight at most."""
 
+    continuous = True
+
     def __init__(self, script: Script | None = None, delay: Callable[[GenerateRequest], float] | None = None, **kwargs):
         super().__init__(script, **kwargs)
         self.delay = delay or (lambda request: 0.01 * request.params.max_tokens)

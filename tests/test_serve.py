@@ -173,7 +173,7 @@ def test_prompt_over_the_context_is_a_400():
     from reason.plugins.serve.app import create_app
 
     class Small(ScriptedBackend):
-        max_positions = 64
+        context_length = 64  # the declared contract: Backend.context_length and Backend.encode
 
         def encode(self, prompt):
             return prompt.split()

@@ -103,6 +103,7 @@ class OpenAIBackend(Backend):
         Option("max_retries", int, 3, minimum=0, help="retries on timeouts, 429 and 5xx"),
         Option("retry_backoff", float, 0.5, minimum=0, help="seconds before the first retry (doubling)"),
     )
+    continuous = True
 
     def __init__(self, config: Any, arg: str | None = None) -> None:
         super().__init__(config, arg)

@@ -57,6 +57,9 @@ DEFAULT_PREFIX_CACHE_TOKENS = 32768
 class TransformersBackend(DecodeLoop, Backend):
     """Batched generation with a transformers causal LM (see the module docstring)."""
 
+    stats: BackendStats
+    rows_in_flight: int
+
     options = (
         Option(
             "max_batch",
@@ -80,12 +83,13 @@ class TransformersBackend(DecodeLoop, Backend):
         self.max_batch = self.option("max_batch")
         self.prefix_cache: PrefixCache[KV] = PrefixCache(self.option("prefix_cache_tokens"))
         self.threads = self.option("threads")
-        self._continuous = self.option("continuous")
+        self.continuous = self.option("continuous")
         self.admit_min = self.option("admit_min")
         self._lock = threading.Lock()
         self._init_loop()
         self._model: Any = None
         self._tokenizer: Any = None
+        self.max_positions = 0  # the model's, once loaded
 
     # -- model ------------------------------------------------------------------------
 
@@ -162,8 +166,8 @@ class TransformersBackend(DecodeLoop, Backend):
     # -- the engine -------------------------------------------------------------------
 
     @property
-    def continuous(self) -> bool:
-        return self._continuous
+    def context_length(self) -> int | None:
+        return self.max_positions or None
 
     streams_text = True
     watches = True

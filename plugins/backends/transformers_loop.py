@@ -72,11 +72,11 @@ class DecodeLoop:
     eos_ids: frozenset[int]
     pad_id: int
     max_positions: int
+    continuous: bool
     max_batch: int
     admit_min: int
     plain_cache: bool
     prefix_cache: PrefixCache[kv.KV]
-    _continuous: bool
     encode: Callable[[str], list[int]]
     load: Callable[[], None]
     emit: Callable[[Any], None]
@@ -230,7 +230,7 @@ class DecodeLoop:
         # decode, wait until admit_min rows are free (or every waiting one fits) so that
         # one prefill serves several newcomers.
         enough = batch is None or free >= min(self.admit_min, len(self._ready))
-        if self._ready and free > 0 and enough and (batch is None or (self.plain_cache and self._continuous)):
+        if self._ready and free > 0 and enough and (batch is None or (self.plain_cache and self.continuous)):
             newcomers = [self._ready.popleft() for _ in range(min(free, len(self._ready)))]
             self._admitting = newcomers
             prefilled = self.stats.prefill_tokens, self.stats.reused_tokens

@@ -95,6 +95,8 @@ def vllm_installed() -> bool:
 class VLLMBackend(StepRecorder, Backend):
     """Continuous batching on vLLM's ``AsyncLLM`` with prefix caching (see the module docstring)."""
 
+    stats: VLLMStats
+
     options = (
         Option("tensor_parallel_size", int, 1, minimum=1, help="GPUs one model is split over"),
         Option(
@@ -301,8 +303,16 @@ class VLLMBackend(StepRecorder, Backend):
 
     # -- Backend --------------------------------------------------------------------
 
+    continuous = True
     streams_text = True
     watches = True
+
+    def encode(self, text: str) -> list[int] | None:
+        return list(prompt_ids(self.tokenizer, text))
+
+    @property
+    def context_length(self) -> int | None:
+        return self.max_model_len  # the model's own when unset: not known before the engine starts
 
     @property
     def rows(self) -> int | None:

@@ -114,7 +114,7 @@ class Server:
         )
 
     def _rows_in_flight(self) -> float:
-        rows = getattr(self.runtime.backend, "rows_in_flight", None) if self.runtime is not None else None
+        rows = self.runtime.backend.rows_in_flight if self.runtime is not None else None
         return float(rows or 0)
 
     async def start(self) -> None:
@@ -232,12 +232,11 @@ class Server:
         """400 ``context_length_exceeded`` when the prompt does not fit the model (on
         backends that can count tokens)."""
         backend = self.rt.backend
-        limit = getattr(backend, "max_positions", None)
-        encode = getattr(backend, "encode", None)
-        if not limit or encode is None:
+        limit = backend.context_length
+        if not limit:
             return
-        prompt = backend.format_prompt(messages_for(task, selection.config.system_prompt))
-        count = len(encode(prompt))
+        ids = backend.encode(backend.format_prompt(messages_for(task, selection.config.system_prompt)))
+        count = len(ids) if ids is not None else 0
         if count >= limit:
             raise APIError(
                 f"This model's maximum context length is {limit} tokens. However, your messages resulted in "
@@ -399,10 +398,10 @@ class Server:
     def health(self) -> dict[str, Any]:
         rt = self.runtime
         backend = rt.backend if rt is not None else None
-        stats = getattr(backend, "stats", None)
+        stats = backend.stats if backend is not None else None
         engine: dict[str, Any] = {
-            "rows_in_flight": getattr(backend, "rows_in_flight", None),
-            "cancelled_rows": getattr(stats, "cancelled", None),
+            "rows_in_flight": backend.rows_in_flight if backend is not None else None,
+            "cancelled_rows": stats.cancelled if stats is not None else None,
             **self.stats.to_dict(),
         }
         return {
