@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.vllm-installed
 QUESTION ?= Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?
 
-.PHONY: install demo test test-fast server-deps vllm-deps docker-engine sandbox-image browser clean
+.PHONY: install demo test test-fast bench server-deps vllm-deps docker-engine sandbox-image browser clean
 
 install: $(STAMP)
 
@@ -66,6 +66,13 @@ sandbox-image: install docker-engine
 
 test: install server-deps vllm-deps sandbox-image browser
 	bash scripts/run-tests.sh $(PY)
+
+# Every speed figure of step search against sampling, in one run on a quiet machine (~1 h
+# on 2 cores): both engines' search tok/s against raw decode, step search on vLLM, the
+# sandbox. Writes benchmarks/results/bench/ (README.md has the tables); PROBLEMS sizes it.
+PROBLEMS ?= 16
+bench: install vllm-deps sandbox-image
+	$(PY) benchmarks/bench.py --problems $(PROBLEMS) --out benchmarks/results/bench
 
 # Unit tests only: no model, no Docker, no server.
 test-fast: install
