@@ -237,7 +237,7 @@ def resolve_device(device: str | None) -> str:
     return str(device)
 
 
-_DTYPES = {
+DTYPES = {  # --dtype spellings -> the torch dtype names (vLLM adds "auto")
     "float32": "float32",
     "fp32": "float32",
     "float": "float32",
@@ -258,7 +258,7 @@ def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
         if device.startswith("cuda") and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    name = _DTYPES.get(str(dtype).lower())
+    name = DTYPES.get(str(dtype).lower())
     if name is None:
         raise UsageError(f"--dtype {dtype}: choose one of auto, float32, bfloat16, float16")
     return getattr(torch, name)

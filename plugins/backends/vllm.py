@@ -59,7 +59,7 @@ from reason.log import get_logger
 from reason.options import Option
 from reason.types import Completion, GenerateRequest, Watch
 
-from .models import prompt_ids
+from .models import DTYPES, prompt_ids
 from .vllm_errors import capture_errors, environ, error_log_path, failure_reason, is_engine_dead, one_line, read_error_log
 from .vllm_outputs import completion_from, completions_from_outputs, sample_kwargs
 from .vllm_stats import StepRecorder, VLLMStats
@@ -74,17 +74,7 @@ engine; vLLM's default (0.9) fails on any machine that runs anything else."""
 CPU_BLOCK_SIZE = 32
 """The KV block on vLLM's CPU build (see ``engine_kwargs``)."""
 
-_DTYPES = {
-    "auto": "auto",
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-}
+_DTYPES = {"auto": "auto", **DTYPES}
 
 
 def vllm_installed() -> bool:
