@@ -1,6 +1,6 @@
 """A checked config: what :meth:`Runtime.plan <reason.Runtime.plan>` returns and every
-solve with that config reuses, so a config is validated once, not once per step of a
-solve (validating builds the search policy, which says its sub-policies and its width)."""
+solve with an equal config reuses, so a config is checked once instead of by each part
+of a solve (checking builds the search policy, which says its sub-policies and width)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from .registry import PluginRegistry
 
 @frozen
 class Plan:
+    """A config that passed :meth:`Runtime.validate <reason.Runtime.validate>`, and what
+    checking it learnt. Frozen but for :attr:`spare`, which the first search empties."""
+
     config: Config
     configs: tuple[Config, ...]
     """``config``, then the configs of the sub-policies its search may run."""
