@@ -163,12 +163,16 @@ class Runtime:
     def reflections(self, config: Config) -> list[tuple[str, ReflectionTrigger]]:
         return [(spec, self.registry.create("reflection", spec, config)) for spec in config.reflect]
 
-    def _policy_parts(self, config: Config, *, sub_policy: bool = True) -> PolicyParts:
-        """What a search with ``config`` runs with: a fresh policy, and the splitter,
-        verifier and reflection triggers for that config, from its :meth:`plan`.
-        :meth:`SearchContext.run_policy` comes here for sub-policies."""
-        search = self.plan(config, sub_policy=sub_policy).policy(self.registry)
-        return PolicyParts(search, self.splitter(config), self.verifier(config), self.reflections(config))
+    def _parts(self, plan: Plan) -> PolicyParts:
+        """What a search with ``plan``'s config runs with: a fresh policy, and the
+        splitter, verifier and reflection triggers for that config."""
+        config = plan.config
+        return PolicyParts(plan.policy(self.registry), self.splitter(config), self.verifier(config), self.reflections(config))
+
+    def _sub_policy_parts(self, config: Config) -> PolicyParts:
+        """:meth:`SearchContext.run_policy` comes here: a sub-policy's parts, its config
+        checked (once) as a sub-policy's."""
+        return self._parts(self.plan(config, sub_policy=True))
 
     def close(self) -> None:
         """Stop every running search, the event loop, and release every component
@@ -261,13 +265,14 @@ class Runtime:
         engine's rows over the search's width (a step search holds its rows only part of
         the time: between rounds, and while its paths are scored), at most the rows;
         ``DEFAULT_CONCURRENCY`` where the engine does not say its rows. Loads the backend."""
-        config = config or self.config
+        return self._concurrency(self.plan(config or self.config).width)
+
+    def _concurrency(self, width: int) -> int:
         backend = self.backend
         backend.load()
         rows = backend.rows
         if not rows:
             return DEFAULT_CONCURRENCY
-        width = self.plan(config).width
         return max(1, min(rows, -(-2 * rows // width)))
 
     def solve_many(
@@ -281,9 +286,9 @@ class Runtime:
         """Solve many tasks, ``concurrency`` at a time (default :meth:`concurrency_for`),
         their requests batched together; returns solutions in task order. ``on_solution`` is called in this thread as each
         one finishes (e.g. to write it), in the order they finish."""
-        config, task_list, concurrency = self._prepare(tasks, concurrency, overrides)
+        plan, task_list, concurrency = self._prepare(tasks, concurrency, overrides)
         finished: queue.Queue[tuple[int, Solution] | None] = queue.Queue()
-        future = self._submit(self._solve_all(task_list, config, concurrency, lambda i, s: finished.put((i, s))))
+        future = self._submit(self._solve_all(task_list, plan, concurrency, lambda i, s: finished.put((i, s))))
         future.add_done_callback(lambda _: finished.put(None))
         solutions: list[Solution | None] = [None] * len(task_list)
         try:
@@ -312,14 +317,14 @@ class Runtime:
     ) -> list[Solution]:
         """``solve_many`` for a caller with an event loop of its own (``on_solution`` is
         called in that loop). Cancelling the await cancels the searches."""
-        config, task_list, concurrency = self._prepare(tasks, concurrency, overrides)
+        plan, task_list, concurrency = self._prepare(tasks, concurrency, overrides)
         caller = asyncio.get_running_loop()
 
         def deliver(index: int, solution: Solution) -> None:
             if on_solution is not None:
                 _call_in(caller, on_solution, solution)
 
-        solutions = await asyncio.wrap_future(self._submit(self._solve_all(task_list, config, concurrency, deliver)))
+        solutions = await asyncio.wrap_future(self._submit(self._solve_all(task_list, plan, concurrency, deliver)))
         return solutions
 
     def stream(self, task: Task | str, *, tokens: bool = False, **overrides: Any) -> Run:
@@ -331,11 +336,11 @@ class Runtime:
         return Run(self._stream(task, tokens, overrides))
 
     async def _stream(self, task: Task | str, tokens: bool, overrides: dict[str, Any]) -> AsyncGenerator[Event | Solution, None]:
-        config, (one,), _ = self._prepare([task], 1, overrides)
+        plan, (one,), _ = self._prepare([task], 1, overrides)
         caller = asyncio.get_running_loop()
         events: asyncio.Queue[Event | None] = asyncio.Queue()
         observe = lambda e: _call_in(caller, events.put_nowait, e)  # noqa: E731
-        future = self._submit(self._run_one(one, config, observe=observe, stream_text=tokens))
+        future = self._submit(self._run_one(one, plan, observe=observe, stream_text=tokens))
         future.add_done_callback(lambda _: _call_in(caller, events.put_nowait, None))
         try:
             while (event := await events.get()) is not None:
@@ -346,9 +351,9 @@ class Runtime:
 
     def _prepare(
         self, tasks: Iterable[Task | str], concurrency: int | None, overrides: dict[str, Any]
-    ) -> tuple[Config, list[Task], int]:
+    ) -> tuple[Plan, list[Task], int]:
         config = self.config.replace(**overrides) if overrides else self.config
-        configs = self.plan(config).configs
+        plan = self.plan(config)
         if concurrency is not None and concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {concurrency}")
         task_list = [_as_task(t, i) for i, t in enumerate(tasks)]
@@ -357,14 +362,14 @@ class Runtime:
             # (or asks a server): done here, in the caller's thread, so that the event
             # loop every search shares never waits on it. Sub-policies' verifiers too.
             self._prompt(task_list[0], config)
-            for each in configs:
+            for each in plan.configs:
                 self.verifier(each)
         if concurrency is None:
-            concurrency = self.concurrency_for(config) if len(task_list) > 1 else 1
-        return config, task_list, concurrency
+            concurrency = self._concurrency(plan.width) if len(task_list) > 1 else 1
+        return plan, task_list, concurrency
 
     async def _solve_all(
-        self, tasks: list[Task], config: Config, concurrency: int, deliver: Callable[[int, Solution], None]
+        self, tasks: list[Task], plan: Plan, concurrency: int, deliver: Callable[[int, Solution], None]
     ) -> list[Solution]:
         """Keep ``concurrency`` searches in flight; the next task starts the moment one
         finishes. One failure cancels the rest and is raised."""
@@ -373,7 +378,7 @@ class Runtime:
 
         async def one(index: int, task: Task) -> None:
             async with slots:
-                solutions[index] = solution = await self._run_one(task, config)
+                solutions[index] = solution = await self._run_one(task, plan)
             deliver(index, solution)
 
         await gather_all(*(one(i, t) for i, t in enumerate(tasks)))
@@ -383,11 +388,12 @@ class Runtime:
         return self.backend.format_prompt(messages_for(task, config.system_prompt))
 
     async def _run_one(
-        self, task: Task, config: Config, observe: Callable[[Event], None] | None = None, stream_text: bool = False
+        self, task: Task, plan: Plan, observe: Callable[[Event], None] | None = None, stream_text: bool = False
     ) -> Solution:
         start = time.perf_counter()
         assert self._engines is not None
-        parts = self._policy_parts(config, sub_policy=False)  # _prepare planned it
+        config = plan.config
+        parts = self._parts(plan)
 
         def emit(event: Event) -> None:
             self.emit(event)
@@ -403,7 +409,7 @@ class Runtime:
             verifier=parts.verifier,
             reflections=parts.reflections,
             emit=emit,
-            policies=self._policy_parts,
+            policies=self._sub_policy_parts,
         )
         ctx.stream_text = stream_text
         emit(SearchStarted(task_id=task.id, search=config.search, config=_summary(config)))
