@@ -152,7 +152,6 @@ class BatchedBackend:
     ``queue`` and goes to the backend's :meth:`~Backend.generate` with every request that
     arrived while the previous call ran."""
 
-    backend: Backend
     queue: BatchQueue[GenerateRequest, list[Completion]]
 
     async def generate_async(
@@ -222,8 +221,8 @@ class Engines:
         one through a :class:`BatchedBackend`, so that both have one code path here."""
         if backend.continuous:
             return backend
-        if self._batched is None or self._batched.backend is not backend:
-            self._batched = BatchedBackend(backend, BatchQueue(backend.generate, name="backend", on_call=self._backend_called))
+        if self._batched is None:  # the runtime's backend is one for the runtime's life
+            self._batched = BatchedBackend(BatchQueue(backend.generate, name="backend", on_call=self._backend_called))
         return self._batched
 
     def _backend_called(self, requests: list[GenerateRequest], results: Sequence[list[Completion]], seconds: float) -> None:
