@@ -16,6 +16,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .engine import labels
@@ -184,16 +185,19 @@ def execute(client: Any, container_id: str, code: str, stdin: bytes, limits: Lim
     oom = False
     if exit_code is not None and exit_code >= 128 and not timed_out:
         oom = bool(client.api.inspect_container(container_id)["State"].get("OOMKilled"))
+    return capped_result(out, err, exit_code=exit_code, timed_out=timed_out, oom_killed=oom, duration_s=duration)
+
+
+def capped_result(out: CappedOutput, err: CappedOutput, **how: Any) -> RunResult:
+    """A run's result: its capped stdout and stderr, and ``how`` it ended (exit code,
+    timed out, OOM, duration)."""
     return RunResult(
-        exit_code=exit_code,
         stdout=out.text(),
         stderr=err.text(),
-        timed_out=timed_out,
-        oom_killed=oom,
         truncated=out.truncated or err.truncated,
-        duration_s=duration,
         stdout_bytes=out.total,
         stderr_bytes=err.total,
+        **how,
     )
 
 
@@ -218,7 +222,21 @@ def send_input(raw: socket.socket, message: bytes, *, half_close: bool = True) -
     return thread
 
 
-_HEADER = struct.Struct(">BxxxL")
+DOCKER_FRAME = struct.Struct(">BxxxL")
+"""The header of each frame of an attach stream: stream id (1 stdout, 2 stderr), size."""
+
+
+def take_frames(buffer: bytearray, header: struct.Struct) -> Iterator[tuple[Any, bytes]]:
+    """The complete ``(kind, payload)`` frames at the front of ``buffer`` (each ``header``
+    is a kind and a payload size), removed as they are taken; a partial frame stays."""
+    while len(buffer) >= header.size:
+        kind, size = header.unpack_from(buffer)
+        end = header.size + size
+        if len(buffer) < end:
+            return
+        data = bytes(buffer[header.size : end])
+        del buffer[:end]
+        yield kind, data
 
 
 def _read_frames(raw: socket.socket, out: CappedOutput, err: CappedOutput, deadline: float) -> bool:
@@ -239,12 +257,7 @@ def _read_frames(raw: socket.socket, out: CappedOutput, err: CappedOutput, deadl
         if not chunk:
             return True
         buffer += chunk
-        while len(buffer) >= _HEADER.size:
-            stream, size = _HEADER.unpack_from(buffer)
-            if len(buffer) < _HEADER.size + size:
-                break
-            data = bytes(buffer[_HEADER.size : _HEADER.size + size])
-            del buffer[: _HEADER.size + size]
+        for stream, data in take_frames(buffer, DOCKER_FRAME):
             (err if stream == 2 else out).add(data)
 
 

@@ -20,9 +20,10 @@ for pools not closed, and by the sweep for processes that were killed outright.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -167,7 +168,7 @@ class Sandbox:
             return self._run_reusing(code, data, limits)
         pool = self._pool
         container_id = pool.take() if pool is not None else None
-        try:
+        with _engine_errors():
             try:
                 return self._run_in(container_id, code, data, limits)
             except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
@@ -176,10 +177,6 @@ class Sandbox:
                 # A pooled container can die while it waits (an engine restart): use a fresh one.
                 get_logger().warning("sandbox pool container unusable, starting a fresh one", error=str(exc))
                 return self._run_in(None, code, data, limits)
-        except docker.errors.DockerException as exc:
-            raise VerifierError(f"the sandbox run failed in the Docker engine: {exc}") from exc
-        except requests.exceptions.RequestException as exc:
-            raise VerifierError(f"lost the connection to the Docker engine: {exc}") from exc
 
     def run_many(self, programs: Sequence[str], max_workers: int | None = None) -> list[RunResult]:
         """Run several programs, at most ``max_workers`` at a time; results in order."""
@@ -204,28 +201,20 @@ class Sandbox:
                 remove(client, container_id)
 
     def _run_reusing(self, code: str, stdin: bytes, limits: Limits) -> RunResult:
-        import docker.errors
-        import requests.exceptions
-
         worker, warm = self._take_worker()
         try:
-            try:
-                result = worker.run(code, stdin, limits)
-            except WorkerLost as exc:
-                if not warm:
-                    raise VerifierError(f"the sandbox container ended without an answer: {exc}") from exc
-                # A warm container can die while it waits (an engine restart): use a fresh one.
-                get_logger().warning("sandbox worker unusable, starting a fresh one", error=str(exc))
-                worker = self._new_worker()
-                result = worker.run(code, stdin, limits)
-        except WorkerLost as exc:
+            with _engine_errors():
+                try:
+                    result = worker.run(code, stdin, limits)
+                except WorkerLost as exc:
+                    if not warm:
+                        raise
+                    # A warm container can die while it waits (an engine restart): use a fresh one.
+                    get_logger().warning("sandbox worker unusable, starting a fresh one", error=str(exc))
+                    worker = self._new_worker()
+                    result = worker.run(code, stdin, limits)
+        except WorkerLost as exc:  # the worker closed itself
             raise VerifierError(f"the sandbox container ended without an answer: {exc}") from exc
-        except docker.errors.DockerException as exc:
-            worker.close()
-            raise VerifierError(f"the sandbox run failed in the Docker engine: {exc}") from exc
-        except requests.exceptions.RequestException as exc:
-            worker.close()
-            raise VerifierError(f"lost the connection to the Docker engine: {exc}") from exc
         except BaseException:
             worker.close()
             raise
@@ -263,3 +252,17 @@ class Sandbox:
 
     def _remove(self, container_id: str) -> None:
         remove(self._client, container_id)
+
+
+@contextlib.contextmanager
+def _engine_errors() -> Iterator[None]:
+    """The Docker SDK's failures as the one error a sandbox's caller handles."""
+    import docker.errors
+    import requests.exceptions
+
+    try:
+        yield
+    except docker.errors.DockerException as exc:
+        raise VerifierError(f"the sandbox run failed in the Docker engine: {exc}") from exc
+    except requests.exceptions.RequestException as exc:
+        raise VerifierError(f"lost the connection to the Docker engine: {exc}") from exc

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .container import CappedOutput, container_spec, kill, remove, send_input
+from .container import DOCKER_FRAME, CappedOutput, capped_result, container_spec, kill, remove, send_input, take_frames
 from .limits import Limits
 from .result import RunResult
 
@@ -29,7 +29,6 @@ GRACE_S = 5.0
 """How long past a program's time limit the host waits for the supervisor's answer before
 it kills the container itself."""
 
-_DOCKER_FRAME = struct.Struct(">BxxxL")
 _FRAME = struct.Struct(">cL")
 
 
@@ -91,30 +90,18 @@ class Worker:
                 writer.join(timeout=5)
         if answer is None:  # the supervisor missed its own deadline: stop everything here
             self.close()
-            return RunResult(
-                exit_code=137,
-                stdout=out.text(),
-                stderr=err.text(),
-                timed_out=True,
-                truncated=out.truncated or err.truncated,
-                duration_s=time.monotonic() - start,
-                stdout_bytes=out.total,
-                stderr_bytes=err.total,
-            )
+            return capped_result(out, err, exit_code=137, timed_out=True, duration_s=time.monotonic() - start)
         oom = answer["oom_killed"]
         if oom is None:  # no cgroup counter in the container: ask the engine (sticky, so the worker goes)
             oom = answer["exit_code"] == 137 and not answer["timed_out"] and self._engine_saw_oom()
         self.usable = bool(answer["reusable"]) and not oom and self.runs < MAX_RUNS
-        return RunResult(
+        return capped_result(
+            out,
+            err,
             exit_code=answer["exit_code"],
-            stdout=out.text(),
-            stderr=err.text(),
             timed_out=answer["timed_out"],
             oom_killed=oom,
-            truncated=out.truncated or err.truncated,
             duration_s=answer["duration_s"],
-            stdout_bytes=out.total,
-            stderr_bytes=err.total,
         )
 
     def close(self) -> None:
@@ -154,22 +141,9 @@ class Worker:
 
     def _take_frames(self, out: CappedOutput, err: CappedOutput) -> dict[str, Any] | None:
         """Split what has arrived; the supervisor's answer once it is complete."""
-        docker = self._docker
-        while len(docker) >= _DOCKER_FRAME.size:
-            stream, size = _DOCKER_FRAME.unpack_from(docker)
-            end = _DOCKER_FRAME.size + size
-            if len(docker) < end:
-                break
-            (self._stderr if stream == 2 else self._stdout).extend(docker[_DOCKER_FRAME.size : end])
-            del docker[:end]
-        stdout = self._stdout
-        while len(stdout) >= _FRAME.size:
-            kind, size = _FRAME.unpack_from(stdout)
-            end = _FRAME.size + size
-            if len(stdout) < end:
-                break
-            data = bytes(stdout[_FRAME.size : end])
-            del stdout[:end]
+        for stream, data in take_frames(self._docker, DOCKER_FRAME):
+            (self._stderr if stream == 2 else self._stdout).extend(data)
+        for kind, data in take_frames(self._stdout, _FRAME):
             if kind == b"x":
                 return json.loads(data)
             (err if kind == b"e" else out).add(data)
