@@ -451,4 +451,4 @@ class OpenAIBackend(Backend):
                 io.submit(shutdown(io)).result(timeout=30)
             except Exception as exc:  # a client that fails to close is not worth a crash at exit
                 log.debug("openai backend: shutdown incomplete", error=str(exc))
-            io.stop()
+            io.stop(timeout=10.0)
