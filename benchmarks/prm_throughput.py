@@ -40,17 +40,16 @@ def load_problem(path: Path, index: int) -> Task:
 
 
 def run(args: argparse.Namespace, task: Task, use_caches: bool) -> dict:
-    options = {"prm_format": args.prm_format, "prm_batch_size": args.prm_batch_size}
+    prm = {"format": args.prm_format, "batch_size": args.prm_batch_size}
     if args.prm_model:
-        options["prm_model"] = args.prm_model
+        prm["model"] = args.prm_model
     if not use_caches:
-        options.update(prm_cache_size=0, prm_kv_cache_tokens=0)
+        prm.update(cache_size=0, kv_cache_tokens=0)
+    options = {"prm": prm, "beam": {"width": args.beam_width, "max_steps": args.max_steps}}
     config = Config(
         search="beam",
         verifier="prm",
         n=args.n,
-        beam_width=args.beam_width,
-        max_steps=args.max_steps,
         max_tokens=args.max_tokens,
         step_tokens=args.step_tokens,
         seed=args.seed,
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace, task: Task, use_caches: bool) -> dict:
 
     with Runtime(config) as runtime:
         runtime.subscribe(listen)
-        runtime.solve(Task(question="warm-up: 1 + 1?"), max_steps=1, n=2, beam_width=2)  # load both models
+        runtime.solve(Task(question="warm-up: 1 + 1?"), n=2, options={"beam": {"max_steps": 1, "width": 2}})  # load both models
         prm = runtime.verifier(runtime.config)
         before = prm.stats.to_dict()
         calls.clear()

@@ -2,7 +2,7 @@
 
 Public API::
 
-    from reason import Runtime, Task, Config, Option, hookimpl
+    from reason import Runtime, Task, Config, Option, Options, hookimpl
 
 ``import reason`` is deliberately light: no torch, vllm or docker is imported until a
 component that needs it is used.
@@ -12,7 +12,7 @@ from . import events
 from .components import Backend, Dataset, ReflectionTrigger, SearchPolicy, Splitter, Verifier
 from .config import Config
 from .errors import BackendError, ComponentNotFound, ReasonError, UsageError, VerifierError
-from .options import Option
+from .options import Option, Options
 from .registry import get_registry, hookimpl
 from .result import SearchOutcome, Solution
 from .run import Run
@@ -46,6 +46,7 @@ __all__ = [
     "GenerateRequest",
     "Node",
     "Option",
+    "Options",
     "ReasonError",
     "ReflectionTrigger",
     "Run",

@@ -36,7 +36,8 @@ def _parse_option(value: str) -> tuple[str, Any]:
         parsed = tomllib.loads(f"v = {raw}")["v"]
     except Exception:
         parsed = raw
-    return key.strip().replace("-", "_"), parsed
+    owner, dot, name = key.strip().rpartition(".")  # component names keep their hyphens: best-of-n.weighted
+    return owner + dot + name.replace("-", "_"), parsed
 
 
 # (flag, Config field or "options.<key>", click kwargs). One list, used by `solve` and by
@@ -67,34 +68,54 @@ RUN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--max-tokens", "max_tokens", dict(type=int, help="Token budget of one solution. [512]")),
     ("--step-tokens", "step_tokens", dict(type=int, help="Token cap of one step. [256]")),
     ("--seed", "seed", dict(type=int, help="Random seed (same seed, same samples).")),
-    ("--beam-width", "beam_width", dict(type=int, help="M: expansions per kept beam / samples per DVTS subtree. [4]")),
-    ("--max-steps", "max_steps", dict(type=int, help="Rounds of step-level search. [40]")),
+    (
+        "--beam-width",
+        "options.beam_width",
+        dict(type=int, help="beam, dvts: M, expansions per kept beam / samples per subtree (-o beam.width). [4]"),
+    ),
+    (
+        "--max-steps",
+        "options.max_steps",
+        dict(type=int, help="beam, dvts, mcts, particle-filtering: rounds of step-level search. [40]"),
+    ),
     (
         "--aggregation",
         "aggregation",
         dict(type=click.Choice(["last", "min", "prod", "mean"]), help="Step scores -> path score. [last]"),
     ),
     ("--prm-agg", "aggregation", dict(type=click.Choice(["last", "min", "prod", "mean"]), help="Alias of --aggregation.")),
-    ("--weighted/--naive", "weighted", dict(default=None, help="best-of-n: weighted vote by score, or highest score. [naive]")),
+    (
+        "--weighted/--naive",
+        "options.weighted",
+        dict(default=None, help="best-of-n and the tree searches: weighted vote by score, or highest score. [naive]"),
+    ),
     ("--system-prompt", "system_prompt", dict(help="Replace the default system prompt.")),
-    ("--base-url", "options.base_url", dict(help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")),
-    ("--api-key", "options.api_key", dict(help="openai backend: API key [$OPENAI_API_KEY].")),
+    ("--base-url", "options.openai.base_url", dict(help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")),
+    ("--api-key", "options.openai.api_key", dict(help="openai backend: API key [$OPENAI_API_KEY].")),
     ("--tokenizer", "options.tokenizer", dict(help="openai backend: tokenizer (HF dir or id) for the chat template.")),
-    ("--prm-model", "options.prm_model", dict(help="prm verifier: reward model dir or id.")),
+    ("--prm-model", "options.prm.model", dict(help="prm verifier: reward model dir or id.")),
     # the formats are the prm plugin's to list (its declared option checks the value)
     (
         "--prm-format",
-        "options.prm_format",
+        "options.prm.format",
         dict(help="prm verifier: input format (`reason plugins` lists them). [auto: from the model name]"),
     ),
     (
         "--prm-separator",
-        "options.prm_separator",
+        "options.prm.separator",
         dict(help="prm verifier, generic format: text after each step (\\n escapes work)."),
     ),
-    ("--prm-good-token", "options.prm_good_token", dict(help="prm verifier, generic format: the token meaning 'step is right'.")),
-    ("--prm-bad-token", "options.prm_bad_token", dict(help="prm verifier, generic format: the token meaning 'step is wrong'.")),
-    ("-o", "options", dict(multiple=True, metavar="KEY=VALUE", help="Plugin option (repeatable), e.g. -o exploration=1.4")),
+    ("--prm-good-token", "options.prm.good_token", dict(help="prm verifier, generic format: the token meaning 'step is right'.")),
+    ("--prm-bad-token", "options.prm.bad_token", dict(help="prm verifier, generic format: the token meaning 'step is wrong'.")),
+    (
+        "-o",
+        "options",
+        dict(
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="A component's option (repeatable), e.g. -o mcts.exploration=1.4; `reason plugins` lists them.",
+        ),
+    ),
 ]
 
 
@@ -346,7 +367,7 @@ class _Progress:
 def plugins(as_json: bool) -> None:
     """List installed plugins: version, hooks, what each registers with its -o options
     (type, range, default), and broken ones."""
-    from .option_docs import plugin_lines, plugin_options
+    from .options import plugin_lines, plugin_options
     from .registry import get_registry
 
     registry = get_registry()

@@ -1,85 +1,59 @@
-"""The components a Runtime keeps: one per name *and* effective config.
+"""The components a Runtime keeps: one per name *and* settings.
 
 A Runtime reuses its splitters and verifiers across solves (a verifier may hold a
 loaded reward model and a score cache), but a solve may change their settings
-(``rt.solve(q, options={"prm_format": "qwen"})``). So a kept component is found by its
-kind, its name and the part of the config that matters to it: the options it declares
-(all options when it declares none) and the Config fields it reads
-(:attr:`~reason.components.Component.config_fields`; all fields when it does not
-say). Two solves that differ there get two components; two that differ elsewhere
-(``n``, ``temperature``) share one.
+(``rt.solve(q, options={"prm": {"format": "qwen"}})``). So a kept component is found by
+its kind, its name, its parsed options and the Config fields a solve cannot change
+without another component (all but :data:`reason.config.SOLVE_FIELDS`: the seed, the
+temperature, ``n`` ... reach a kept component with each request). Two solves that differ
+in their seed share one verifier; two with other verifier options get two.
 
 The backend is the exception: a Runtime has one model and one engine, so its backend
-settings (:data:`BACKEND_FIELDS` and the backend's declared options) are fixed when the
-Runtime is built, and a solve that changes them is refused (:func:`check_backend`)
-rather than silently served by the old model.
+settings (:data:`BACKEND_FIELDS` and the backend's options) are fixed when the Runtime is
+built, and a solve that changes them is refused (:func:`check_backend`) rather than
+silently served by the old model.
 
-A long-lived Runtime (``reason serve``, where each request may set its own seed or
-temperature) must not grow without bound when a component reads every field, so at most
-:data:`VARIANTS_KEPT` are kept per name: the least recently used one is let go (not
-closed: a search may still hold it; what it holds is freed with it).
+At most :data:`VARIANTS_KEPT` components are kept per name (``reason serve`` lets each
+request set options): the least recently used one is let go (not closed: a search may
+still hold it; what it holds is freed with it).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from .config import Config
+import attrs
+
+from .config import SOLVE_FIELDS, Config
 from .errors import UsageError
 from .log import get_logger
-from .options import Declarations, declared
+from .options import Options
 from .registry import PluginRegistry
 
 BACKEND_FIELDS: tuple[str, ...] = ("backend", "model", "device", "dtype")
 """The Config fields that pick the model: fixed for a Runtime's life."""
 
 VARIANTS_KEPT = 16
-"""Components kept per (kind, name), one per config that matters to them."""
+"""Components kept per (kind, name), one per distinct settings."""
 
 Key = tuple[Any, ...]
 
-
-def freeze(value: Any) -> Any:
-    """A hashable stand-in for a config value (TOML tables and arrays included)."""
-    if isinstance(value, Mapping):
-        return tuple(sorted((str(k), freeze(v)) for k, v in value.items()))
-    if isinstance(value, list | tuple | set):
-        return tuple(freeze(v) for v in value)
-    return value
+_COMPONENT_FIELDS = tuple(f.name for f in attrs.fields(Config) if f.name not in (*SOLVE_FIELDS, "options"))
 
 
-def options_key(options: Declarations | None, config: Config) -> Key:
-    """The options of ``config`` that matter to a component declaring ``options``."""
-    given = config.options if options is None else {o.name: config.options[o.name] for o in options if o.name in config.options}
-    return freeze(given)
-
-
-def config_key(factory: Any, config: Config) -> Key:
-    """What of ``config`` matters to the components ``factory`` builds."""
-    fields = getattr(factory, "config_fields", None)
-    names = sorted(Config.field_names() - {"options"}) if fields is None else sorted(fields)
-    return (tuple((name, freeze(getattr(config, name))) for name in names), options_key(declared(factory), config))
-
-
-def backend_key(options: Declarations | None, config: Config) -> Key:
-    """The backend settings of ``config`` (undeclared backend options cannot be told
-    apart from other components', so they are not part of it)."""
-    return (tuple(getattr(config, name) for name in BACKEND_FIELDS), options_key(options or (), config))
-
-
-def check_backend(options: Declarations | None, built: Config, wanted: Config) -> None:
+def check_backend(options: type[Options], built: Config, wanted: Config, name: str) -> None:
     """Refuse a config whose backend settings differ from those the backend was built with."""
-    if backend_key(options, built) == backend_key(options, wanted):
-        return
-    changed = [name for name in BACKEND_FIELDS if getattr(built, name) != getattr(wanted, name)]
-    changed += [f"-o {o.name}" for o in options or () if built.options.get(o.name) != wanted.options.get(o.name)]
-    raise UsageError(
-        f"a Runtime's backend is fixed when it is built; this run changes {', '.join(changed)}. "
-        "Build another Runtime for another model or backend settings"
-    )
+    changed = [field for field in BACKEND_FIELDS if getattr(built, field) != getattr(wanted, field)]
+    before, after = options.from_run(built.options, name), options.from_run(wanted.options, name)
+    changed += [f"-o {name}.{o.name}" for o in options.declared if getattr(before, o.name) != getattr(after, o.name)]
+    if changed:
+        raise UsageError(
+            f"a Runtime's backend is fixed when it is built; this run changes {', '.join(changed)}. "
+            "Build another Runtime for another model or backend settings"
+        )
 
 
 class ComponentCache:
@@ -96,8 +70,8 @@ class ComponentCache:
         self._warned: set[tuple[str, str]] = set()
 
     def get(self, kind: str, spec: str, config: Config) -> Any:
-        registration, _ = self.registry.lookup(kind, spec)
-        key = (kind, spec, config_key(registration.factory, config))
+        options = self.registry.options_for(kind, spec, config)
+        key = (kind, spec, options, tuple(getattr(config, name) for name in _COMPONENT_FIELDS))
         with self._lock:
             component = self._built.get(key)
             if component is not None:
@@ -114,8 +88,7 @@ class ComponentCache:
                 if (kind, spec) not in self._warned:
                     self._warned.add((kind, spec))
                     get_logger().warning(
-                        "component rebuilt for many configs; the oldest are let go. If it reads few "
-                        "Config fields, say which in its config_fields",
+                        "component rebuilt for many settings; the oldest are let go",
                         kind=kind,
                         spec=spec,
                         kept=VARIANTS_KEPT,

@@ -2,13 +2,15 @@
 reflection triggers and datasets.
 
 A plugin registers a *factory* under a name (see :mod:`reason.hookspecs`). The runtime
-builds a component by calling ``factory(config, arg)``: ``config`` is the run's
-:class:`~reason.config.Config` and ``arg`` is the text after a colon in the name the user
-gave (``ministep:32`` -> ``arg="32"``), or ``None``. A class whose ``__init__`` takes
-``(config, arg=None)`` is a factory. A component declares the ``-o`` options it reads
-(:attr:`Component.options`, see :mod:`reason.options`) and the Config fields it reads
-(:attr:`Component.config_fields`), so that the runtime can check a run's options and
-rebuild the component when its settings change.
+builds a component by calling ``factory(config, arg, options=options)``: ``config`` is the
+run's :class:`~reason.config.Config`, ``arg`` is the text after a colon in the name the
+user gave (``ministep:32`` -> ``arg="32"``) or ``None``, and ``options`` the component's
+own options, parsed (its nested :class:`Options` class, see :mod:`reason.options`). Every
+:class:`Component` subclass is such a factory.
+
+A Runtime keeps one splitter and one verifier per distinct options and Config, the
+fields that change from one solve to the next aside (:data:`reason.config.SOLVE_FIELDS`: a kept
+component takes those from each request, never from ``self.config``).
 
 Splitters, verifiers and reflection triggers are plain synchronous objects; a verifier
 is called with whole batches in a worker thread (the requests that arrived while its last
@@ -23,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .options import Declarations, read
+from .options import Options as BaseOptions
 from .types import Completion, GenerateRequest, SamplingParams, Score, ScoreRequest, Step, Task
 
 if TYPE_CHECKING:
@@ -35,36 +37,31 @@ if TYPE_CHECKING:
 
 
 class Component:
-    """Base of every component: keeps the config and the colon argument."""
+    """Base of every component: keeps the config, the colon argument and its options."""
 
-    options: ClassVar[Declarations | None] = None
-    """The ``-o`` options this component reads (a tuple of :class:`reason.options.Option`;
-    ``()``: none). ``None``: not declared, so the runtime cannot check the run's option
-    keys against it (see :mod:`reason.option_check`)."""
+    Options: ClassVar[type[BaseOptions]] = BaseOptions
+    """The options this component takes: a subclass of :class:`reason.Options` nested in
+    the component's class (the base declares none)."""
 
-    config_fields: ClassVar[tuple[str, ...] | None] = None
-    """The :class:`~reason.config.Config` fields the component reads besides its
-    options; ``None``: possibly any. A Runtime keeps one splitter and one verifier per
-    distinct value of these fields and of the options (:mod:`reason.component_cache`),
-    so a field left out here would be silently stale after a solve that changes it."""
+    options: BaseOptions
+    """This component's options, parsed (``self.options.width``)."""
 
     spec: str = ""
     """The name the user chose for this component ("prm:DIR"), set by the runtime when it
     builds the component: events and the tree name it so. Empty when built directly."""
 
-    def __init__(self, config: Config, arg: str | None = None) -> None:
+    def __init__(self, config: Config, arg: str | None = None, *, options: BaseOptions | None = None) -> None:
+        """``options``: parsed by the registry for the name the component is registered
+        under; built directly, the component reads them from ``config.options``' flat
+        names, or takes ``options=Cls.Options(...)``."""
         self.config = config
         self.arg = arg
+        self.options = options if options is not None else type(self).Options.from_run(config.options)
 
     @property
     def label(self) -> str:
         """How events and logs name this component: its :attr:`spec`, else its class."""
         return self.spec or type(self).__name__
-
-    def option(self, name: str) -> Any:
-        """The value of declared option ``name`` (``-o name=value``), converted and
-        checked by its declaration, or its default."""
-        return read(type(self).options or (), self.config.options, name, owner=type(self).__name__)
 
     def close(self) -> None:
         """Release resources (models, containers, connections). Called once at shutdown."""
@@ -246,6 +243,10 @@ class SearchPolicy(Component, ABC):
     @abstractmethod
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         """Search for an answer to ``ctx.task`` and return the candidates and the choice."""
+
+    reads_n: ClassVar[bool] = True
+    """Whether what the policy does depends on ``--n`` (greedy's does not): ``reason eval``
+    names a run's directory by ``n`` only where it does."""
 
     @property
     def width(self) -> int:

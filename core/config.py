@@ -1,8 +1,9 @@
 """Run configuration: one attrs class, loadable from a TOML recipe, overridable by flags.
 
-Components read what they need from it; plugin-specific settings go in ``options``
-(``[options]`` in a recipe, ``-o key=value`` on the command line) so a third-party
-plugin never needs a change here.
+Components read what they need from it; each component's own settings go in
+``options``, named by the component (``[options.prm]`` in a recipe, ``-o prm.model=DIR``
+on the command line; see :mod:`reason.options`), so a third-party plugin never needs a
+change here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import attrs
 from attrs import define, field
 
 from .errors import UsageError
-from .options import Option
 from .types import AGGREGATIONS, SamplingParams, str_tuple
 
 
@@ -37,6 +37,26 @@ def _probability(instance: Any, attribute: attrs.Attribute, value: float) -> Non
 def _aggregation(instance: Any, attribute: attrs.Attribute, value: str) -> None:
     if value not in AGGREGATIONS:
         raise UsageError(f"--{attribute.name.replace('_', '-')} must be one of {', '.join(AGGREGATIONS)}, got {value!r}")
+
+
+SOLVE_FIELDS: tuple[str, ...] = (
+    "search",
+    "reflect",
+    "n",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "seed",
+    "logprobs",
+    "system_prompt",
+)
+"""The fields a solve may change without another splitter or verifier: those take them
+from each request, never from their ``config``."""
+
+MOVED: tuple[str, ...] = ("beam_width", "max_steps", "weighted")
+"""Fields of earlier releases, now the search policies' options (``beam.width``,
+``beam.max_steps``, ``best-of-n.weighted`` ...): :meth:`Config.replace` and recipes still
+take them, as those options' flat names."""
 
 
 @define
@@ -70,18 +90,14 @@ class Config:
     seed: int | None = None
     logprobs: int = field(default=5, validator=_non_negative)
 
-    # search
-    beam_width: int = field(default=4, validator=_positive)
-    """M: expansions per kept path (beam) or samples per subtree step (DVTS)."""
-    max_steps: int = field(default=40, validator=_positive)
+    # how step scores reduce to a path score, for every policy
     aggregation: str = field(default="last", validator=_aggregation)
-    """How step scores reduce to a path score: last | min | prod | mean."""
-    weighted: bool = False
-    """best-of-n: weighted (sum scores per answer) instead of naive (highest score)."""
+    """last | min | prod | mean."""
     system_prompt: str | None = None
 
     options: dict[str, Any] = field(factory=dict)
-    """Plugin-specific settings, e.g. ``{"prm_model": "/models/prm"}``."""
+    """The components' own settings, by component: ``{"prm": {"model": "/models/prm"}}``
+    or ``{"prm.model": ...}``; the flat names of earlier releases (``prm_model``) too."""
 
     def sampling(self, **overrides: Any) -> SamplingParams:
         """The base sampling params for a whole solution."""
@@ -94,24 +110,13 @@ class Config:
         }
         return SamplingParams(**{**values, **overrides})
 
-    def option(self, key: str, default: Any = None, kind: type | None = None, minimum: float | None = None) -> Any:
-        """The plugin setting ``key`` (``-o key=value``, ``[options]`` in a recipe), or ``default``.
-
-        For components that do not declare their options (see :mod:`reason.options`;
-        declared ones read with ``self.option(name)``). With ``kind`` (``int``, ``float``,
-        ``bool``, ``str`` or ``list``) the value is converted, and with ``minimum``
-        range-checked, so a bad value stops the run at start-up with one message naming
-        the option instead of failing mid-search. ``None`` stays ``None``.
-        """
-        value = self.options.get(key, default)
-        if kind is None:
-            return value
-        return Option(key, kind, minimum=minimum).parse(value)
-
     def replace(self, **changes: Any) -> Config:
-        """A copy with ``changes`` applied (validated); ``options`` are merged, not replaced."""
-        if "options" in changes:
-            changes["options"] = {**self.options, **changes["options"]}
+        """A copy with ``changes`` applied (validated); ``options`` are merged, not replaced.
+        The fields that moved into the search policies' options (:data:`MOVED`) are taken
+        as those options' flat names, for one more release."""
+        moved = {name: changes.pop(name) for name in MOVED if name in changes}
+        if "options" in changes or moved:
+            changes["options"] = merge_options(self.options, {**moved, **changes.get("options", {})})
         return attrs.evolve(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,7 +129,17 @@ class Config:
     @classmethod
     def from_recipe(cls, path: str | Path, **overrides: Any) -> Config:
         """Load a TOML recipe; ``overrides`` (flags the user gave) win over the file."""
-        return cls().replace(**{**load_recipe(path), **overrides})
+        return cls().replace(**load_recipe(path)).replace(**overrides)
+
+
+def merge_options(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied; a component's table (``{"prm": {...}}``) is merged
+    key by key, so that ``-o prm.format=qwen`` keeps a recipe's ``[options.prm] model``."""
+    merged = dict(base)
+    for key, value in changes.items():
+        old = merged.get(key)
+        merged[key] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
+    return merged
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -136,7 +151,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"recipe {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"recipe {path} is not valid TOML: {exc}") from None
-    known = Config.field_names()
+    known = Config.field_names() | set(MOVED)
     unknown = sorted(set(data) - known)
     if unknown:
         raise UsageError(

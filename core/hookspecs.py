@@ -15,10 +15,11 @@ third-party package registers its own through the ``reason`` entry-point group::
         register("my-verifier", MyVerifier)
 
 Registration hooks receive a ``register(name, factory)`` callback. A factory is called
-as ``factory(config, arg)`` where ``arg`` is the text after a colon in the name the user
-chose (``ministep:32`` gives ``"32"``), see :mod:`reason.components`; the class it
-builds declares its ``-o`` options (:mod:`reason.options`). Names must be unique per
-kind; registering a taken name is an error that names both plugins.
+as ``factory(config, arg, options=...)`` where ``arg`` is the text after a colon in the
+name the user chose (``ministep:32`` gives ``"32"``) and ``options`` its own options,
+parsed, see :mod:`reason.components`; the class it builds declares them in its nested
+``Options`` (:mod:`reason.options`), which users set as ``-o NAME.OPTION=VALUE``. Names
+must be unique per kind; registering a taken name is an error that names both plugins.
 
 Compatibility promise: new arguments may be added to a hook later (pluggy lets an
 implementation accept only the arguments it names); no hook is renamed or removed.

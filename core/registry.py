@@ -26,7 +26,7 @@ from attrs import define, field
 
 from . import hookspecs
 from .errors import ComponentNotFound, UsageError
-from .options import Declarations, declared
+from .options import Options, declared
 
 hookimpl = pluggy.HookimplMarker("reason")
 
@@ -108,17 +108,31 @@ class PluginRegistry:
         return registered[name], (arg or None)
 
     def create(self, kind: str, spec: str, config: Any) -> Any:
+        """Build component ``spec`` for ``config``: ``factory(config, arg, options=...)``,
+        the options parsed for its registered name (a factory without an :class:`Options`
+        class, e.g. a function, is called with ``(config, arg)``)."""
         registration, arg = self.lookup(kind, spec)
+        options = self.options_for(kind, spec, config)
         try:
-            return registration.factory(config, arg)
+            if options is None:
+                return registration.factory(config, arg)
+            return registration.factory(config, arg, options=options)
         except UsageError:
             raise
         except (ValueError, TypeError) as exc:
             raise UsageError(f"{kind} {spec!r} (from plugin {registration.plugin}): {exc}") from exc
 
-    def declared_options(self, kind: str, name: str) -> Declarations | None:
-        """The options registered component ``name`` declares (None: undeclared, or its
-        module cannot be imported: that error belongs to a run that uses it)."""
+    def options_for(self, kind: str, spec: str, config: Any) -> Options | None:
+        """The options component ``spec`` gets in a run of ``config`` (see
+        :meth:`Options.from_run <reason.Options.from_run>`); None when its factory declares none."""
+        registration, _ = self.lookup(kind, spec)
+        cls = declared(registration.factory)
+        return None if cls is None else cls.from_run(config.options, registration.name)
+
+    def declared_options(self, kind: str, name: str) -> type[Options] | None:
+        """The :class:`Options` class of registered component ``name`` (None: a plain
+        function factory, or its module cannot be imported: that error belongs to a run
+        that uses it)."""
         try:
             return declared(self.components[kind][name].factory)
         except Exception:  # noqa: BLE001 -- a broken lazy target of someone else's plugin
@@ -244,8 +258,8 @@ def reset_registry() -> None:
 class lazy:  # noqa: N801 -- used like a function: register("prm", lazy("pkg.mod:Cls"))
     """A factory that imports ``"module:attr"`` only when a component is built, so
     registering a torch- or docker-backed component costs nothing at start-up. Its
-    ``options`` and ``config_fields`` are the target's: asking for them imports the
-    module (which must therefore import its heavy libraries inside functions)."""
+    ``Options`` are the target's: asking for them imports the module (which must
+    therefore import its heavy libraries inside functions)."""
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -255,13 +269,9 @@ class lazy:  # noqa: N801 -- used like a function: register("prm", lazy("pkg.mod
         module_name, _, attr = self.target.partition(":")
         return getattr(importlib.import_module(module_name), attr)
 
-    def __call__(self, config: Any, arg: str | None = None) -> Any:
-        return self.resolve()(config, arg)
+    def __call__(self, config: Any, arg: str | None = None, **kwargs: Any) -> Any:
+        return self.resolve()(config, arg, **kwargs)
 
     @property
-    def options(self) -> Any:
-        return getattr(self.resolve(), "options", None)
-
-    @property
-    def config_fields(self) -> Any:
-        return getattr(self.resolve(), "config_fields", None)
+    def Options(self) -> Any:  # noqa: N802 -- the target's nested class, by its name
+        return getattr(self.resolve(), "Options", None)

@@ -14,7 +14,7 @@ settings are fixed; splitters and verifiers are built per effective config, the 
 of a solve's config that matters to each (:mod:`reason.component_cache`), and reused by
 every solve with that config; the search policy is built per task, and can run a
 sub-policy through the runtime (:meth:`SearchContext.run_policy`). Every run's options
-are checked against what its components declare (:mod:`reason.option_check`).
+are checked against what its components declare (:mod:`reason.options`).
 
 Searches run on one event loop in a thread of the Runtime's own, whoever calls:
 ``solve`` from several threads, ``asolve`` from an application's event loop,
@@ -43,7 +43,7 @@ from .engine import Engines
 from .errors import UsageError
 from .events import Event, SearchFailed, SearchFinished, SearchStarted
 from .log import get_logger
-from .option_check import check_options, run_parts
+from .options import check_options, run_parts
 from .plan import Plan
 from .prompts import messages_for
 from .registry import PluginRegistry, get_registry
@@ -97,7 +97,7 @@ class Runtime:
         """Fail fast on a bad name, argument or option: builds the cheap components
         (search, splitter, reflection triggers), looks up the rest (which may load
         models), and checks the options against what the run's components declare
-        (:mod:`reason.option_check`). Returns the configs the run may use: ``config``,
+        (:mod:`reason.options`). Returns the configs the run may use: ``config``,
         then its sub-policies' (:meth:`SearchPolicy.sub_configs`). A ``sub_policy``'s
         config carries its caller's options too, so only their values are checked:
         which keys a run takes was checked against the whole run when it started."""
@@ -125,7 +125,7 @@ class Runtime:
         policies = self._policies(config)
         configs = [c for c, _ in policies]
         check_options(config, run_parts(self.registry, configs, self._backend), self.registry, unknown=not sub_policy)
-        check_backend(parts[0].options, self.config, config)
+        check_backend(parts[0].options, self.config, config, parts[0].name)
         for each in configs:
             self.splitter(each)
             self.reflections(each)

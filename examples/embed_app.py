@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
 
     tasks = load(args.limit + 1)
-    config = Config(search="best-of-n", n=args.n, verifier="confidence", weighted=True, max_tokens=256, seed=0)
+    config = Config(search="best-of-n", n=args.n, verifier="confidence", options={"best-of-n": {"weighted": True}}, max_tokens=256, seed=0)
     with Runtime(config) as runtime:
         # 1. many problems at once: their samples decode in one batch
         solutions = runtime.solve_many(tasks[:-1], on_solution=lambda s: print(f"  {s.task.id}: {s.answer}"))

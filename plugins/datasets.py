@@ -30,19 +30,24 @@ from typing import Any, ClassVar
 
 import attrs
 
+import reason
 from reason import Config, Dataset, Task, hookimpl
 from reason.answers import asks_for_percent, is_equivalent
 from reason.errors import UsageError
 from reason.log import get_logger
-from reason.options import Option, read
+from reason.options import Option
 
-from .verifiers.sandbox import SANDBOX_OPTIONS
+from .verifiers.sandbox import SandboxOptions
 
 DATA_DIR_ENV = "REASON_DATA_DIR"
 DATA_DIR_OPTION = "data_dir"
-DATA_DIR = Option(
-    DATA_DIR_OPTION, str, None, help="folder holding the datasets [$REASON_DATA_DIR, ../shared/data, the user cache]"
-)
+
+
+class DataOptions(reason.Options):
+    """The options of every dataset stored as a file."""
+
+    data_dir = Option(str, None, help="folder holding the datasets [$REASON_DATA_DIR, ../shared/data, the user cache]")
+
 
 log = get_logger()
 
@@ -77,9 +82,9 @@ def _repository_root() -> Path | None:
     return None
 
 
-def data_dir_candidates(config: Config | None = None) -> list[tuple[Path, str]]:
-    """Where the data may be, in priority order, each with where that path came from."""
-    explicit = read((DATA_DIR,), config.options, DATA_DIR_OPTION) if config is not None else None
+def data_dir_candidates(explicit: str | None = None) -> list[tuple[Path, str]]:
+    """Where the data may be, in priority order, each with where that path came from
+    (``explicit``: the ``data_dir`` option)."""
     if explicit:
         return [(Path(str(explicit)).expanduser(), f"option {DATA_DIR_OPTION}")]
     env = os.environ.get(DATA_DIR_ENV)
@@ -93,12 +98,12 @@ def data_dir_candidates(config: Config | None = None) -> list[tuple[Path, str]]:
     return found
 
 
-def resolve_data_file(relative: str, dataset: str, config: Config | None = None, hub: HubSource | None = None) -> Path:
+def resolve_data_file(relative: str, dataset: str, data_dir: str | None = None, hub: HubSource | None = None) -> Path:
     """The dataset file ``relative`` under the data directory; else, unless a folder was
     named on purpose, fetched from ``hub`` into the user cache; else a :class:`UsageError`
     naming every path tried and how to point at the data."""
     tried = []
-    candidates = data_dir_candidates(config)
+    candidates = data_dir_candidates(data_dir)
     for directory, origin in candidates:
         path = (directory / relative).resolve() if directory.exists() else directory / relative
         if path.is_file():
@@ -176,11 +181,12 @@ class FileDataset(Dataset):
     relative_path = ""
     hub: HubSource | None = None
     """Where the hub has it, for a user without the file (None: nowhere known)."""
-    options: ClassVar[tuple[Option, ...] | None] = (DATA_DIR,)
+    Options: ClassVar[type[reason.Options]] = DataOptions
+    options: DataOptions
 
     @property
     def path(self) -> Path:
-        return resolve_data_file(self.relative_path, self.name, self.config, self.hub)
+        return resolve_data_file(self.relative_path, self.name, self.options.data_dir, self.hub)
 
     def records(self) -> Iterator[dict[str, Any]]:
         return read_jsonl(self.path)
@@ -283,14 +289,14 @@ class HumanEval(FileDataset):
     name = "humaneval"
     relative_path = "humaneval/HumanEval.jsonl.gz"
     hub = HubSource("openai/openai_humaneval", "test")
-    options = (
-        DATA_DIR,
-        Option("grading_verifier", str, None, help="grade by this verifier's verdict instead of the hidden tests"),
-        *SANDBOX_OPTIONS,  # the hidden-test grader's sandbox
-    )
 
-    def __init__(self, config: Config, arg: str | None = None) -> None:
-        super().__init__(config, arg)
+    class Options(DataOptions, SandboxOptions):  # the sandbox's: the hidden-test grader's
+        grading_verifier = Option(str, None, help="grade by this verifier's verdict instead of the hidden tests")
+
+    options: Options
+
+    def __init__(self, config: Config, arg: str | None = None, **kwargs: Any) -> None:
+        super().__init__(config, arg, **kwargs)
         self._grader: Any = None
 
     def task(self, index: int, record: dict[str, Any]) -> Task:
@@ -313,7 +319,7 @@ class HumanEval(FileDataset):
     def grader(self) -> Any:
         """Grades with the hidden tests (or with ``-o grading_verifier=NAME``'s verdict)."""
         if self._grader is None:
-            chosen = self.option("grading_verifier")
+            chosen = self.options.grading_verifier
             if chosen:
                 from reason.eval.grading import CodeGrader
 
@@ -321,7 +327,7 @@ class HumanEval(FileDataset):
             else:
                 from .verifiers.sandbox import HiddenTestGrader
 
-                self._grader = HiddenTestGrader(self.config)
+                self._grader = HiddenTestGrader(self.config, self.options)
         return self._grader
 
     def is_correct(self, task: Task, answer: str | None, **extra: Any) -> bool:
@@ -349,23 +355,24 @@ class JsonlDataset(NumericAnswers, Dataset):
     ``#### `` or in the last ``\\boxed{}``). Grading is math-aware (see
     :func:`reason.answers.is_equivalent`)."""
 
-    options = (
-        Option("dataset_path", str, None, help="the JSONL file [jsonl:PATH, --dataset PATH.jsonl]"),
-        Option("question_field", str, None, help="the field with the question [question|problem|input|prompt]"),
-        Option("answer_field", str, None, help="the field with the reference answer [answer|target|reference|solution|output]"),
-        Option("id_field", str, None, help="the field with the task id [FILE/INDEX]"),
-    )
+    class Options(reason.Options):
+        dataset_path = Option(str, None, help="the JSONL file [jsonl:PATH, --dataset PATH.jsonl]")
+        question_field = Option(str, None, help="the field with the question [question|problem|input|prompt]")
+        answer_field = Option(str, None, help="the field with the reference answer [answer|target|reference|solution|output]")
+        id_field = Option(str, None, help="the field with the task id [FILE/INDEX]")
 
-    def __init__(self, config: Config, arg: str | None = None) -> None:
-        super().__init__(config, arg)
-        path = arg or self.option("dataset_path")
+    options: Options
+
+    def __init__(self, config: Config, arg: str | None = None, **kwargs: Any) -> None:
+        super().__init__(config, arg, **kwargs)
+        path = arg or self.options.dataset_path
         if not path:
             raise UsageError("the jsonl dataset needs a file: --dataset PATH.jsonl (or jsonl:PATH)")
         self.path = Path(path).expanduser()
         self.name = self.path.name.removesuffix(".gz").removesuffix(".jsonl")
 
     def _field(self, record: dict[str, Any], option: str, usual: tuple[str, ...], flag: str, required: bool) -> str | None:
-        chosen = self.option(option)
+        chosen = getattr(self.options, option)
         if chosen:
             if chosen not in record:
                 raise UsageError(f"{self.path}: no field {chosen!r} (from {flag}); the records have: {', '.join(record)}")
@@ -383,7 +390,7 @@ class JsonlDataset(NumericAnswers, Dataset):
     def load(self) -> Iterable[Task]:
         if not self.path.is_file():
             raise UsageError(f"dataset file {self.path} does not exist (--dataset PATH.jsonl)")
-        id_field = self.option("id_field")
+        id_field = self.options.id_field
         question_field = answer_field = None
         for index, record in enumerate(read_jsonl(self.path)):
             if question_field is None:

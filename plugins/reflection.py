@@ -32,9 +32,11 @@ fires right after an injected text or when the path has no room left to continue
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
+import reason
 from reason import Config, ReflectionTrigger, SamplingParams, Score, Step, Task, aggregate, hookimpl
 from reason.errors import UsageError
 from reason.options import Option
@@ -60,8 +62,8 @@ def _separator(text: str) -> str:
 class _Trigger(ReflectionTrigger):
     """Shared bookkeeping: recognise this trigger's own injections, check the budget."""
 
-    def __init__(self, config: Config, arg: str | None = None) -> None:
-        super().__init__(config, arg)
+    def __init__(self, config: Config, arg: str | None = None, **kwargs: Any) -> None:
+        super().__init__(config, arg, **kwargs)
         self._mine: set[str] = set()
 
     def count(self, steps: Sequence[Step]) -> int:
@@ -85,15 +87,17 @@ class _Trigger(ReflectionTrigger):
 class MarcoReflection(_Trigger):
     """Marco-o1: ask the model to rethink at the end of a thought."""
 
-    options = (
-        Option("marco_phrase", str, MARCO_PHRASE, help="the text injected at the end of a thought"),
-        Option("marco_max", int, 1, minimum=0, help="reflections per path"),
-    )
+    class Options(reason.Options):
+        prefix = "marco_"
+        phrase = Option(str, MARCO_PHRASE, help="the text injected at the end of a thought")
+        max = Option(int, 1, minimum=0, help="reflections per path")
 
-    def __init__(self, config, arg=None):
-        super().__init__(config, arg)
-        self.phrase = self.option("marco_phrase")
-        self.max = self.option("marco_max")
+    options: Options
+
+    def __init__(self, config, arg=None, **kwargs):
+        super().__init__(config, arg, **kwargs)
+        self.phrase = self.options.phrase
+        self.max = self.options.max
 
     def on_step(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
         if task.kind == "math" and steps and has_answer(steps[-1].text):
@@ -109,23 +113,24 @@ class MarcoReflection(_Trigger):
 class LowConfidenceReflection(_Trigger):
     """Reflect after a step the model was unsure of (mean token confidence < T)."""
 
-    options = (
-        Option(
-            "low_confidence_threshold",
+    class Options(reason.Options):
+        prefix = "low_confidence_"
+        threshold = Option(
             float,
             0.5,
             minimum=0,
             maximum=1,
             help="reflect below this step confidence (or low-confidence:T)",
-        ),
-        Option("low_confidence_phrase", str, LOW_CONFIDENCE_PHRASE, help="the text injected"),
-        Option("low_confidence_max", int, 1, minimum=0, help="reflections per path"),
-    )
+        )
+        phrase = Option(str, LOW_CONFIDENCE_PHRASE, help="the text injected")
+        max = Option(int, 1, minimum=0, help="reflections per path")
 
-    def __init__(self, config, arg=None):
-        super().__init__(config, arg)
+    options: Options
+
+    def __init__(self, config, arg=None, **kwargs):
+        super().__init__(config, arg, **kwargs)
         if arg is None:
-            self.threshold = self.option("low_confidence_threshold")
+            self.threshold = self.options.threshold
         else:
             try:
                 self.threshold = float(arg)
@@ -133,8 +138,8 @@ class LowConfidenceReflection(_Trigger):
                 raise UsageError(f"low-confidence takes a threshold in [0, 1], e.g. low-confidence:0.5 (got {arg!r})") from None
             if not 0 <= self.threshold <= 1:
                 raise UsageError(f"low-confidence: the threshold must be in [0, 1], got {self.threshold}")
-        self.phrase = self.option("low_confidence_phrase")
-        self.max = self.option("low_confidence_max")
+        self.phrase = self.options.phrase
+        self.max = self.options.max
 
     def on_step(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
         if not self.fresh(steps) or self.count(steps) >= self.max:
@@ -150,28 +155,29 @@ class LowConfidenceReflection(_Trigger):
 class VerifierFailReflection(_Trigger):
     """Feed a verifier's rejection (and its feedback) back to the model."""
 
-    options = (
-        Option(
-            "fail_threshold",
+    class Options(reason.Options):
+        prefix = "fail_"
+        threshold = Option(
             float,
             None,
             minimum=0,
             maximum=1,
             help="also reflect when the path score is below this [only failed verdicts]",
-        ),
-        Option("fail_template", str, FAIL_TEMPLATE, help="the text injected; must contain {feedback}"),
-        Option("fail_max", int, 1, minimum=0, help="reflections per path"),
-        Option("fail_feedback_chars", int, 1500, minimum=1, help="the verifier's feedback is cut to this many characters"),
-    )
+        )
+        template = Option(str, FAIL_TEMPLATE, help="the text injected; must contain {feedback}")
+        max = Option(int, 1, minimum=0, help="reflections per path")
+        feedback_chars = Option(int, 1500, minimum=1, help="the verifier's feedback is cut to this many characters")
 
-    def __init__(self, config, arg=None):
-        super().__init__(config, arg)
-        self.threshold = self.option("fail_threshold")
-        self.template = self.option("fail_template")
+    options: Options
+
+    def __init__(self, config, arg=None, **kwargs):
+        super().__init__(config, arg, **kwargs)
+        self.threshold = self.options.threshold
+        self.template = self.options.template
         if "{feedback}" not in self.template:
             raise UsageError("-o fail_template must contain {feedback}")
-        self.max = self.option("fail_max")
-        self.feedback_chars = self.option("fail_feedback_chars")
+        self.max = self.options.max
+        self.feedback_chars = self.options.feedback_chars
 
     def failed(self, score: Score) -> bool:
         if score.passed is False:
@@ -197,23 +203,23 @@ class VerifierFailReflection(_Trigger):
 class BudgetForcing(_Trigger):
     """s1 budget forcing: keep the model thinking until a minimum, stop it at a maximum."""
 
-    options = (
-        Option(
-            "min_thinking_tokens",
+    class Options(reason.Options):
+        min_thinking_tokens = Option(
             int,
             None,
             minimum=0,
             help="keep thinking until this many tokens [budget-forcing:MIN, else 128]",
-        ),
-        Option("max_thinking_tokens", int, None, minimum=1, help="stop thinking here [budget-forcing:MIN:MAX, else no cap]"),
-        Option("think_end", str, "</think>", help="the end-of-thinking delimiter"),
-        Option("wait_phrase", str, "Wait", help="appended to keep the model thinking"),
-        Option("answer_phrase", str, "\n</think>\n\nThe answer is", help="appended to make it answer"),
-        Option("max_waits", int, 4, minimum=0, help="'Wait's per path"),
-    )
+        )
+        max_thinking_tokens = Option(int, None, minimum=1, help="stop thinking here [budget-forcing:MIN:MAX, else no cap]")
+        think_end = Option(str, "</think>", help="the end-of-thinking delimiter")
+        wait_phrase = Option(str, "Wait", help="appended to keep the model thinking")
+        answer_phrase = Option(str, "\n</think>\n\nThe answer is", help="appended to make it answer")
+        max_waits = Option(int, 4, minimum=0, help="'Wait's per path")
 
-    def __init__(self, config, arg=None):
-        super().__init__(config, arg)
+    options: Options
+
+    def __init__(self, config, arg=None, **kwargs):
+        super().__init__(config, arg, **kwargs)
         low, _, high = (arg or "").partition(":")
         try:
             default_min = int(low) if low else 128
@@ -222,17 +228,17 @@ class BudgetForcing(_Trigger):
             raise UsageError(
                 f"budget-forcing takes MIN[:MAX] thinking tokens, e.g. budget-forcing:256:1024 (got {arg!r})"
             ) from None
-        low_option, high_option = self.option("min_thinking_tokens"), self.option("max_thinking_tokens")
+        low_option, high_option = self.options.min_thinking_tokens, self.options.max_thinking_tokens
         self.min_tokens = default_min if low_option is None else low_option
         self.max_tokens = default_max if high_option is None else high_option
         if self.max_tokens is not None and self.max_tokens < self.min_tokens:
             raise UsageError(
                 f"budget-forcing: max_thinking_tokens ({self.max_tokens}) is below min_thinking_tokens ({self.min_tokens})"
             )
-        self.think_end = self.option("think_end")
-        self.wait = self.option("wait_phrase")
-        self.answer = self.option("answer_phrase")
-        self.max_waits = self.option("max_waits")
+        self.think_end = self.options.think_end
+        self.wait = self.options.wait_phrase
+        self.answer = self.options.answer_phrase
+        self.max_waits = self.options.max_waits
         self.suppress = self.think_end
         """The context drops this from the end of the step a reflection follows."""
 

@@ -21,8 +21,6 @@ class DelimiterSplitter(Splitter):
     """A step ends with ``delimiter`` (kept in the step's text)."""
 
     delimiter = "\n\n"
-    options = ()
-    config_fields = ("step_tokens",)
 
     def step_params(self, params: SamplingParams) -> SamplingParams:
         return attrs.evolve(
@@ -48,11 +46,8 @@ class LineSplitter(DelimiterSplitter):
 class MiniStepSplitter(Splitter):
     """Fixed-length steps of N tokens (default 32)."""
 
-    options = ()
-    config_fields = ("step_tokens",)  # its split() is the step splitter's
-
-    def __init__(self, config, arg=None):
-        super().__init__(config, arg)
+    def __init__(self, config, arg=None, **kwargs):
+        super().__init__(config, arg, **kwargs)
         try:
             self.tokens = int(arg) if arg else 32
         except ValueError:
@@ -71,9 +66,6 @@ class MiniStepSplitter(Splitter):
 
 class NoSplitter(Splitter):
     """The whole solution is one step."""
-
-    options = ()
-    config_fields = ()
 
     def step_params(self, params: SamplingParams) -> SamplingParams:
         return params

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/options_doc.py          # rewrite README.md's generated block
     .venv/bin/python scripts/options_doc.py --check  # exit 1 when it is stale (what the test checks)
 
-The block sits between the markers in :mod:`reason.option_docs`; the rest of the README
+The block sits between the markers in :mod:`reason.options`; the rest of the README
 is left alone.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from reason.option_docs import markdown, replace_block
+from reason.options import markdown, replace_block
 from reason.registry import load_plugins
 
 README = Path(__file__).resolve().parent.parent / "README.md"

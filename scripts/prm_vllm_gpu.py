@@ -54,10 +54,10 @@ class VLLMPRMVerifier(PRMVerifier):
     and the prefix cache are the ``prm`` verifier's own.
     """
 
-    options = (
-        *PRMVerifier.options,
-        Option("prm_gpu_memory_utilization", float, 0.35, minimum=0.01, maximum=1, help="GPU memory share of the PRM's vLLM engine"),
-    )
+    class Options(PRMVerifier.Options):
+        gpu_memory_utilization = Option(float, 0.35, minimum=0.01, maximum=1, help="GPU memory share of the PRM's vLLM engine")
+
+    options: Options
 
     def load(self) -> None:
         if self._model is not None:
@@ -75,7 +75,7 @@ class VLLMPRMVerifier(PRMVerifier):
         settings: dict[str, Any] = dict(
             model=self.source.path,
             trust_remote_code=True,
-            gpu_memory_utilization=self.option("prm_gpu_memory_utilization"),
+            gpu_memory_utilization=self.options.gpu_memory_utilization,
             dtype=self.dtype or "auto",
             enforce_eager=True,
         )
@@ -125,29 +125,23 @@ def check_environment(args: argparse.Namespace) -> None:
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    options: dict[str, Any] = {
-        "prm_format": args.prm_format,
-        "prm_batch_size": args.prm_batch_size,
-        "prm_device": args.prm_device,
-        "prm_dtype": args.prm_dtype,
-    }
-    # each option only for the component that takes it: a run refuses options it does not use
+    verifier = "prm-vllm" if args.prm_engine == "vllm" else "prm"
+    prm: dict[str, Any] = {"format": args.prm_format, "batch_size": args.prm_batch_size, "device": args.prm_device, "dtype": args.prm_dtype}
     if args.prm_engine == "vllm":
-        options["prm_gpu_memory_utilization"] = args.prm_memory
-    if args.backend == "vllm":
-        options["gpu_memory_utilization"] = args.policy_memory
+        prm["gpu_memory_utilization"] = args.prm_memory
     if args.prm != "embedded":
-        options["prm_model"] = args.prm
-    if args.max_model_len:
-        options["max_model_len"] = args.max_model_len
+        prm["model"] = args.prm
+    options: dict[str, Any] = {verifier: prm}
+    if args.search in ("beam", "dvts"):
+        options[args.search] = {"width": args.beam_width, "max_steps": args.max_steps}
+    if args.backend == "vllm":
+        options["vllm"] = {"gpu_memory_utilization": args.policy_memory, "max_model_len": args.max_model_len}
     return Config(
         search=args.search,
         backend=args.backend,
         model=None if args.policy == "embedded" else args.policy,
-        verifier="prm-vllm" if args.prm_engine == "vllm" else "prm",
+        verifier=verifier,
         n=args.n,
-        beam_width=args.beam_width,
-        max_steps=args.max_steps,
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         aggregation=args.aggregation,

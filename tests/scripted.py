@@ -25,7 +25,6 @@ def _logprob(text: str, i: int) -> float:
 
 
 class ScriptedBackend(Backend):
-    options = ()  # declared (none), so runs on it check their option keys strictly
 
     def __init__(self, script: Script | None = None, config: Config | None = None, logprob: Callable[[str, int], float] | None = None,
                  watches: bool = False):

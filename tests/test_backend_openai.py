@@ -640,13 +640,11 @@ def test_every_strategy_through_the_real_server(llama, search):
         backend="openai",
         search=search,
         n=2,
-        beam_width=2,
         max_tokens=64,
         step_tokens=32,
-        max_steps=3,
         temperature=0.8,
         seed=0,
-        options={"base_url": llama.base_url},
+        options={"base_url": llama.base_url, "beam_width": 2, "max_steps": 3},  # flat: taken by the searches that have them
     )
     with Runtime(config) as rt:
         solution = rt.solve("What is 3 + 4?")

@@ -123,8 +123,8 @@ def test_seed_gives_the_same_samples_alone_and_among_other_requests(server):
 
 def test_usage_matches_the_servers_own_counters(server):
     config = Config(
-        backend="openai", model=SERVED_NAME, search="beam", n=2, beam_width=2, max_tokens=48, step_tokens=24,
-        max_steps=2, temperature=0.8, seed=0, options=options(server),
+        backend="openai", model=SERVED_NAME, search="beam", n=2, max_tokens=48, step_tokens=24,
+        temperature=0.8, seed=0, options={**options(server), "beam": {"width": 2, "max_steps": 2}},
     )
     before = counters(server)
     with Runtime(config) as rt:

@@ -770,7 +770,7 @@ def test_gpu_compiled_engine_and_prm_script(tmp_path):
     """On CUDA: the default engine (CUDA graphs, no enforce_eager) runs a beam search, and
     scripts/prm_vllm_gpu.py runs end to end with vLLM as the policy."""
     backend = VLLMBackend(Config(backend="vllm", seed=0, options={"gpu_memory_utilization": 0.3, "max_model_len": 2048}))
-    with Runtime(Config(backend="vllm", search="beam", n=4, beam_width=2, max_tokens=64, max_steps=3, seed=0), backend=backend) as rt:
+    with Runtime(Config(backend="vllm", search="beam", n=4, max_tokens=64, seed=0, options={"beam": {"width": 2, "max_steps": 3}}), backend=backend) as rt:
         solution = rt.solve("What is 3 + 4?")
     assert solution.usage.completion_tokens > 0 and backend.stats.decode_tokens > 0
     result = subprocess.run(

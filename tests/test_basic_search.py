@@ -34,7 +34,7 @@ def test_best_of_n_weighted_sums_scores_per_answer():
 
     backend = ScriptedBackend(answers_script(["5", "9", "5"]), logprob=logprob)
     naive = Runtime(Config(search="best-of-n", n=3), backend=backend).solve("q")
-    weighted = Runtime(Config(search="best-of-n", n=3, weighted=True), backend=backend).solve("q")
+    weighted = Runtime(Config(search="best-of-n", n=3, options={"best-of-n.weighted": True}), backend=backend).solve("q")
     assert naive.answer == "9"
     assert weighted.answer == "5"
     assert weighted.meta["mode"] == "weighted"

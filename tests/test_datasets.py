@@ -109,7 +109,7 @@ def test_data_dir_option_env_and_defaults(monkeypatch, tmp_path):
     os.symlink(tmp_path, work / "shared" / "data")
     (work / "proj").mkdir()
     monkeypatch.chdir(work / "proj")
-    candidates = data_dir_candidates(Config())
+    candidates = data_dir_candidates()
     assert candidates[0][0].resolve() == (work / "shared" / "data").resolve()
     assert len(list(create("multiarith").load())) == 1
 

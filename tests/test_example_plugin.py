@@ -35,8 +35,8 @@ def test_plugin_is_listed_with_its_version_and_hooks(installed):
     assert plugin["registers"] == {"verifier": ["format"]}
     assert set(plugin["hooks"]) == {"reason_register_verifiers", "reason_on_event", "reason_register_commands"}
     assert plugin["options"] == {"verifier": {"format": [{
-        "name": "format_number_score", "type": "float in [0, 1]", "default": 0.5,
-        "help": "score of a step with a number but no boxed answer",
+        "name": "number_score", "type": "float in [0, 1]", "default": 0.5,
+        "help": "score of a step with a number but no boxed answer", "alias": "number_score",
     }]}}
 
 
@@ -52,6 +52,6 @@ def test_plugin_command_and_verifier_work(installed):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(0.2, 1.0)"
     bad = subprocess.run([sys.executable, "-c", "from reason.cli import main; main()", "solve", "--verifier", "format",
-                          "-o", "format_number_score=2", "q"], capture_output=True, text=True, env=installed, timeout=300)
+                          "-o", "format.number_score=2", "q"], capture_output=True, text=True, env=installed, timeout=300)
     assert bad.returncode == 2
-    assert "format_number_score=2: must be a number in [0, 1] (an option of verifier format)" in bad.stderr
+    assert "-o format.number_score=2: must be a number in [0, 1] (an option of verifier format)" in bad.stderr

@@ -31,7 +31,7 @@ def problems(tmp_path):
 
 
 def rollouts(path, out, script=adder, **config):
-    config = Config(**{"n": 2, "verifier": "none", "search": "self-consistency", "max_tokens": 64, **config})
+    config = Config().replace(**{"n": 2, "verifier": "none", "search": "self-consistency", "max_tokens": 64, **config})
     dataset = get_registry().create("dataset", f"jsonl:{path}", config)
     run = EvalRun(dataset_spec=f"jsonl:{path}", dataset=dataset, config=config, out=out, save_tree=True)
     with Runtime(config, backend=ScriptedBackend(script)) as runtime:

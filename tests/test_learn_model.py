@@ -89,8 +89,8 @@ def test_on_the_transformers_backend_the_probe_reads_the_states_the_engine_kept(
 
     from reason import ScoreRequest
 
-    config = Config(model="smollm2", backend="transformers", search="beam", n=2, beam_width=2, max_tokens=48,
-                    seed=2, step_tokens=16, verifier=f"probe:{trained['head']}.json")
+    config = Config(model="smollm2", backend="transformers", search="beam", n=2, max_tokens=48, seed=2, step_tokens=16,
+                    verifier=f"probe:{trained['head']}.json", options={"beam.width": 2})
     seen = []
     with Runtime(config) as rt:
         verifier = rt.verifier(config)

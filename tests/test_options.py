@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import structlog
 from scripted import ScriptedBackend
 
 import reason
 from reason import Config, Option, Runtime, UsageError
-from reason.option_docs import README_END, README_START, markdown
+from reason.options import README_END, README_START, markdown
 from reason.registry import KINDS, load_plugins
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -32,60 +31,102 @@ def run(*args):
 @pytest.mark.parametrize(
     "option, value, expected",
     [
-        (Option("k", int, minimum=1), "3", 3),
-        (Option("k", float, maximum=1), 0.25, 0.25),
-        (Option("k", bool), "off", False),
-        (Option("k", str, choices=("visits", "value")), "Value", "value"),
-        (Option("k", list), (1, 2), [1, 2]),
-        (Option("k", int, 7), None, None),
+        (Option(int, minimum=1), "3", 3),
+        (Option(float, maximum=1), 0.25, 0.25),
+        (Option(bool), "off", False),
+        (Option(str, choices=("visits", "value")), "Value", "value"),
+        (Option(list), (1, 2), [1, 2]),
+        (Option(int, 7), None, None),
     ],
 )
 def test_an_option_converts_what_it_accepts(option, value, expected):
-    assert option.parse(value) == expected
+    assert option.parse(value, "k") == expected
 
 
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        (Option("k", int, minimum=1), 0, "-o k=0: must be a whole number >= 1"),
-        (Option("k", float, minimum=0, maximum=1), 2, "-o k=2: must be a number in [0, 1]"),
-        (Option("k", str, choices=("visits", "value")), "best", "-o k='best': must be one of visits, value"),
-        (Option("k", list), "abc", "-o k='abc': must be a list, e.g. [1, 2]"),
-        (Option("k", bool), "maybe", "-o k='maybe': must be true or false"),
+        (Option(int, minimum=1), 0, "-o k=0: must be a whole number >= 1"),
+        (Option(int), 2.5, "-o k=2.5: must be a whole number"),
+        (Option(int), True, "-o k=True: must be a whole number"),
+        (Option(float, minimum=0, maximum=1), 2, "-o k=2: must be a number in [0, 1]"),
+        (Option(str, choices=("visits", "value")), "best", "-o k='best': must be one of visits, value"),
+        (Option(list), "abc", "-o k='abc': must be a list, e.g. [1, 2]"),
+        (Option(bool), "maybe", "-o k='maybe': must be true or false"),
     ],
 )
 def test_a_bad_value_names_the_option_and_what_it_expects(option, value, message):
     with pytest.raises(UsageError) as raised:
-        option.parse(value)
+        option.parse(value, "k")
     assert str(raised.value) == message
 
 
 def test_an_option_type_outside_the_five_is_refused():
     with pytest.raises(TypeError, match="type must be one of int, float, bool, str, list"):
-        Option("k", dict)
+        Option(dict)
 
 
-def test_a_component_reads_declared_options_with_their_defaults():
-    class Knobs(reason.Splitter):
-        options = (Option("knob", int, 3, minimum=0),)
+class Knobs(reason.Splitter):
+    class Options(reason.Options):
+        prefix = "knobs_"
+        knob = Option(int, 3, minimum=0, help="a knob")
+        dial = Option(str, None, alias="old_dial", help="a dial")
 
-        def step_params(self, params):
-            return params
+    options: Options
 
-        def split(self, text):
-            return [text]
+    def step_params(self, params):
+        return params
 
-    assert Knobs(Config()).option("knob") == 3
-    assert Knobs(Config(options={"knob": "5"})).option("knob") == 5
-    with pytest.raises(LookupError, match="Knobs reads option 'other' but does not declare it"):
-        Knobs(Config()).option("other")
+    def split(self, text):
+        return [text]
 
 
-def test_every_built_in_component_declares_its_options():
+def test_a_component_gets_its_options_parsed_with_their_defaults():
+    assert Knobs(Config()).options.knob == 3 and Knobs(Config()).options.dial is None
+    assert Knobs(Config(), options=Knobs.Options(knob="5")).options.knob == 5
+    assert Knobs.Options(knob=5) == Knobs.Options(knob="5") and hash(Knobs.Options(knob=5)) == hash(Knobs.Options(knob="5"))
+    with pytest.raises(UsageError, match="unknown option other; it takes knob, dial"):
+        Knobs.Options(other=1)
+
+
+def test_options_are_named_by_component_and_the_flat_names_still_work():
+    def knob(raw):
+        return Knobs.Options.from_run(raw, "knobs").knob
+
+    assert knob({"knobs_knob": 4}) == 4  # the flat name of earlier releases: prefix + name
+    assert knob({"knobs": {"knob": 5}, "knobs_knob": 4}) == 5  # a recipe's [options.knobs] wins over it
+    assert knob({"knobs.knob": 6, "knobs": {"knob": 5}}) == 6  # and -o knobs.knob=6 over both
+    assert knob({"other.knob": 7, "knob": 8}) == 3  # another component's, and no flat name of this one
+    assert Knobs.Options.from_run({"old_dial": "x"}, "knobs").dial == "x"  # an explicit alias
+    with pytest.raises(UsageError, match=r"-o knobs.knb=1: knobs has no option knb; it takes knob, dial"):
+        Knobs.Options.from_run({"knobs.knb": 1}, "knobs")
+    with pytest.raises(UsageError, match=r"-o knobs.knob=-1: must be a whole number >= 0"):
+        Knobs.Options.from_run({"knobs": {"knob": -1}}, "knobs")
+
+
+def test_a_prefix_names_the_options_its_class_declares():
+    """HumanEval's options: its data folder (no prefix) and the sandbox's (sandbox_*)."""
+    registry = load_plugins()
+    humaneval = registry.declared_options("dataset", "humaneval")
+    aliases = {o.name: humaneval.alias(o) for o in humaneval.declared}
+    assert aliases["data_dir"] == "data_dir" and aliases["timeout"] == "sandbox_timeout"
+    prm = registry.declared_options("verifier", "prm")
+    assert {prm.alias(o) for o in prm.declared} >= {"prm_model", "prm_format", "prm_batch_size", "prm_kv_cache_tokens"}
+
+
+def test_every_built_in_component_declares_its_options_on_its_class():
     registry = load_plugins()
     for kind in KINDS:
         for name in registry.names(kind):
-            assert registry.declared_options(kind, name) is not None, f"{kind} {name} declares no options"
+            assert registry.declared_options(kind, name) is not None, f"{kind} {name} has no Options class"
+
+
+def test_the_search_fields_of_earlier_releases_are_the_policies_options():
+    config = Config().replace(search="beam", beam_width=2, max_steps=3, weighted=True)
+    assert config.options == {"beam_width": 2, "max_steps": 3, "weighted": True}
+    with Runtime(config, backend=ScriptedBackend()) as rt:
+        policy = rt.plan().policy(rt.registry)
+    assert (policy.options.width, policy.options.max_steps, policy.options.weighted) == (2, 3, True)
 
 
 # -- the run's check -------------------------------------------------------------------
@@ -96,8 +137,8 @@ def test_an_unknown_option_is_refused_listing_the_valid_ones():
     assert result.returncode == 2 and result.stdout == ""
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
     assert line.startswith("reason: error: -o no_such_option=1: unknown option no_such_option;")
+    assert "e.g. -o transformers.NAME=VALUE" in line
     assert "backend transformers: max_batch, admit_min, prefix_cache_tokens, threads, continuous" in line
-    assert "any dataset: " in line and "data_dir" in line
 
 
 def test_an_option_of_a_component_the_run_does_not_use_names_that_component(tmp_path):
@@ -109,19 +150,39 @@ def test_an_option_of_a_component_the_run_does_not_use_names_that_component(tmp_
         "-o prm_model='/models/prm': prm_model is an option of verifier prm, which this run does not use "
         "(it runs backend transformers, search best-of-n, splitter step, verifier confidence)"
     ) in result.stderr
+    recipe.write_text('search = "best-of-n"\n\n[options.prm]\nmodel = "/models/prm"\n')
+    result = run("solve", "--recipe", str(recipe), "q")
+    assert "[options.prm]: verifier prm is not part of this run (it runs backend transformers," in result.stderr
+    result = run("solve", "-o", "prn.model=x", "q")
+    assert "-o prn.model='x': no component is named prn; this run has transformers, best-of-n, step, confidence" in result.stderr
 
 
 def test_a_bad_value_is_refused_naming_its_component():
-    result = run("solve", "--search", "beam", "-o", "lookahead=-1", "q")
+    result = run("solve", "--search", "beam", "-o", "beam.lookahead=-1", "q")
     assert result.returncode == 2
+    assert "-o beam.lookahead=-1: must be a whole number >= 0 (an option of search beam)" in result.stderr
+    result = run("solve", "--search", "beam", "-o", "lookahead=-1", "q")
     assert "-o lookahead=-1: must be a whole number >= 0 (an option of search beam)" in result.stderr
 
 
 def test_a_run_takes_the_options_of_every_component_it_uses():
-    config = Config(search="beam", verifier="confidence", reflect=("marco",), options={"lookahead": 1, "marco_max": 2})
-    Runtime(config, backend=ScriptedBackend()).close()
-    with pytest.raises(UsageError, match="marco_max is an option of reflection marco, which this run does not use"):
+    config = Config(search="beam", verifier="confidence", reflect=("marco",), options={"lookahead": 1, "marco": {"max": 2}})
+    with Runtime(config, backend=ScriptedBackend()) as rt:
+        (marco,) = [trigger for _, trigger in rt.reflections(rt.config)]
+        assert marco.options.max == 2
+    with pytest.raises(UsageError, match=r"\[options.marco\]: reflection marco is not part of this run"):
         Runtime(config.replace(reflect=()), backend=ScriptedBackend())
+
+
+def test_a_component_without_options_takes_none():
+    class Plain(reason.Verifier):
+        def score(self, requests):
+            return [reason.Score(step_scores=[0.5] * len(r.steps)) for r in requests]
+
+    registry = load_plugins()
+    registry.add("verifier", "plain", Plain)
+    with pytest.raises(UsageError, match=r"-o plain.weight=1: plain has no option weight; it takes none"):
+        Runtime(Config(verifier="plain", options={"plain.weight": 1}), registry=registry, backend=ScriptedBackend())
 
 
 def test_sub_policies_options_count_as_the_runs():
@@ -134,36 +195,7 @@ def test_sub_policies_options_count_as_the_runs():
 
 
 def test_dataset_options_are_accepted_by_any_run():
-    Runtime(Config(options={"data_dir": "/data", "question_field": "q"}), backend=ScriptedBackend()).close()
-
-
-@pytest.fixture
-def structlog_defaults():
-    """structlog as an application that never configured it (another test may have run
-    the CLI's configure, whose level filter would drop the debug line)."""
-    saved = structlog.get_config()
-    structlog.reset_defaults()
-    yield
-    structlog.configure(**saved)
-
-
-def test_an_undeclared_component_makes_the_key_check_lenient_with_a_debug_log(structlog_defaults):
-    class Legacy(reason.Verifier):  # written before declarations: reads with config.option
-        def score(self, requests):
-            weight = self.config.option("legacy_weight", 0.5, float)
-            return [reason.Score(step_scores=[weight] * len(r.steps)) for r in requests]
-
-    registry = load_plugins()
-    registry.add("verifier", "legacy", Legacy)
-    config = Config(verifier="legacy", search="best-of-n", n=2, options={"legacy_weight": 0.25})
-    with structlog.testing.capture_logs() as logs, Runtime(config, registry=registry, backend=ScriptedBackend()) as rt:
-        assert rt.solve("q").score == 0.25
-    entries = [e for e in logs if e["event"].startswith("options not checked")]
-    assert entries  # once per check: when the Runtime is built and when a solve starts
-    for entry in entries:
-        assert entry["log_level"] == "debug" and entry["keys"] == ["legacy_weight"] and entry["components"] == ["verifier legacy"]
-    with pytest.raises(UsageError, match="must be a whole number >= 0"):  # declared keys are still checked
-        Runtime(config.replace(options={"lookahead": -1}, search="beam"), registry=registry, backend=ScriptedBackend())
+    Runtime(Config(options={"data_dir": "/data", "question_field": "q", "gsm8k.data_dir": "/d"}), backend=ScriptedBackend()).close()
 
 
 # -- what people read ------------------------------------------------------------------
@@ -172,15 +204,15 @@ def test_an_undeclared_component_makes_the_key_check_lenient_with_a_debug_log(st
 def test_reason_plugins_shows_every_components_options():
     result = run("plugins")
     assert result.returncode == 0, result.stderr
-    assert re.search(r"-o lookahead=int >= 0 +score each new step .* \(default 0\)", result.stdout)
-    assert re.search(r"-o final=top\|vote\|weighted-vote\|visits\|value +the answer among rollouts: .* \(default \"weighted-vote\"\)", result.stdout)
+    assert re.search(r"-o beam.lookahead=int >= 0 +score each new step .* \(default 0\)", result.stdout)
+    assert re.search(r"-o mcts.final=top\|vote\|weighted-vote\|visits\|value +the answer among rollouts: .* \(default \"weighted-vote\"\)", result.stdout)
     assert "no options: confidence" in result.stdout
     listed = json.loads(run("plugins", "--json").stdout)
     search = next(p for p in listed if p["name"] == "reason.plugins.search")
     assert search["options"]["search"]["greedy"] == []
-    assert {"name": "probe", "type": "int >= 1", "default": 2, "help": "cheap samples that measure a problem's difficulty"} in (
-        search["options"]["search"]["compute-optimal"]
-    )
+    assert {
+        "name": "probe", "type": "int >= 1", "default": 2, "help": "cheap samples that measure a problem's difficulty", "alias": "probe"
+    } in search["options"]["search"]["compute-optimal"]
 
 
 def test_the_readme_option_reference_is_generated_from_the_declarations():
@@ -191,15 +223,29 @@ def test_the_readme_option_reference_is_generated_from_the_declarations():
 
 def test_every_option_the_readme_mentions_is_declared():
     registry = load_plugins()
-    names = {o.name for kind in KINDS for name in registry.names(kind) for o in registry.declared_options(kind, name) or ()}
-    mentioned = set(re.findall(r"-o '?([a-z_]+)=", README.read_text())) - {"key"}  # "-o key=value" is the syntax
+    names = set()
+    for kind in KINDS:
+        for name in registry.names(kind):
+            cls = registry.declared_options(kind, name)
+            names |= {f"{name}.{o.name}" for o in cls.declared} | {cls.alias(o) for o in cls.declared}
+    mentioned = set(re.findall(r"-o '?([a-z_.-]+)=", README.read_text()))
+    mentioned -= {"key", "format.number_score"}  # the syntax; the example plugin's option (tests/test_example_plugin.py)
     assert mentioned and mentioned <= names, sorted(mentioned - names)
 
 
 def test_an_injected_backend_is_named_by_its_class():
     with pytest.raises(UsageError, match=r"max_batch is an option of backend transformers, which this run does not use \(it runs backend ScriptedBackend,"):
         Runtime(Config(options={"max_batch": 2}), backend=ScriptedBackend())
+    with pytest.raises(UsageError, match=r"backend transformers is not part of this run \(it runs backend ScriptedBackend,"):
+        Runtime(Config(options={"transformers.max_batch": 2}), backend=ScriptedBackend())
 
 
 def test_a_none_option_is_unset_not_unknown():
     Runtime(Config(options={"no_such_option": None}), backend=ScriptedBackend()).close()
+
+
+def test_every_shipped_recipe_passes_the_runs_check():
+    recipes = sorted((Path(__file__).resolve().parent.parent / "examples" / "recipes").glob("*.toml"))
+    assert len(recipes) >= 9
+    for recipe in recipes:
+        Runtime(Config.from_recipe(recipe), backend=ScriptedBackend()).close()

@@ -74,7 +74,7 @@ def test_options_are_checked_before_any_model_loads():
         PRMVerifier(Config(options={"prm_batch_size": 0}))
     with pytest.raises(UsageError, match="does not exist"):
         PRMVerifier(Config(options={"prm_model": "/no/such/prm"}))
-    with pytest.raises(UsageError, match="prm_separator"):
+    with pytest.raises(UsageError, match="prm.separator"):
         PRMVerifier(Config(options={"prm_format": "generic", "prm_separator": ""}))
 
 
@@ -86,6 +86,8 @@ def test_qwen_format_refuses_a_gguf_model():
 def test_unknown_format_through_the_runtime_is_a_usage_error():
     with pytest.raises(UsageError, match="prm_format='nope': must be one of auto, generic"):
         Runtime(Config(verifier="prm", options={"prm_format": "nope"}), backend=ScriptedBackend()).solve("q")
+    with pytest.raises(UsageError, match=r"-o prm.format='nope': must be one of auto, generic.* \(an option of verifier prm\)"):
+        Runtime(Config(verifier="prm", options={"prm": {"format": "nope"}}), backend=ScriptedBackend()).solve("q")
 
 
 # -- the embedded model's weights ----------------------------------------------------------

@@ -19,6 +19,7 @@ from reason.plugins.verifiers.prm_formats import (
     QwenFormat,
     RLHFlowFormat,
     guess_format,
+    FormatOptions,
     make_format,
 )
 
@@ -61,7 +62,7 @@ def test_generic_reads_at_each_separator(tokenizer):
 
 
 def test_generic_custom_separator_reads_its_last_visible_character(tokenizer):
-    fmt = make_format("generic", {"prm_separator": " ки\\n", "prm_good_token": "+", "prm_bad_token": "-"})
+    fmt = make_format("generic", FormatOptions(separator=" ки\\n", good_token="+", bad_token="-"))
     assert fmt.separator == " ки\n"  # the CLI's escaped \n means a newline
     encoded = fmt.encode(tokenizer, QUESTION, STEPS)
     for step, pos in zip(STEPS, encoded.positions):
@@ -145,14 +146,14 @@ def test_empty_and_whitespace_steps_still_get_a_position(tokenizer, tagged_token
 
 
 def test_bad_generic_options_are_usage_errors(tokenizer):
-    with pytest.raises(UsageError, match="prm_separator"):
-        make_format("generic", {"prm_separator": ""})
+    with pytest.raises(UsageError, match="-o prm.separator"):
+        make_format("generic", FormatOptions(separator=""))
     with pytest.raises(UsageError, match="different"):
-        make_format("generic", {"prm_good_token": "+", "prm_bad_token": "+"})
-    with pytest.raises(UsageError, match="prm_good_token"):
-        make_format("generic", {"prm_good_token": "definitely correct"}).labels(tokenizer)
-    with pytest.raises(UsageError, match="unknown prm_format"):
-        make_format("orm", {})
+        make_format("generic", FormatOptions(good_token="+", bad_token="+"))
+    with pytest.raises(UsageError, match="prm.good_token"):
+        make_format("generic", FormatOptions(good_token="definitely correct")).labels(tokenizer)
+    with pytest.raises(UsageError, match="unknown format 'orm'"):
+        make_format("orm", FormatOptions())
 
 
 def test_guess_format_from_model_names():

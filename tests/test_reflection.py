@@ -13,7 +13,7 @@ from reason.registry import get_registry
 
 
 def solve(backend, question="q", **config):
-    runtime = Runtime(Config(**config), backend=backend)
+    runtime = Runtime(Config().replace(**config), backend=backend)
     events = []
     runtime.subscribe(lambda e: events.append(e) if isinstance(e, ReflectionInjected) else None)
     (solution,) = runtime.solve_many([question])

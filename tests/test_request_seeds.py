@@ -41,7 +41,7 @@ def solve(search="dvts", backend=None, seed=0, **config):
     backend = backend or ScriptedBackend(seeded_script())
     settings = dict(search=search, verifier="test-tags", n=8, beam_width=2, seed=seed)
     settings.update(config)
-    (solution,) = Runtime(Config(**settings), backend=backend).solve_many(["q"])
+    (solution,) = Runtime(Config().replace(**settings), backend=backend).solve_many(["q"])
     return solution, backend
 
 
@@ -81,7 +81,6 @@ def test_without_a_seed_requests_stay_unseeded():
 class TwiceFromTheRoot(SearchPolicy):
     """Completes the root twice, one request after the other: a rollout repeated."""
 
-    options = ()
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         first = await ctx.complete(ctx.root, 1)

@@ -19,16 +19,17 @@ from reason.registry import get_registry, load_plugins
 class Constant(reason.Verifier):
     """Scores every step ``constant``; counts how many were built."""
 
-    options = (Option("constant", float, 0.5, minimum=0, maximum=1, help="the score"),)
-    config_fields = ()
+    class Options(reason.Options):
+        constant = Option(float, 0.5, minimum=0, maximum=1, help="the score")
+
     built = 0
     threads: list[str] = []
 
-    def __init__(self, config, arg=None):
-        super().__init__(config, arg)
+    def __init__(self, config, arg=None, **kwargs):
+        super().__init__(config, arg, **kwargs)
         Constant.built += 1
         Constant.threads.append(threading.current_thread().name)
-        self.value = self.option("constant")
+        self.value = self.options.constant
 
     def score(self, requests):
         return [reason.Score(step_scores=[self.value] * len(r.steps)) for r in requests]
@@ -48,8 +49,9 @@ def test_two_solves_with_different_options_use_different_options(registry):
         assert rt.solve("q").score == 0.5
         assert rt.solve("q", options={"constant": 0.2}).score == 0.2
         assert rt.solve("q", options={"constant": 0.9}).score == 0.9
+        assert rt.solve("q", options={"constant.constant": 0.9}).score == 0.9  # the same options: the same verifier
         assert rt.solve("q").score == 0.5  # the first verifier is kept, not rebuilt
-        assert rt.solve("q", n=3, temperature=0.1).score == 0.5  # nor for settings it does not read
+        assert rt.solve("q", n=3, temperature=0.1, seed=4).score == 0.5  # nor for a solve's own settings
         assert Constant.built == 3
 
 
@@ -61,36 +63,37 @@ def test_a_splitter_follows_the_config_fields_it_reads():
         assert rt.splitter(wide.replace(n=9)) is rt.splitter(wide)
 
 
-def test_an_undeclared_component_is_rebuilt_for_any_other_config(registry):
-    class Legacy(reason.Verifier):
+def test_a_component_without_options_is_kept_across_solves_and_rebuilt_for_other_settings(registry):
+    """What a solve may change (seed, n, temperature ...) reaches a kept verifier with each
+    request; the other Config fields may change what it is, so they get another one."""
+
+    class Plain(reason.Verifier):
         def score(self, requests):
             return [reason.Score(step_scores=[0.5] * len(r.steps)) for r in requests]
 
-    registry.add("verifier", "legacy", Legacy)
-    with Runtime(Config(verifier="legacy"), registry=registry, backend=ScriptedBackend()) as rt:
-        assert rt.verifier(rt.config) is rt.verifier(rt.config.replace())
-        assert rt.verifier(rt.config.replace(n=9)) is not rt.verifier(rt.config)
+    registry.add("verifier", "plain", Plain)
+    with Runtime(Config(verifier="plain"), registry=registry, backend=ScriptedBackend()) as rt:
+        assert rt.verifier(rt.config) is rt.verifier(rt.config.replace(n=9, seed=3, temperature=0.1, max_tokens=7))
+        assert rt.verifier(rt.config.replace(step_tokens=9)) is not rt.verifier(rt.config)
 
 
 def test_a_long_lived_runtime_keeps_a_bounded_number_of_variants(registry):
-    """A server whose requests each set a seed must not keep one undeclared component per
+    """A server whose requests each set verifier options must not keep one verifier per
     request: the least recently used variant is let go, the ones in use stay."""
     from reason.component_cache import VARIANTS_KEPT
 
-    class Legacy(reason.Verifier):
-        def score(self, requests):
-            return [reason.Score(step_scores=[0.5] * len(r.steps)) for r in requests]
+    def variant(s):
+        return rt.config.replace(options={"constant": s / 1000})
 
-    registry.add("verifier", "legacy", Legacy)
-    with Runtime(Config(verifier="legacy"), registry=registry, backend=ScriptedBackend()) as rt:
+    with Runtime(Config(verifier="constant"), registry=registry, backend=ScriptedBackend()) as rt:
         first = rt.verifier(rt.config)
-        seeds = [rt.verifier(rt.config.replace(seed=s)) for s in range(1, VARIANTS_KEPT)]
+        variants = [rt.verifier(variant(s)) for s in range(1, VARIANTS_KEPT)]
         assert rt.verifier(rt.config) is first  # 16 kept: the first is still there, now recent
-        rt.verifier(rt.config.replace(seed=1000))  # the 17th lets the least recent (seed 1) go
+        rt.verifier(variant(1000))  # the 17th lets the least recent (1) go
         assert rt.verifier(rt.config) is first
-        assert rt.verifier(rt.config.replace(seed=2)) is seeds[1]
-        assert rt.verifier(rt.config.replace(seed=1)) is not seeds[0]
-        kept = [k for k in rt._cache._built if k[:2] == ("verifier", "legacy")]
+        assert rt.verifier(variant(2)) is variants[1]
+        assert rt.verifier(variant(1)) is not variants[0]
+        kept = [k for k in rt._cache._built if k[:2] == ("verifier", "constant")]
         assert len(kept) == VARIANTS_KEPT
 
 
@@ -102,20 +105,15 @@ def test_a_verifier_let_go_by_the_cache_takes_its_worker_thread_with_it(registry
 
     from reason.component_cache import VARIANTS_KEPT
 
-    class Legacy(reason.Verifier):
-        def score(self, requests):
-            return [reason.Score(step_scores=[0.5] * len(r.steps)) for r in requests]
-
     def threads():
-        return {t.name for t in threading.enumerate() if t.name.startswith("reason-verifier-legacy")}
+        return {t.name for t in threading.enumerate() if t.name.startswith("reason-verifier-constant")}
 
-    registry.add("verifier", "legacy", Legacy)
-    with Runtime(Config(search="best-of-n", n=2, verifier="legacy", seed=0), registry=registry, backend=ScriptedBackend()) as rt:
+    with Runtime(Config(search="best-of-n", n=2, verifier="constant", seed=0), registry=registry, backend=ScriptedBackend()) as rt:
         rt.solve("q")
         first = weakref.ref(rt.verifier(rt.config))
         assert threads(), "scoring started the verifier's worker thread"
         for s in range(1, VARIANTS_KEPT + 1):  # newer variants push the first one out
-            rt.verifier(rt.config.replace(seed=s))
+            rt.verifier(rt.config.replace(options={"constant": s / 1000}))
         gc.collect()
         assert first() is None
         deadline = time.time() + 10
@@ -127,7 +125,7 @@ def test_a_verifier_let_go_by_the_cache_takes_its_worker_thread_with_it(registry
 
 def test_a_runtimes_backend_settings_are_fixed():
     rt = Runtime(Config())  # the backend is built on first use: nothing loads here
-    with pytest.raises(UsageError, match="backend is fixed when it is built; this run changes -o max_batch"):
+    with pytest.raises(UsageError, match="backend is fixed when it is built; this run changes -o transformers.max_batch"):
         rt.validate(rt.config.replace(options={"max_batch": 2}))
     with pytest.raises(UsageError, match="this run changes model"):
         rt.validate(rt.config.replace(model="/elsewhere"))
@@ -138,7 +136,6 @@ def test_a_runtimes_backend_settings_are_fixed():
 class Spy(reason.SearchPolicy):
     """Records the context it ran in, then answers greedily."""
 
-    options = ()
     seen: list = []
 
     async def run(self, ctx):

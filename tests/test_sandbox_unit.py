@@ -319,7 +319,7 @@ def test_limits_reject_nonsense():
 def test_verifier_options_and_colon_argument():
     verifier = SandboxVerifier(Config(options={"sandbox_workers": 3, "sandbox_memory": 128}), "2.5")
     assert verifier.timeout_s == 2.5 and verifier.workers == 3 and verifier.pool_size == 3 and verifier.memory_mb == 128
-    with pytest.raises(UsageError, match="sandbox_timeout"):
+    with pytest.raises(UsageError, match="sandbox.timeout"):
         SandboxVerifier(Config(), "soon")
     with pytest.raises(UsageError):
         SandboxVerifier(Config(options={"sandbox_workers": 0}))

@@ -22,7 +22,7 @@ def run(tasks=("q",), script=None, **config):
     backend = ScriptedBackend(script or tagged_steps_script(finish_depth=4))
     settings = dict(search="beam", verifier="test-tags", n=6, beam_width=2)
     settings.update(config)
-    runtime = Runtime(Config(**settings), backend=backend)
+    runtime = Runtime(Config().replace(**settings), backend=backend)
     return runtime.solve_many(list(tasks)), backend
 
 

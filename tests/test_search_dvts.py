@@ -19,7 +19,7 @@ def run(tasks=("q",), finish_depth=4, **config):
     backend = ScriptedBackend(tagged_steps_script(finish_depth=finish_depth))
     settings = dict(search="dvts", verifier="test-tags", n=6, beam_width=2)
     settings.update(config)
-    runtime = Runtime(Config(**settings), backend=backend)
+    runtime = Runtime(Config().replace(**settings), backend=backend)
     return runtime.solve_many(list(tasks)), backend
 
 

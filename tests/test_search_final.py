@@ -1,15 +1,13 @@
 """The ``final`` choice every tree search declares (``-o final=top|vote|weighted-vote``):
 one set of candidates where the three rules disagree, and the option reaching the policy."""
 
-import types
-
 import pytest
 from scripted import ScriptedBackend
 from search_helpers import register_tag_verifier, tagged_steps_script, unregister_tag_verifier
 
 from reason import Config, Runtime
 from reason.errors import UsageError
-from reason.plugins.search.common import choose
+from reason.plugins.search.common import choose, final_rule
 from reason.types import Candidate
 
 # top score: "A" (0.95); most votes: "B" (3); largest score sum: "C" (0.5 + 0.5 = 1.0).
@@ -23,29 +21,26 @@ CANDIDATES = [
 ]
 
 
-def ctx(weighted=False):
-    return types.SimpleNamespace(config=types.SimpleNamespace(weighted=weighted))
-
-
 @pytest.mark.parametrize(("final", "answer"), [("top", "A"), ("vote", "B"), ("weighted-vote", "C")])
 def test_each_rule_picks_its_own_answer(final, answer):
-    chosen, meta = choose(ctx(), CANDIDATES, final)
+    chosen, meta = choose(CANDIDATES, final)
     assert chosen.answer == answer
     assert meta["final"] == final
 
 
 def test_unset_follows_weighted():
-    assert choose(ctx(weighted=False), CANDIDATES)[0].answer == "A"
-    assert choose(ctx(weighted=True), CANDIDATES)[0].answer == "C"
+    assert choose(CANDIDATES, final_rule(None, weighted=False))[0].answer == "A"
+    assert choose(CANDIDATES, final_rule(None, weighted=True))[0].answer == "C"
+    assert final_rule("vote", weighted=True) == "vote"
 
 
 def test_weights_replace_the_scores():
     weights = [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]  # particle weights, say
-    assert choose(ctx(), CANDIDATES, "top", weights)[0].node_id == 6
+    assert choose(CANDIDATES, "top", weights)[0].node_id == 6
 
 
 def test_no_candidates_is_no_choice():
-    assert choose(ctx(), [], "vote")[0] is None
+    assert choose([], "vote")[0] is None
 
 
 @pytest.fixture
@@ -58,7 +53,7 @@ def tag_verifier():
 @pytest.mark.parametrize("search", ["beam", "dvts", "mcts"])
 @pytest.mark.parametrize("final", ["top", "vote", "weighted-vote"])
 def test_the_option_reaches_every_tree_search(tag_verifier, search, final):
-    config = Config(search=search, verifier="test-tags", n=4, beam_width=2, options={"final": final})
+    config = Config(search=search, verifier="test-tags", n=4, options={"final": final, "beam_width": 2})
     runtime = Runtime(config, backend=ScriptedBackend(tagged_steps_script(finish_depth=3)))
     (solution,) = runtime.solve_many(["q"])
     assert solution.meta["final"] == final

@@ -36,7 +36,7 @@ def run(script=None, tasks=("q",), **config):
     backend = ScriptedBackend(script or tagged_steps_script(finish_depth=4))
     settings = dict(search="particle-filtering", verifier="test-tags", n=6, seed=0)
     settings.update(config)
-    runtime = Runtime(Config(**settings), backend=backend)
+    runtime = Runtime(Config().replace(**settings), backend=backend)
     return runtime.solve_many(list(tasks)), backend
 
 

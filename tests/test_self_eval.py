@@ -30,7 +30,7 @@ def test_fill_places_question_previous_and_latest_step():
 def test_bad_options_are_usage_errors():
     with pytest.raises(UsageError, match="self_eval_scope"):
         SelfEvalVerifier(Config(options={"self_eval_scope": "paragraph"}))
-    with pytest.raises(UsageError, match="self_eval_prompt"):
+    with pytest.raises(UsageError, match="self-eval.prompt"):
         SelfEvalVerifier(Config(options={"self_eval_prompt": "Is it right?"}))
     with pytest.raises(UsageError, match="does not exist"):
         SelfEvalVerifier(Config(options={"self_eval_model": "./no/such/model"}))

@@ -46,10 +46,11 @@ def _reads_n(config: Any) -> bool:
 
     try:
         registration, _ = get_registry().lookup("search", config.search)
-        fields = getattr(registration.factory, "config_fields", None)
     except Exception:  # noqa: BLE001 -- an unknown search fails with its own message later
         return True
-    return fields is None or "n" in fields
+    factory = registration.factory
+    target = factory.resolve() if hasattr(factory, "resolve") else factory  # a lazy registration's class
+    return bool(getattr(target, "reads_n", True))
 
 
 def _default_out(spec: str, config: Any) -> Path:

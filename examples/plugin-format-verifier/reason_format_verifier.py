@@ -2,7 +2,7 @@
 
 It rewards paths whose steps move towards a well-formed final answer: a step scores 1.0
 when it states the answer as ``\\boxed{...}``, 0.5 when it contains a number (``-o
-format_number_score=...``), else 0.2. Crude, but it shows the whole plugin surface: a
+format.number_score=...``), else 0.2. Crude, but it shows the whole plugin surface: a
 verifier class with a declared option, its registration, an event observer, and a CLI
 command, installed as a separate package through the ``reason`` entry-point group.
 
@@ -25,20 +25,16 @@ STATS = {"paths_scored": 0}
 
 
 class FormatVerifier(reason.Verifier):
-    options = (
-        reason.Option("format_number_score", float, 0.5, minimum=0, maximum=1, help="score of a step with a number but no boxed answer"),
-    )
-    config_fields = ()  # reads no Config field: one verifier serves every solve with the same options
+    class Options(reason.Options):
+        number_score = reason.Option(float, 0.5, minimum=0, maximum=1, help="score of a step with a number but no boxed answer")
 
-    def __init__(self, config, arg=None):
-        super().__init__(config, arg)
-        self.number_score = self.option("format_number_score")
+    options: Options
 
     def score(self, requests):
         scores = []
         for request in requests:
             per_step = [
-                1.0 if _BOXED.search(step.text) else self.number_score if _NUMBER.search(step.text) else 0.2
+                1.0 if _BOXED.search(step.text) else self.options.number_score if _NUMBER.search(step.text) else 0.2
                 for step in request.steps
             ]
             scores.append(reason.Score(step_scores=per_step))

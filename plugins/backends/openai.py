@@ -53,6 +53,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+import reason
 from reason.aio import gather_all
 from reason.components import Backend
 from reason.errors import BackendError, UsageError
@@ -94,26 +95,27 @@ def normalize_base_url(url: str) -> str:
 class OpenAIBackend(Backend):
     """Policy backend on an OpenAI-compatible ``/v1/completions`` endpoint."""
 
-    options = (
-        Option("base_url", str, None, help=f"the server, e.g. http://127.0.0.1:8000/v1 [$OPENAI_BASE_URL, {DEFAULT_BASE_URL}]"),
-        Option("api_key", str, None, help="the server's API key [$OPENAI_API_KEY]"),
-        Option("tokenizer", str, None, help="tokenizer (HF dir or id) for the chat template [the server's]"),
-        Option("timeout", float, 300.0, minimum=0.001, help="seconds one HTTP request may take"),
-        Option("max_concurrency", int, 16, minimum=1, help="HTTP requests in flight, from all callers together"),
-        Option("max_retries", int, 3, minimum=0, help="retries on timeouts, 429 and 5xx"),
-        Option("retry_backoff", float, 0.5, minimum=0, help="seconds before the first retry (doubling)"),
-    )
+    class Options(reason.Options):
+        base_url = Option(str, None, help=f"the server, e.g. http://127.0.0.1:8000/v1 [$OPENAI_BASE_URL, {DEFAULT_BASE_URL}]")
+        api_key = Option(str, None, help="the server's API key [$OPENAI_API_KEY]")
+        tokenizer = Option(str, None, help="tokenizer (HF dir or id) for the chat template [the server's]")
+        timeout = Option(float, 300.0, minimum=0.001, help="seconds one HTTP request may take")
+        max_concurrency = Option(int, 16, minimum=1, help="HTTP requests in flight, from all callers together")
+        max_retries = Option(int, 3, minimum=0, help="retries on timeouts, 429 and 5xx")
+        retry_backoff = Option(float, 0.5, minimum=0, help="seconds before the first retry (doubling)")
+
+    options: Options
     continuous = True
 
-    def __init__(self, config: Any, arg: str | None = None) -> None:
-        super().__init__(config, arg)
-        self.base_url = normalize_base_url(str(self.option("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL))
-        self.api_key = self.option("api_key") or os.environ.get("OPENAI_API_KEY") or None
-        self.tokenizer_spec = self.option("tokenizer")
-        self.timeout = self.option("timeout")
-        self.max_concurrency = self.option("max_concurrency")
-        self.max_retries = self.option("max_retries")
-        self.backoff = self.option("retry_backoff")
+    def __init__(self, config: Any, arg: str | None = None, **kwargs: Any) -> None:
+        super().__init__(config, arg, **kwargs)
+        self.base_url = normalize_base_url(str(self.options.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL))
+        self.api_key = self.options.api_key or os.environ.get("OPENAI_API_KEY") or None
+        self.tokenizer_spec = self.options.tokenizer
+        self.timeout = self.options.timeout
+        self.max_concurrency = self.options.max_concurrency
+        self.max_retries = self.options.max_retries
+        self.backoff = self.options.retry_backoff
         self._model: str | None = arg or config.model or None
         self._served: list[str] | None = None
         self._owners: dict[str, str] = {}

@@ -52,6 +52,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import reason
 from reason.aio import LoopThread
 from reason.components import Backend
 from reason.errors import BackendError, UsageError
@@ -87,43 +88,42 @@ class VLLMBackend(StepRecorder, Backend):
 
     stats: VLLMStats
 
-    options = (
-        Option("tensor_parallel_size", int, 1, minimum=1, help="GPUs one model is split over"),
-        Option(
-            "gpu_memory_utilization",
+    class Options(reason.Options):
+        tensor_parallel_size = Option(int, 1, minimum=1, help="GPUs one model is split over")
+        gpu_memory_utilization = Option(
             float,
             None,
             minimum=0.01,
             maximum=1,
             help="share of GPU memory vLLM takes (of RAM on CPU) [0.9; 0.3 on CPU]",
-        ),
-        Option("max_model_len", int, None, minimum=1, help="context length [the model's]"),
-        Option("enforce_eager", bool, None, help="no CUDA graphs [false on GPU, true on CPU]"),
-        Option(
-            "block_size",
+        )
+        max_model_len = Option(int, None, minimum=1, help="context length [the model's]")
+        enforce_eager = Option(bool, None, help="no CUDA graphs [false on GPU, true on CPU]")
+        block_size = Option(
             int,
             None,
             minimum=1,
             help="KV block tokens: prefix caching reuses whole blocks [vLLM's 16 on GPU; 32 on CPU, its smallest]",
-        ),
-        Option("tokenizer", str, None, help="tokenizer (HF dir or id) [the model's]"),
-        Option("dtype", str, None, help="weights dtype: auto, float32, bfloat16, float16 [--dtype, else auto]"),
-    )
+        )
+        tokenizer = Option(str, None, help="tokenizer (HF dir or id) [the model's]")
+        dtype = Option(str, None, help="weights dtype: auto, float32, bfloat16, float16 [--dtype, else auto]")
 
-    def __init__(self, config: Any, arg: str | None = None) -> None:
-        super().__init__(config, arg)
+    options: Options
+
+    def __init__(self, config: Any, arg: str | None = None, **kwargs: Any) -> None:
+        super().__init__(config, arg, **kwargs)
         if not vllm_installed():
             raise UsageError(
                 f"backend vllm: the vllm package is not installed; install it with {INSTALL_HINT}, "
                 "or use --backend openai to reach a vLLM server, or --backend transformers"
             )
-        self.tensor_parallel_size = self.option("tensor_parallel_size")
-        self.gpu_memory_utilization = self.option("gpu_memory_utilization")
-        self.max_model_len = self.option("max_model_len")
-        self.enforce_eager = self.option("enforce_eager")
-        self.block_size = self.option("block_size")
-        self.tokenizer_spec = self.option("tokenizer")
-        dtype = str(self.option("dtype") or config.dtype or "auto")
+        self.tensor_parallel_size = self.options.tensor_parallel_size
+        self.gpu_memory_utilization = self.options.gpu_memory_utilization
+        self.max_model_len = self.options.max_model_len
+        self.enforce_eager = self.options.enforce_eager
+        self.block_size = self.options.block_size
+        self.tokenizer_spec = self.options.tokenizer
+        dtype = str(self.options.dtype or config.dtype or "auto")
         if dtype.lower() not in _DTYPES:
             raise UsageError(f"backend vllm: dtype {dtype!r}: choose one of auto, float32, bfloat16, float16")
         self.dtype = _DTYPES[dtype.lower()]

@@ -8,17 +8,9 @@ token budget) moves to the completed set. The last of ``max_steps`` rounds compl
 every remaining path to the end. The answer is chosen among the completed paths by
 ``final``.
 
-Options (``[options]`` / ``-o``):
-
-- ``lookahead`` (0): score each new step by a greedy (T=0) continuation of k more
-  steps, as search-and-learn does; the continuation is recorded and pruned.
-- ``dedup`` (false): drop new paths whose text repeats one already kept this round.
-- ``final`` (top | vote | weighted-vote): the best-scored completed path, the most
-  frequent answer, or the answer whose paths' scores sum highest. Unset, today's rule:
-  ``weighted-vote`` with ``--weighted``, else ``top`` (so existing runs and recipes
-  choose as before). With a weak verifier prefer a vote: on the quality table beam's
-  paths collapse onto few answers and every rule got 32% on GSM8K, while DVTS's top
-  path lost to its weighted vote (26% vs 34%).
+The final rule (``-o beam.final``) matters with a weak verifier: on the quality table
+beam's paths collapse onto few answers and every rule got 32% on GSM8K, while DVTS's top
+path lost to its weighted vote (26% vs 34%). ``reason plugins`` lists the options.
 """
 
 from __future__ import annotations
@@ -26,35 +18,30 @@ from __future__ import annotations
 from reason import Node, SearchContext, SearchOutcome, SearchPolicy
 from reason.options import Option
 
-from .common import choose, distribute, final_option, is_finished, reflect_on_scores
+from .common import Steps, Weighted, choose, distribute, final_option, final_rule, is_finished, reflect_on_scores
 
 
 class BeamSearch(SearchPolicy):
-    options = (
-        Option("lookahead", int, 0, minimum=0, help="score each new step by a greedy continuation of k more steps"),
-        Option("dedup", bool, False, help="drop new paths whose text repeats one already kept this round"),
-        final_option(
-            None,
-            "the answer among completed paths: top score, vote, or score-weighted vote [weighted-vote with --weighted, else top]",
-        ),
-    )
+    class Options(Steps, Weighted):
+        width = Option(
+            int, 4, minimum=1, alias="beam_width", help="M: each kept path is expanded M times, N/M are kept [--beam-width]"
+        )
+        lookahead = Option(int, 0, minimum=0, help="score each new step by a greedy continuation of k more steps")
+        dedup = Option(bool, False, help="drop new paths whose text repeats one already kept this round")
+        final = final_option(None, "the answer among completed paths: top score, vote, or score-weighted vote [--weighted]")
 
-    def __init__(self, config, arg=None):
-        super().__init__(config, arg)
-        self.lookahead = self.option("lookahead")
-        self.dedup = self.option("dedup")
-        self.final = self.option("final")
+    options: Options
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
-        n, m = ctx.config.n, ctx.config.beam_width
+        n, m = ctx.config.n, self.options.width
         keep = max(1, n // m)
         plan: list[tuple[Node, int]] = [(ctx.root, n)]
         completed: list[tuple[Node, float]] = []
         score_of: dict[int, float] = {}
         rounds = 0
-        for round_index in range(ctx.config.max_steps):
+        for round_index in range(self.options.max_steps):
             rounds += 1
-            last = round_index == ctx.config.max_steps - 1
+            last = round_index == self.options.max_steps - 1
             grown = await ctx.gather(*((ctx.complete if last else ctx.expand)(node, count) for node, count in plan))
             children: list[Node] = []
             for (node, _), kids in zip(plan, grown):
@@ -77,7 +64,7 @@ class BeamSearch(SearchPolicy):
                     completed.append((child, score_of[child.id]))
                 else:
                     open_.append(child)
-            if self.dedup:
+            if self.options.dedup:
                 open_ = self._dedup(ctx, open_)
             if not open_:
                 break
@@ -88,13 +75,13 @@ class BeamSearch(SearchPolicy):
 
         completed.sort(key=lambda pair: pair[1], reverse=True)
         candidates = [ctx.candidate(node, score) for node, score in completed[:n]]
-        chosen, meta = choose(ctx, candidates, self.final)
+        chosen, meta = choose(candidates, final_rule(self.options.final, self.options.weighted))
         meta.update(rounds=rounds, completed=len(completed), keep=keep, expansions=m)
         return SearchOutcome(candidates=candidates, chosen=chosen, meta=meta)
 
     async def _score(self, ctx: SearchContext, children: list[Node], last: bool) -> list[float]:
         """Score each new path, through its greedy lookahead when one is configured."""
-        if not self.lookahead or last:
+        if not self.options.lookahead or last:
             return await ctx.score(children)
         targets = await ctx.gather(*(self._look_ahead(ctx, child) for child in children))
         scores = await ctx.score(targets)
@@ -105,7 +92,7 @@ class BeamSearch(SearchPolicy):
 
     async def _look_ahead(self, ctx: SearchContext, child: Node) -> Node:
         node = child
-        for _ in range(self.lookahead):
+        for _ in range(self.options.lookahead):
             if is_finished(ctx, node):
                 break
             kids = await ctx.expand(node, 1, temperature=0.0)

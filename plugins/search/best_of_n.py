@@ -10,16 +10,17 @@ mean), as in the PRM literature.
 
 from reason import SearchContext, SearchOutcome, SearchPolicy
 
-from .common import choose, reflect_on_scores
+from .common import Weighted, choose, final_rule, reflect_on_scores
 
 
 class BestOfN(SearchPolicy):
-    options = ()
+    Options = Weighted
+    options: Weighted
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         leaves = await ctx.complete(ctx.root, ctx.config.n)
         scores = await ctx.score(leaves)
         leaves, scores = await reflect_on_scores(ctx, leaves, scores)  # on-verifier-fail
         candidates = [ctx.candidate(leaf, score) for leaf, score in zip(leaves, scores)]
-        chosen, meta = choose(ctx, candidates)
+        chosen, meta = choose(candidates, final_rule(None, self.options.weighted))
         return SearchOutcome(candidates=candidates, chosen=chosen, meta=meta)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import reason
 from reason import Candidate, Node, SearchContext, answers
 from reason.options import Option
 
@@ -47,16 +48,32 @@ FINALS = ("top", "vote", "weighted-vote")
 _RULES = {"top": "naive", "vote": "majority", "weighted-vote": "weighted"}
 
 
-def final_option(default: str | None, help: str, extra: Sequence[str] = ()) -> Option:
+def final_option(default: str | None, help: str, extra: Sequence[str] = ()) -> Option[str | None]:  # noqa: A002
     """The ``final`` option a tree search declares: :data:`FINALS` (plus ``extra``
     policy-specific choices), with the policy's default and help."""
-    return Option("final", str, default, choices=(*FINALS, *extra), help=help)
+    return Option(str, default, choices=(*FINALS, *extra), help=help)
+
+
+class Steps(reason.Options):
+    """The options of every search that grows paths a step per round."""
+
+    max_steps = Option(int, 40, minimum=1, help="rounds of step-level search; the last one completes every path [--max-steps]")
+
+
+class Weighted(reason.Options):
+    """The options of a search whose final rule defaults to best-of-N's."""
+
+    weighted = Option(bool, False, help="choose by score-weighted vote instead of the top score [--weighted]")
+
+
+def final_rule(final: str | None, weighted: bool) -> str:
+    """``final``, or best-of-N's rule where it is unset: ``weighted-vote`` with ``weighted``, else ``top``."""
+    return final or ("weighted-vote" if weighted else "top")
 
 
 def choose(
-    ctx: SearchContext,
     candidates: Sequence[Candidate],
-    final: str | None = None,
+    final: str,
     weights: Sequence[float] | None = None,
 ) -> tuple[Candidate | None, dict]:
     """The final choice among scored candidates, by ``final``:
@@ -64,14 +81,11 @@ def choose(
     - ``top``: the highest score (naive best-of-N);
     - ``vote``: the most frequent answer (self-consistency), then its best candidate;
     - ``weighted-vote``: the answer whose candidates' scores sum highest, then its best
-      candidate (search-and-learn's weighted best-of-N);
-    - None: ``weighted-vote`` with ``config.weighted``, else ``top`` (best-of-N's rule).
+      candidate (search-and-learn's weighted best-of-N).
 
     ``weights`` replace the scores in the ranking and the sums (particle filtering
     weighs by its particle weights). The rules are :func:`reason.answers.choose`'s, the
     ones ``reason eval`` measures."""
-    if final is None:
-        final = "weighted-vote" if ctx.config.weighted else "top"
     if not candidates:
         return None, {"mode": "none", "final": final}
     mode = _RULES[final]

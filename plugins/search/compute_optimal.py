@@ -6,7 +6,8 @@ helps, per problem.
    share of the probe samples).
 2. *Choose*: the first row of ``table`` whose ``max_difficulty`` is >= that difficulty
    gives the strategy and N (any other :class:`~reason.config.Config` field in the row,
-   e.g. ``beam_width`` or ``verifier``, is applied too; not the backend's fields, since
+   e.g. ``verifier``, is applied too, and ``beam_width``, ``max_steps`` and ``weighted``
+   set those options of the row's search; not the backend's fields, since
    the strategy runs on the run's model, nor ``options``, which are the run's).
 3. *Run* the chosen strategy on the same tree (through ``ctx.run_policy``, which asks
    the runtime for the policy and its components) and return its answer. The probe's
@@ -41,9 +42,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import reason
 from reason import Config, SearchContext, SearchOutcome, SearchPolicy
 from reason.answers import vote
 from reason.component_cache import BACKEND_FIELDS
+from reason.config import MOVED
 from reason.errors import UsageError
 from reason.options import Option
 
@@ -64,7 +67,7 @@ def parse_table(raw: Any) -> list[dict[str, Any]]:
         raise UsageError(
             'compute-optimal: -o table must be a non-empty list of rows like [{max_difficulty=1.0, search="beam", n=8}]'
         )
-    fields = Config.field_names() - {"options", *BACKEND_FIELDS}  # a sub-policy runs on the run's model
+    fields = (Config.field_names() | set(MOVED)) - {"options", *BACKEND_FIELDS}  # a sub-policy runs on the run's model
     rows = []
     for row in raw:
         if not isinstance(row, Mapping) or "search" not in row or "max_difficulty" not in row:
@@ -97,22 +100,22 @@ def strategy(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class ComputeOptimal(SearchPolicy):
-    options = (
-        Option("probe", int, 2, minimum=1, help="cheap samples that measure a problem's difficulty"),
-        Option("probe_tokens", int, None, minimum=1, help="token cap of a probe sample [--max-tokens]"),
-        Option(
-            "table",
+    class Options(reason.Options):
+        probe = Option(int, 2, minimum=1, help="cheap samples that measure a problem's difficulty")
+        probe_tokens = Option(int, None, minimum=1, help="token cap of a probe sample [--max-tokens]")
+        table = Option(
             list,
             None,
             help="rows {max_difficulty, search, n, ...}: the strategy per difficulty [best-of-n, dvts, beam]",
-        ),
-    )
+        )
 
-    def __init__(self, config: Config, arg: str | None = None) -> None:
-        super().__init__(config, arg)
-        self.probe = self.option("probe")
-        self.probe_tokens = self.option("probe_tokens") or config.max_tokens
-        self.table = parse_table(self.option("table"))
+    options: Options
+
+    def __init__(self, config: Config, arg: str | None = None, **kwargs: Any) -> None:
+        super().__init__(config, arg, **kwargs)
+        self.probe = self.options.probe
+        self.probe_tokens = self.options.probe_tokens or config.max_tokens
+        self.table = parse_table(self.options.table)
 
     def sub_configs(self) -> list[Config]:
         return [self.config.replace(**strategy(row)) for row in self.table]

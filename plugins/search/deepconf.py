@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import reason
 from reason import Completion, Node, SamplingParams, SearchContext, SearchOutcome, SearchPolicy, Step, Watch
 from reason.answers import choose, vote
 from reason.errors import UsageError
@@ -91,32 +92,32 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 class DeepConf(SearchPolicy):
-    options = (
-        Option("warmup", int, None, minimum=1, help="traces sampled in full to set the threshold [max(2, N/4), at most N]"),
-        Option("percentile", float, 10, minimum=0, maximum=100, help="the stop threshold's percentile of warm-up confidences"),
-        Option("window", int, 32, minimum=1, help="tokens in a sliding confidence window"),
-        Option("chunk", int, None, minimum=1, help="tokens generated between checks [window]"),
-        Option(
-            "consensus", float, None, minimum=0, maximum=1, help="skip the online phase when the warm-up vote share reaches this"
-        ),
-        Option(
-            "stream",
+    class Options(reason.Options):
+        warmup = Option(int, None, minimum=1, help="traces sampled in full to set the threshold [max(2, N/4), at most N]")
+        percentile = Option(float, 10, minimum=0, maximum=100, help="the stop threshold's percentile of warm-up confidences")
+        window = Option(int, 32, minimum=1, help="tokens in a sliding confidence window")
+        chunk = Option(int, None, minimum=1, help="tokens generated between checks [window]")
+        consensus = Option(
+            float, None, minimum=0, maximum=1, help="skip the online phase when the warm-up vote share reaches this"
+        )
+        stream = Option(
             bool,
             True,
             help="each online trace one request that the check stops, where the backend can watch; false: a request per chunk",
-        ),
-    )
+        )
 
-    def __init__(self, config, arg=None):
-        super().__init__(config, arg)
+    options: Options
+
+    def __init__(self, config, arg=None, **kwargs):
+        super().__init__(config, arg, **kwargs)
         n = config.n
-        warmup = self.option("warmup")
+        warmup = self.options.warmup
         self.warmup = min(n, max(2, n // 4)) if warmup is None else warmup
-        self.percentile = self.option("percentile")
-        self.window = self.option("window")
-        self.chunk = self.option("chunk") or self.window
-        self.consensus = self.option("consensus")
-        self.stream = self.option("stream")
+        self.percentile = self.options.percentile
+        self.window = self.options.window
+        self.chunk = self.options.chunk or self.window
+        self.consensus = self.options.consensus
+        self.stream = self.options.stream
         if config.logprobs < 1:
             raise UsageError("deepconf needs token logprobs: set --logprobs to 1 or more (default 5)")
         if not 1 <= self.warmup <= n:

@@ -8,34 +8,30 @@ M final siblings are its completions, so the search returns N completions groupe
 subtree (``meta["subtrees"]``). Subtrees never share nodes, which keeps the N paths
 diverse at large N.
 
-Option ``final`` (top | vote | weighted-vote): the answer among the N completions, as
-in best-of-N. Unset, today's rule: ``weighted-vote`` with ``--weighted``, else ``top``
-(so existing runs and recipes choose as before). With the confidence verifier prefer a
-vote: on the quality table DVTS's most confident completion got 26% on GSM8K and 56% on
-MultiArith, its weighted vote 34% and 74%.
+The final rule (``-o dvts.final``) matters with a weak verifier: on the quality table
+DVTS's most confident completion got 26% on GSM8K and 56% on MultiArith, its weighted
+vote 34% and 74%.
 """
 
 from __future__ import annotations
 
 from reason import Candidate, Node, SearchContext, SearchOutcome, SearchPolicy
+from reason.options import Option
 
-from .common import choose, final_option, is_finished, reflect_on_scores
+from .common import Steps, Weighted, choose, final_option, final_rule, is_finished, reflect_on_scores
 
 
 class DVTS(SearchPolicy):
-    options = (
-        final_option(
-            None,
-            "the answer among the completions: top score, vote, or score-weighted vote [weighted-vote with --weighted, else top]",
-        ),
-    )
+    class Options(Steps, Weighted):
+        width = Option(
+            int, 4, minimum=1, alias="beam_width", help="M: steps sampled per subtree and round; N/M subtrees [--beam-width]"
+        )
+        final = final_option(None, "the answer among the completions: top score, vote, or score-weighted vote [--weighted]")
 
-    def __init__(self, config, arg=None):
-        super().__init__(config, arg)
-        self.final = self.option("final")
+    options: Options
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
-        n, m = ctx.config.n, ctx.config.beam_width
+        n, m = ctx.config.n, self.options.width
         subtrees = max(1, n // m)
         finals = await ctx.gather(*(self._subtree(ctx, index, m) for index in range(subtrees)))
         candidates: list[Candidate] = []
@@ -43,7 +39,7 @@ class DVTS(SearchPolicy):
         for leaves in finals:
             groups.append([node.id for node, _ in leaves])
             candidates.extend(ctx.candidate(node, score) for node, score in leaves)
-        chosen, meta = choose(ctx, candidates, self.final)
+        chosen, meta = choose(candidates, final_rule(self.options.final, self.options.weighted))
         meta.update(
             subtrees=groups, rounds=max((node.meta.get("round", 0) + 1 for leaves in finals for node, _ in leaves), default=0)
         )
@@ -53,8 +49,8 @@ class DVTS(SearchPolicy):
         """Grow one subtree greedily; return its last round's siblings with their scores."""
         node = ctx.root
         siblings: list[tuple[Node, float]] = []
-        for round_index in range(ctx.config.max_steps):
-            last = round_index == ctx.config.max_steps - 1
+        for round_index in range(self.options.max_steps):
+            last = round_index == self.options.max_steps - 1
             kids = await (ctx.complete(node, m) if last else ctx.expand(node, m))
             if not kids:  # the chosen path's token budget is spent: keep last round's siblings
                 break

@@ -5,8 +5,7 @@ from reason import SearchContext, SearchOutcome, SearchPolicy
 
 
 class Greedy(SearchPolicy):
-    options = ()
-    config_fields = ()  # one answer whatever --n and --temperature say
+    reads_n = False  # one answer whatever --n says
 
     @property
     def width(self) -> int:

@@ -43,7 +43,7 @@ import math
 from reason import Candidate, Node, SearchContext, SearchOutcome, SearchPolicy
 from reason.options import Option
 
-from .common import choose, final_option, is_finished, reflect_on_scores
+from .common import Steps, choose, final_option, is_finished, reflect_on_scores
 
 TREE_FINALS = ("visits", "value")
 """Marco-o1's choices: the answer path follows the most visited or best-valued child."""
@@ -71,24 +71,25 @@ def backpropagate(node: Node, value: float) -> None:
 
 
 class MCTS(SearchPolicy):
-    options = (
-        Option("iterations", int, None, minimum=1, help="select-expand-simulate-backpropagate rounds [--n]"),
-        Option("expansion_width", int, 2, minimum=1, help="steps sampled when a node is expanded"),
-        Option("exploration", float, 1.414, minimum=0, help="UCT exploration constant"),
-        final_option(
+    class Options(Steps):
+        iterations = Option(int, None, minimum=1, help="select-expand-simulate-backpropagate rounds [--n]")
+        expansion_width = Option(int, 2, minimum=1, help="steps sampled when a node is expanded")
+        exploration = Option(float, 1.414, minimum=0, help="UCT exploration constant")
+        final = final_option(
             "weighted-vote",
             "the answer among rollouts: top reward, vote, reward-weighted vote, or the most visited / best-valued path's",
             extra=TREE_FINALS,
-        ),
-    )
+        )
 
-    def __init__(self, config, arg=None):
-        super().__init__(config, arg)
-        iterations = self.option("iterations")
+    options: Options
+
+    def __init__(self, config, arg=None, **kwargs):
+        super().__init__(config, arg, **kwargs)
+        iterations = self.options.iterations
         self.iterations = config.n if iterations is None else iterations
-        self.expansion_width = self.option("expansion_width")
-        self.exploration = self.option("exploration")
-        self.final = self.option("final")
+        self.expansion_width = self.options.expansion_width
+        self.exploration = self.options.exploration
+        self.final = self.options.final
 
     @property
     def width(self) -> int:
@@ -102,7 +103,7 @@ class MCTS(SearchPolicy):
         for iteration in range(self.iterations):
             node = self._select(ctx)
             expandable = node is ctx.root or node.visits > 0
-            if expandable and not is_finished(ctx, node) and node.depth < ctx.config.max_steps:
+            if expandable and not is_finished(ctx, node) and node.depth < self.options.max_steps:
                 children = await ctx.expand(node, self.expansion_width)
                 if children:
                     for child in children:
@@ -117,7 +118,7 @@ class MCTS(SearchPolicy):
         if self.final in TREE_FINALS:
             chosen, meta = self._final(ctx, candidates), {"final": self.final}
         else:
-            chosen, meta = choose(ctx, candidates, self.final)
+            chosen, meta = choose(candidates, self.final)
         meta.update(
             iterations=self.iterations,
             root_visits=ctx.root.visits,

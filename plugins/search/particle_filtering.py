@@ -37,7 +37,7 @@ from reason import Node, SearchContext, SearchOutcome, SearchPolicy
 from reason.options import Option
 from reason.types import derive_seed
 
-from .common import choose, final_option, is_finished
+from .common import Steps, choose, final_option, is_finished
 
 CLIP = 1e-7
 
@@ -101,25 +101,22 @@ class Particle:
 
 
 class ParticleFiltering(SearchPolicy):
-    options = (
-        Option(
-            "resampling", str, "multinomial", choices=("multinomial", "systematic"), help="how particles are redrawn each step"
-        ),
-        Option(
-            "temper", bool, False, help="in the first half of the steps, temper weights while the effective size is below N/2"
-        ),
-        Option(
-            "iterations", int, 1, minimum=1, help="particle Gibbs: further runs, each with the last choice as reference particle"
-        ),
-        final_option("weighted-vote", "the answer among finished particles: weight-summed vote, largest weight, or vote"),
-    )
+    class Options(Steps):
+        resampling = Option(str, "multinomial", choices=("multinomial", "systematic"), help="how particles are redrawn each step")
+        temper = Option(bool, False, help="in the first half of the steps, temper weights while the effective size is below N/2")
+        iterations = Option(
+            int, 1, minimum=1, help="particle Gibbs: further runs, each with the last choice as reference particle"
+        )
+        final = final_option("weighted-vote", "the answer among finished particles: weight-summed vote, largest weight, or vote")
 
-    def __init__(self, config, arg=None):
-        super().__init__(config, arg)
-        self.resampling = self.option("resampling")
-        self.temper = self.option("temper")
-        self.iterations = self.option("iterations")
-        self.final = self.option("final")
+    options: Options
+
+    def __init__(self, config, arg=None, **kwargs):
+        super().__init__(config, arg, **kwargs)
+        self.resampling = self.options.resampling
+        self.temper = self.options.temper
+        self.iterations = self.options.iterations
+        self.final = self.options.final
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         seed = ctx.config.seed
@@ -133,7 +130,7 @@ class ParticleFiltering(SearchPolicy):
             reference = trace["path"][best.node.id]
         finished = _merged(particles)
         candidates = [ctx.candidate(p.node, p.score) for p, _ in finished]
-        chosen, meta = choose(ctx, candidates, self.final, weights=[share for _, share in finished])
+        chosen, meta = choose(candidates, self.final, weights=[share for _, share in finished])
         meta.update(iterations=[{k: v for k, v in t.items() if k != "path"} for t in history])
         return SearchOutcome(candidates=candidates, chosen=chosen, meta=meta)
 
@@ -144,7 +141,7 @@ class ParticleFiltering(SearchPolicy):
         that holds slot 0 of every step instead of a fresh sample. Returns the last
         particles and a trace: each step's ancestors, betas and effective sizes, and every
         particle's history (the reference of the next run)."""
-        n, steps = ctx.config.n, ctx.config.max_steps
+        n, steps = ctx.config.n, self.options.max_steps
         particles = [Particle(ctx.root) for _ in range(n)]
         path: dict[int, list[Particle]] = {ctx.root.id: []}
         trace: dict = {"ancestors": [], "betas": [], "effective_sizes": [], "path": path}

@@ -10,8 +10,6 @@ from reason.answers import choose, group_answers
 
 
 class SelfConsistency(SearchPolicy):
-    options = ()
-
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         leaves = await ctx.complete(ctx.root, ctx.config.n)
         answers = [ctx.answer(leaf) for leaf in leaves]

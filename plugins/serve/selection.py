@@ -18,6 +18,7 @@ from attrs import frozen
 
 from reason import Config, Runtime, Task, UsageError
 from reason.component_cache import BACKEND_FIELDS
+from reason.config import MOVED
 
 from .protocol import APIError, ChatMessage
 
@@ -105,7 +106,7 @@ def select(
     if extension is not None:
         if not isinstance(extension, dict):
             raise APIError('\'reason\' must be an object, e.g. {"search": "beam", "n": 8}', param="reason")
-        allowed = sorted(Config.field_names() - set(SERVER_FIELDS)) + list(EXTENSION_KEYS)
+        allowed = sorted((Config.field_names() | set(MOVED)) - set(SERVER_FIELDS)) + list(EXTENSION_KEYS)
         for key, value in extension.items():
             if key in SERVER_FIELDS:
                 raise APIError(
@@ -155,7 +156,8 @@ def _param_of(message: str, overrides: dict[str, Any]) -> str | None:
         if message.startswith(f"unknown {kind} "):
             return "reason.reflect" if kind == "reflection" else f"reason.{kind}"
     if message.startswith("-o ") and "=" in message:
-        return "reason.options." + message[3:].partition("=")[0]
+        key = message[3:].partition("=")[0]
+        return f"reason.{key}" if key in MOVED and key in overrides else f"reason.options.{key}"
     for key in overrides:
         if f"--{key.replace('_', '-')}" in message:
             return f"reason.{key}"

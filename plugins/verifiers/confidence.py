@@ -37,9 +37,6 @@ def step_confidence(step: Step) -> float | None:
 class ConfidenceVerifier(Verifier):
     """Scores each step by its mean token confidence (Marco-o1)."""
 
-    options = ()
-    config_fields = ()
-
     def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
         results = []
         for request in requests:

@@ -1,6 +1,6 @@
 """What the verifiers that read a scoring model share (``prm``, ``self-eval``): step
 scores remembered by path prefix (:func:`prefix_keys`, :class:`ScoreCache`), their
-counters (:class:`ScoringStats`), their options (:func:`scoring_options`) and their base
+counters (:class:`ScoringStats`), their options (:class:`ScoringOptions`) and their base
 class (:class:`ModelVerifier`). The model itself is read by :mod:`.scoring`.
 """
 
@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from attrs import define
 
+import reason
 from reason.components import Verifier
 from reason.options import Option
 from reason.types import Score, ScoreRequest
@@ -131,43 +132,36 @@ class ScoringStats:
         }
 
 
-def scoring_options(prefix: str) -> tuple[Option, ...]:
-    """The options of a verifier that reads a scoring model, under ``prefix``."""
-    return (
-        Option(f"{prefix}_batch_size", int, DEFAULT_BATCH_SIZE, minimum=1, help="paths per forward pass"),
-        Option(f"{prefix}_device", str, None, help="the scoring model's device [--device, else auto]"),
-        Option(f"{prefix}_dtype", str, None, help="its weights dtype [--dtype, else float32 on CPU, bfloat16 on GPU]"),
-        Option(f"{prefix}_cache_size", int, DEFAULT_CACHE_SIZE, minimum=0, help="step scores remembered by path prefix"),
-        Option(
-            f"{prefix}_kv_cache_tokens",
-            int,
-            DEFAULT_KV_TOKENS,
-            minimum=0,
-            help="keys and values kept so a grown path runs only its new tokens (0: off)",
-        ),
+class ScoringOptions(reason.Options):
+    """The options of a verifier that reads a scoring model (each verifier's own prefix
+    gave their flat names: ``prm_batch_size``, ``self_eval_batch_size``)."""
+
+    batch_size = Option(int, DEFAULT_BATCH_SIZE, minimum=1, help="paths per forward pass")
+    device = Option(str, None, help="the scoring model's device [--device, else auto]")
+    dtype = Option(str, None, help="its weights dtype [--dtype, else float32 on CPU, bfloat16 on GPU]")
+    cache_size = Option(int, DEFAULT_CACHE_SIZE, minimum=0, help="step scores remembered by path prefix")
+    kv_cache_tokens = Option(
+        int, DEFAULT_KV_TOKENS, minimum=0, help="keys and values kept so a grown path runs only its new tokens (0: off)"
     )
 
 
 class ModelVerifier(Verifier):
-    """What the verifiers that read a scoring model share (``prm``, ``self-eval``).
-
-    Options, each under the subclass's ``option_prefix``: ``_batch_size``, ``_device``,
-    ``_dtype``, ``_cache_size`` (scores remembered by path prefix) and
-    ``_kv_cache_tokens`` (reused key/value tokens). The model loads on the first ``score``
-    (subclasses implement ``load`` and ``_score``); one scoring call runs at a time.
+    """What the verifiers that read a scoring model share (``prm``, ``self-eval``): their
+    :class:`ScoringOptions`, a score cache by path prefix, reused keys and values. The
+    model loads on the first ``score`` (subclasses implement ``load`` and ``_score``); one
+    scoring call runs at a time.
     """
 
-    option_prefix = ""
-    config_fields: ClassVar[tuple[str, ...] | None] = ("device", "dtype")
+    Options: ClassVar[type[reason.Options]] = ScoringOptions
+    options: ScoringOptions
 
-    def __init__(self, config: Any, arg: str | None = None) -> None:
-        super().__init__(config, arg)
-        p = self.option_prefix
-        self.batch_size = self.option(f"{p}_batch_size")
-        self.device = self.option(f"{p}_device") or config.device
-        self.dtype = self.option(f"{p}_dtype") or config.dtype
-        self.cache = ScoreCache(self.option(f"{p}_cache_size"))
-        self.kv_tokens = self.option(f"{p}_kv_cache_tokens")
+    def __init__(self, config: Any, arg: str | None = None, **kwargs: Any) -> None:
+        super().__init__(config, arg, **kwargs)
+        self.batch_size = self.options.batch_size
+        self.device = self.options.device or config.device
+        self.dtype = self.options.dtype or config.dtype
+        self.cache = ScoreCache(self.options.cache_size)
+        self.kv_tokens = self.options.kv_cache_tokens
         self.stats = ScoringStats()
         self.last_call: dict[str, Any] = {}
         self._model: Any = None

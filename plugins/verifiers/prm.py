@@ -9,19 +9,10 @@ are reused so only its new tokens run. A causal model's output at a position dep
 only on the tokens before it, so a cached score, a batched score and a one-by-one score
 are the same number (up to float rounding).
 
-Options (``-o key=value``; the CLI's ``--prm-*`` flags set the same keys):
-
-- ``prm_model``: HF directory, hub id or ``.gguf``; default the default policy model (only
-  useful to exercise the code path: it is not a reward model). ``--verifier prm:MODEL``
-  works too.
-- ``prm_format``: ``auto`` (from the model name, else generic) | ``generic`` | ``rlhflow``
-  | ``math-shepherd`` | ``qwen`` (see :mod:`.prm_formats`).
-- ``prm_separator`` (``"\\n\\n"``), ``prm_good_token`` (``+``), ``prm_bad_token`` (``-``):
-  the generic format. ``prm_system``: the qwen format's system prompt.
-- ``prm_batch_size`` (8), ``prm_device`` (``config.device``, else auto), ``prm_dtype``
-  (``config.dtype``, else float32 on CPU / bfloat16 on GPU), ``prm_cache_size`` (100000
-  step scores), ``prm_kv_cache_tokens`` (16384: keys and values of encoded paths kept so
-  a grown path runs only its new tokens; 0 = off).
+The default model (``--verifier prm`` without ``prm:MODEL`` or ``-o prm.model``) is the
+default policy model: it only exercises the code path, it is no reward model. The
+options are :class:`PRMVerifier.Options` (``reason plugins`` lists them; the CLI's
+``--prm-*`` flags set the same).
 
 ``config.aggregation`` (``--prm-agg``) reduces the step scores to a path score; the
 search context applies it.
@@ -38,13 +29,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import reason  # noqa: F401
 from reason.errors import UsageError, VerifierError
 from reason.log import get_logger
 from reason.options import Option
 from reason.types import Score, ScoreRequest
 
-from .model_verifier import ModelVerifier, prefix_keys, scoring_options
-from .prm_formats import FORMAT_OPTIONS, PRMFormat, guess_format, make_format
+from .model_verifier import ModelVerifier, ScoringOptions, prefix_keys
+from .prm_formats import FormatOptions, PRMFormat, guess_format, make_format
 from .scoring import ModelReader, ReadResult, Row, pad_id
 
 log = get_logger("reason")
@@ -53,28 +45,22 @@ log = get_logger("reason")
 class PRMVerifier(ModelVerifier):
     """Scores each step with a process reward model (see the module docs for options)."""
 
-    option_prefix = "prm"
-    options = (
-        Option(
-            "prm_model",
-            str,
-            None,
-            help="the reward model: HF dir, hub id or .gguf [--verifier prm:MODEL, else the default model]",
-        ),
-        *FORMAT_OPTIONS,
-        *scoring_options("prm"),
-    )
+    class Options(FormatOptions, ScoringOptions):
+        prefix = "prm_"
+        model = Option(str, None, help="the reward model: HF dir, hub id or .gguf [--verifier prm:MODEL, else the default model]")
 
-    def __init__(self, config: Any, arg: str | None = None) -> None:
-        super().__init__(config, arg)
+    options: Options
+
+    def __init__(self, config: Any, arg: str | None = None, **kwargs: Any) -> None:
+        super().__init__(config, arg, **kwargs)
         from reason.plugins.backends.models import resolve_model
 
-        self.model_spec: str | None = arg or self.option("prm_model")
+        self.model_spec: str | None = arg or self.options.model
         self.source = resolve_model(self.model_spec)  # a missing path fails now, not mid-run
-        format_name = self.option("prm_format")
+        format_name = self.options.format
         if format_name == "auto":
             format_name = guess_format(self.source.path)
-        self.format: PRMFormat = make_format(format_name, config.options)
+        self.format: PRMFormat = make_format(format_name, self.options)
         if self.format.head == "classifier" and self.source.kind == "gguf":
             raise UsageError(
                 f"verifier prm: the {format_name} format needs the PRM's HF directory or hub id (its reward head "

@@ -32,8 +32,9 @@ from typing import Any, ClassVar
 
 from attrs import field, frozen
 
+import reason
 from reason.errors import UsageError, VerifierError
-from reason.options import Option, read
+from reason.options import Option
 from reason.types import int_tuple
 
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -76,7 +77,7 @@ def token_in_context(tokenizer: Any, context: str, text: str, option: str) -> in
             if end < len(full) or full[begin:end].strip() != text.strip():
                 break
             return int(token_id)
-    raise UsageError(f"verifier prm: {option}={text!r} is not a single token after {context!r} in this tokenizer")
+    raise UsageError(f"verifier prm: -o {option}={text!r} is not a single token after {context!r} in this tokenizer")
 
 
 def read_positions(tokenizer: Any, text: str, marks: Sequence[tuple[int, int]], add_special_tokens: bool) -> PRMInput:
@@ -186,16 +187,16 @@ class GenericFormat(PRMFormat):
 
     def __init__(self, separator: str = "\n\n", good: str = "+", bad: str = "-", prefix: str = "\n") -> None:
         if not separator:
-            raise UsageError("verifier prm: prm_separator must not be empty (-o prm_separator=...)")
+            raise UsageError("verifier prm: the separator must not be empty (-o prm.separator=...)")
         if not good or not bad or good == bad:
-            raise UsageError("verifier prm: prm_good_token and prm_bad_token must be two different, non-empty strings")
+            raise UsageError("verifier prm: prm.good_token and prm.bad_token must be two different, non-empty strings")
         self.separator, self.good, self.bad, self.prefix = separator, good, bad, prefix
 
     def identity(self) -> str:
         return f"{self.name}|{self.separator!r}|{self.good!r}|{self.bad!r}|{self.prefix!r}"
 
     def labels(self, tokenizer: Any) -> tuple[int, int]:
-        return single_token(tokenizer, self.good, "prm_good_token"), single_token(tokenizer, self.bad, "prm_bad_token")
+        return single_token(tokenizer, self.good, "prm.good_token"), single_token(tokenizer, self.bad, "prm.bad_token")
 
     def encode(self, tokenizer: Any, question: str, steps: Sequence[str]) -> PRMInput:
         read = _visible_end(self.separator)
@@ -322,38 +323,34 @@ def guess_format(model_name: str) -> str:
     return "generic"
 
 
-FORMAT_OPTIONS: tuple[Option, ...] = (
-    Option("prm_format", str, "auto", choices=("auto", *FORMATS), help="the PRM's input format [auto: from the model name]"),
-    Option("prm_separator", str, "\n\n", help="generic format: text after each step (\\n escapes work)"),
-    Option("prm_good_token", str, "+", help="generic format: the token meaning 'step is right'"),
-    Option("prm_bad_token", str, "-", help="generic format: the token meaning 'step is wrong'"),
-    Option("prm_system", str, None, help="qwen format: the system prompt [Qwen2.5-Math-PRM's]"),
-)
-"""The PRM verifier's options about its input format (it declares them with its own)."""
+class FormatOptions(reason.Options):
+    """The PRM verifier's options about its input format (it declares them with its own)."""
+
+    format = Option(str, "auto", choices=("auto", *FORMATS), help="the PRM's input format [auto: from the model name]")
+    separator = Option(str, "\n\n", help="generic format: text after each step (\\n escapes work)")
+    good_token = Option(str, "+", help="generic format: the token meaning 'step is right'")
+    bad_token = Option(str, "-", help="generic format: the token meaning 'step is wrong'")
+    system = Option(str, None, help="qwen format: the system prompt [Qwen2.5-Math-PRM's]")
 
 
-def make_format(name: str, options: dict[str, Any]) -> PRMFormat:
-    """Build the adapter ``name`` from the run's options (``config.options``)."""
-
-    def option(key: str) -> Any:
-        return read(FORMAT_OPTIONS, options, key, owner="verifier prm")
-
+def make_format(name: str, options: FormatOptions) -> PRMFormat:
+    """Build the adapter ``name`` with the verifier's ``options``."""
     if name == "generic":
         return GenericFormat(
-            separator=_unescape(option("prm_separator")),
-            good=_unescape(option("prm_good_token")),
-            bad=_unescape(option("prm_bad_token")),
+            separator=_unescape(options.separator),
+            good=_unescape(options.good_token),
+            bad=_unescape(options.bad_token),
         )
     if name == "math-shepherd":
         return MathShepherdFormat()
     if name == "rlhflow":
         return RLHFlowFormat()
     if name == "qwen":
-        return QwenFormat(system=option("prm_system") or QWEN_SYSTEM)
-    raise UsageError(f"verifier prm: unknown prm_format {name!r}; choose one of auto, {', '.join(FORMATS)}")
+        return QwenFormat(system=options.system or QWEN_SYSTEM)
+    raise UsageError(f"verifier prm: unknown format {name!r}; choose one of auto, {', '.join(FORMATS)}")
 
 
 def _unescape(value: Any) -> str:
-    """Let ``-o prm_separator='\\n\\n'`` on a command line mean two newlines."""
+    """Let ``-o prm.separator='\\n\\n'`` on a command line mean two newlines."""
     text = str(value)
     return text.encode("latin-1", "backslashreplace").decode("unicode_escape") if "\\" in text else text

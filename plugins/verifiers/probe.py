@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import reason
 from reason import Score, ScoreRequest, Verifier
 from reason.errors import UsageError
 from reason.log import get_logger
@@ -53,16 +54,17 @@ def shipped_head(model_spec: str | None) -> Path | None:
 class ProbeVerifier(Verifier):
     """Scores each step prefix with a probe head on the policy's hidden states."""
 
-    options = (
-        Option("probe_head", str, None, help="the head's card (.json) [probe:HEAD, else the one shipped for --model]"),
-        Option("probe_cache_tokens", int, 16_384, minimum=0, help="tokens whose keys, values and states are kept for reuse"),
-        Option("probe_capture", bool, True, help="take the states the backend keeps while sampling; false: run the policy again"),
-    )
-    config_fields = ("model", "device", "dtype")
+    class Options(reason.Options):
+        prefix = "probe_"
+        head = Option(str, None, help="the head's card (.json) [probe:HEAD, else the one shipped for --model]")
+        cache_tokens = Option(int, 16_384, minimum=0, help="tokens whose keys, values and states are kept for reuse")
+        capture = Option(bool, True, help="take the states the backend keeps while sampling; false: run the policy again")
 
-    def __init__(self, config: Any, arg: str | None = None) -> None:
-        super().__init__(config, arg)
-        head = arg or self.option("probe_head")
+    options: Options
+
+    def __init__(self, config: Any, arg: str | None = None, **kwargs: Any) -> None:
+        super().__init__(config, arg, **kwargs)
+        head = arg or self.options.head
         path = Path(head).expanduser() if head else shipped_head(config.model)
         if path is None:
             raise UsageError(
@@ -73,7 +75,7 @@ class ProbeVerifier(Verifier):
 
         self.head_path = path
         self.card = read_card(path)  # a missing or unreadable card fails now, not mid-run
-        if self.option("probe_capture"):
+        if self.options.capture:
             self.hidden_layers = tuple(self.card["features"]["layers"])
         self._lock = threading.Lock()
         self._loaded: tuple[Any, Any, Any, Any] | None = None
@@ -96,7 +98,7 @@ class ProbeVerifier(Verifier):
         head, card = load_head(self.head_path, weights_sha256(source), source.name)
         spec = spec_of(card)
         model = load_model(source, device=self.config.device, dtype=self.config.dtype)
-        reader = HiddenStateReader(model, spec.layers, cache_tokens=self.option("probe_cache_tokens"))
+        reader = HiddenStateReader(model, spec.layers, cache_tokens=self.options.cache_tokens)
         self._loaded = (head, spec, load_tokenizer(source), reader)
         log.debug("probe loaded", head=str(self.head_path), layers=spec.layers, kind=card["kind"])
 

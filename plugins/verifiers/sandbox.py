@@ -45,11 +45,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import reason
 from reason import Config, Score, ScoreRequest, Task, Verifier
 from reason.answers import extract_code
 from reason.errors import UsageError, VerifierError
 from reason.log import get_logger
-from reason.options import Option, read
+from reason.options import Option
 
 if TYPE_CHECKING:
     from reason.sandboxes import RunResult, Sandbox
@@ -258,35 +259,31 @@ def verdict(program: str, result: RunResult) -> Score:
     return Score(step_scores=(share if share < 1.0 else 0.0,), passed=False, feedback=text)
 
 
-SANDBOX_OPTIONS: tuple[Option, ...] = (
-    Option("sandbox_timeout", float, 10.0, minimum=0.001, help="seconds a program may run (or sandbox:SECONDS)"),
-    Option("sandbox_memory", int, 256, minimum=16, help="memory limit in MB"),
-    Option("sandbox_workers", int, 4, minimum=1, help="programs run at once"),
-    Option("sandbox_pool", int, None, minimum=0, help="warm containers kept ready [sandbox_workers]"),
-    Option(
-        "sandbox_reuse",
+class SandboxOptions(reason.Options):
+    """The sandbox's options: the verifier's, and the hidden-test grader's in ``reason eval``."""
+
+    prefix = "sandbox_"
+    timeout = Option(float, 10.0, minimum=0.001, help="seconds a program may run (or sandbox:SECONDS)")
+    memory = Option(int, 256, minimum=16, help="memory limit in MB")
+    workers = Option(int, 4, minimum=1, help="programs run at once")
+    pool = Option(int, None, minimum=0, help="warm containers kept ready [workers]")
+    reuse = Option(
         bool,
         True,
         help="run programs one after another in warm containers reset between runs (~15 ms a run); "
         "false: a fresh container per program (~180 ms)",
-    ),
-)
-"""The sandbox's options: the verifier's, and the hidden-test grader's in ``reason eval``."""
+    )
 
 
 class _SandboxUser:
     """Owns a sandbox (started on first use) and a cache of runs by program text."""
 
-    def _setup(self, config: Config, timeout_s: float | None = None) -> None:
-        def option(name: str) -> Any:
-            return read(SANDBOX_OPTIONS, config.options, name, owner="the sandbox")
-
-        self.timeout_s = option("sandbox_timeout") if timeout_s is None else timeout_s
-        self.memory_mb = option("sandbox_memory")
-        self.workers = option("sandbox_workers")
-        pool = option("sandbox_pool")
-        self.pool_size = self.workers if pool is None else pool
-        self.reuse = option("sandbox_reuse")
+    def _setup(self, options: SandboxOptions, timeout_s: float | None = None) -> None:
+        self.timeout_s = options.timeout if timeout_s is None else timeout_s
+        self.memory_mb = options.memory
+        self.workers = options.workers
+        self.pool_size = self.workers if options.pool is None else options.pool
+        self.reuse = options.reuse
         if self.timeout_s <= 0:
             raise UsageError(f"verifier sandbox: the timeout must be > 0 seconds, got {self.timeout_s}")
         self._sandbox: Sandbox | None = None
@@ -340,20 +337,20 @@ class _SandboxUser:
 class SandboxVerifier(_SandboxUser, Verifier):
     """Scores code paths by running them against the task's public tests in the sandbox."""
 
-    options = SANDBOX_OPTIONS
-    config_fields = ()
+    Options = SandboxOptions
+    options: SandboxOptions
 
-    def __init__(self, config: Config, arg: str | None = None) -> None:
-        Verifier.__init__(self, config, arg)
+    def __init__(self, config: Config, arg: str | None = None, **kwargs: Any) -> None:
+        Verifier.__init__(self, config, arg, **kwargs)
         timeout_s = None
         if arg:
             try:
                 timeout_s = float(arg)
             except ValueError:
                 raise UsageError(
-                    f"--verifier sandbox:{arg}: the timeout must be seconds, e.g. sandbox:10 or -o sandbox_timeout=10"
+                    f"--verifier sandbox:{arg}: the timeout must be seconds, e.g. sandbox:10 or -o sandbox.timeout=10"
                 ) from None
-        self._setup(config, timeout_s)
+        self._setup(self.options, timeout_s)
         self.unverified_tasks: set[str] = set()
 
     def _check(self, task: Task) -> list[str]:
@@ -393,9 +390,9 @@ class HiddenTestGrader(_SandboxUser):
     ``reason eval``. Not a verifier: it is never registered, so no search can choose by
     the grader's tests. Same sandbox options as the verifier."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, options: SandboxOptions | None = None) -> None:
         self.config = config
-        self._setup(config)
+        self._setup(options or SandboxOptions.from_run(config.options))
 
     def grade(self, task: Task, programs: Sequence[str | None]) -> list[bool]:
         """One verdict per program (``None`` or empty fails without running)."""

@@ -10,21 +10,12 @@ Like the PRM, it scores whole batches, and a step judged once is never judged ag
 the verdict on step k depends only on the question and steps 1..k, so it is cached by
 prefix (beam search re-scores growing paths every round).
 
-Options (``-o key=value``):
-
-- ``self_eval_model``: HF directory, hub id or ``.gguf``; default ``config.model`` (the
-  policy model; the default model when that is unset). ``--verifier self-eval:MODEL``
-  works too.
-- ``self_eval_scope``: ``step`` (default; every step judged) or ``solution`` (only the
-  whole path is judged, once; earlier steps score 1.0 so that ``last``, ``min`` and
-  ``prod`` aggregation all give the verdict).
-- ``self_eval_prompt``: the question put to the judge, with placeholders ``{question}``,
-  ``{previous}`` (steps before the latest), ``{step}`` (the latest step) and
-  ``{solution}`` (all steps so far). Defaults: :data:`STEP_PROMPT` / :data:`SOLUTION_PROMPT`.
-- ``self_eval_batch_size`` (8), ``self_eval_device`` / ``self_eval_dtype`` (the
-  policy's ``config.device`` / ``config.dtype``), ``self_eval_cache_size`` (100000),
-  ``self_eval_kv_cache_tokens`` (16384; judge prompts share the problem text, so their
-  keys and values are reused; 0 = off).
+The judge is the policy model unless ``self-eval:MODEL`` or ``-o self-eval.model`` names
+another; ``-o self-eval.scope=solution`` judges only the whole path once (earlier steps
+score 1.0, so ``last``, ``min`` and ``prod`` aggregation all give the verdict). A judge
+prompt may use ``{question}``, ``{previous}`` (the steps before the latest), ``{step}``
+and ``{solution}`` (all steps so far); the defaults are :data:`STEP_PROMPT` and
+:data:`SOLUTION_PROMPT`. The options are :class:`SelfEvalVerifier.Options`.
 """
 
 from __future__ import annotations
@@ -38,7 +29,7 @@ from reason.log import get_logger
 from reason.options import Option
 from reason.types import Score, ScoreRequest
 
-from .model_verifier import ModelVerifier, prefix_keys, scoring_options
+from .model_verifier import ModelVerifier, ScoringOptions, prefix_keys
 from .scoring import ModelReader, Row, pad_id
 
 log = get_logger("reason")
@@ -91,28 +82,25 @@ def answer_ids(tokenizer: Any, words: Sequence[str]) -> tuple[int, ...]:
 class SelfEvalVerifier(ModelVerifier):
     """Asks a causal LM whether each step is correct; score = P(Yes) over Yes/No."""
 
-    option_prefix = "self_eval"
-    options = (
-        Option(
-            "self_eval_model", str, None, help="the judge: HF dir, hub id or .gguf [--verifier self-eval:MODEL, else --model]"
-        ),
-        Option("self_eval_scope", str, "step", choices=SCOPES, help="judge every step, or only the whole solution"),
-        Option("self_eval_prompt", str, None, help="the question put to the judge, with {question} {previous} {step} {solution}"),
-        *scoring_options("self_eval"),
-    )
-    config_fields = ("model", "device", "dtype")
+    class Options(ScoringOptions):
+        prefix = "self_eval_"
+        model = Option(str, None, help="the judge: HF dir, hub id or .gguf [--verifier self-eval:MODEL, else --model]")
+        scope = Option(str, "step", choices=SCOPES, help="judge every step, or only the whole solution")
+        prompt = Option(str, None, help="the question put to the judge, with {question} {previous} {step} {solution}")
 
-    def __init__(self, config: Any, arg: str | None = None) -> None:
-        super().__init__(config, arg)
+    options: Options
+
+    def __init__(self, config: Any, arg: str | None = None, **kwargs: Any) -> None:
+        super().__init__(config, arg, **kwargs)
         from reason.plugins.backends.models import resolve_model
 
-        self.source = resolve_model(arg or self.option("self_eval_model") or config.model)
-        self.scope = self.option("self_eval_scope")
+        self.source = resolve_model(arg or self.options.model or config.model)
+        self.scope = self.options.scope
         default = STEP_PROMPT if self.scope == "step" else SOLUTION_PROMPT
-        self.prompt = self.option("self_eval_prompt") or default
+        self.prompt = self.options.prompt or default
         if not any(p in self.prompt for p in PLACEHOLDERS):
             raise UsageError(
-                "verifier self-eval: -o self_eval_prompt must contain at least one of "
+                "verifier self-eval: -o self-eval.prompt must contain at least one of "
                 f"{', '.join(PLACEHOLDERS)} (otherwise the judge never sees the solution)"
             )
         self.namespace = f"self-eval|{self.source.key}|{self.scope}|{self.prompt}"
