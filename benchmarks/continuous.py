@@ -95,7 +95,7 @@ def run_search(
     backend: Any, name: str, tasks: list[Any], search: str, n: int, continuous: bool, args: argparse.Namespace
 ) -> dict[str, Any]:
     if not continuous:
-        backend._continuous = False  # transformers: the same loaded model, whole calls
+        backend.continuous = False  # transformers: the same loaded model, whole calls
     config = Config(search=search, n=n, max_tokens=args.max_tokens, seed=args.seed)
     finished: list[float] = []
     with Runtime(config, backend=backend) as runtime:
@@ -103,7 +103,7 @@ def run_search(
         solutions = runtime.solve_many(tasks, concurrency=args.concurrency, on_solution=lambda s: finished.append(time.perf_counter()))
         seconds = time.perf_counter() - start
     if not continuous:
-        backend._continuous = True
+        backend.continuous = True
     correct = sum(1 for s in solutions if s.answer is not None and s.task.reference is not None and _same(s.answer, s.task.reference))
     return summarize(
         f"{name}: {search} N={n} {'continuous' if continuous else 'lockstep'}",

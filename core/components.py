@@ -149,8 +149,10 @@ class Backend(Component, ABC):
     """What the engine computed since it started (a continuous engine keeps one), for
     benchmarks and ``reason serve``'s ``/health``; None where the backend keeps none."""
 
-    rows_in_flight: int | None = None
-    """Sequences the engine holds right now; None where it does not say."""
+    @property
+    def rows_in_flight(self) -> int | None:
+        """Sequences the engine holds right now; None where it does not say."""
+        return None
 
     def encode(self, text: str) -> list[int] | None:
         """The token ids of ``text`` as the model reads it; None where the backend cannot

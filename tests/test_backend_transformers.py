@@ -135,7 +135,7 @@ def test_max_tokens_is_exact(backend):
 def test_eos_ends_the_completion(backend):
     c = one(backend, prompt(backend, "What is the capital of France? Answer in one word."), greedy(24))[0]
     assert c.finish_reason == "eos" and c.finished
-    assert c.token_ids[-1] in backend.eos_ids
+    assert c.token_ids[-1] in backend.loop.loaded.eos_ids
     assert "<|im_end|>" not in c.text and "Paris" in c.text
 
 

@@ -166,7 +166,7 @@ def test_stream_with_tokens_yields_growing_text(backend):
 def test_a_failing_step_fails_every_request_it_held_and_the_engine_goes_on(backend, monkeypatch):
     """A forward pass that raises after newcomers were taken into the batch must fail
     their requests too (not leave them waiting forever)."""
-    real = backend._decode
+    real = backend.loop._decode
 
     def flaky(batch, tokens):
         # the first pass with the newcomers in the batch (1 row + 2 samples), whenever the
@@ -179,7 +179,7 @@ def test_a_failing_step_fails_every_request_it_held_and_the_engine_goes_on(backe
         def warning(self, *args, **kwargs):
             raise ValueError("I/O operation on closed file.")
 
-    monkeypatch.setattr(backend, "_decode", flaky)
+    monkeypatch.setattr(backend.loop, "_decode", flaky)
     monkeypatch.setattr(transformers_loop, "log", BrokenLog())
     first = backend.submit(GenerateRequest(prompt(backend, QUESTIONS[0]), SamplingParams(temperature=0, max_tokens=200)))
     wait_for(lambda: backend.rows_in_flight == 1)
@@ -188,7 +188,7 @@ def test_a_failing_step_fails_every_request_it_held_and_the_engine_goes_on(backe
         with pytest.raises(BackendError, match="a decode step failed: RuntimeError: simulated") as info:
             future.result(timeout=120)
         assert isinstance(info.value.__cause__, RuntimeError)
-    monkeypatch.setattr(backend, "_decode", real)
+    monkeypatch.setattr(backend.loop, "_decode", real)
     (done,) = backend.generate([GenerateRequest(prompt(backend, QUESTIONS[4]), SamplingParams(temperature=0, max_tokens=3))])
     assert done[0].num_tokens == 3
 

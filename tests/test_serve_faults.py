@@ -108,7 +108,7 @@ def embedded():
 def test_model_a_failing_decode_step_is_a_503_and_the_loop_goes_on(embedded):
     client, server = embedded
     backend = server.runtime.backend
-    real = backend._decode
+    real = backend.loop._decode
     calls = []
 
     def once(batch, tokens):
@@ -117,11 +117,11 @@ def test_model_a_failing_decode_step_is_a_503_and_the_loop_goes_on(embedded):
             raise RuntimeError("simulated CUDA error")
         return real(batch, tokens)
 
-    backend._decode = once
+    backend.loop._decode = once
     failed = chat(client, model=None)
     error = failed.json()["error"]
     assert failed.status_code == 503 and error["code"] == "engine_error" and "simulated CUDA error" in error["message"]
-    backend._decode = real
+    backend.loop._decode = real
     assert chat(client, model=None).status_code == 200  # the same engine, no rebuild needed
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["engine_rebuilds"] == 0
@@ -139,7 +139,7 @@ def test_model_a_dead_decode_loop_fails_what_it_held_and_the_engine_is_rebuilt(e
     def die(batch):
         raise SystemExit("simulated: the decode loop thread ends")
 
-    first._iterate = die
+    first.loop._iterate = die
     start = time.time()
     failed = chat(client, model=None, messages=LONG, max_tokens=200)
     assert failed.status_code == 503 and "decode loop stopped" in failed.json()["error"]["message"], failed.text

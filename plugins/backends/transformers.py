@@ -15,15 +15,8 @@ a batch of 2 and a batch of 1); there a seeded run repeats only with the same ba
 This module holds the backend class: loading the model, prompts, and handing requests
 to the loop.
 
-Options (``config.options``): ``max_batch`` (rows decoded together), ``admit_min`` (while
-rows decode, newcomers join once this many rows are free, or all of them fit: each
-admission costs a forward pass of its own; default a quarter of ``max_batch``),
-``prefix_cache_tokens``
-(KV cache budget in tokens, 0 disables reuse), ``threads`` (torch CPU threads for this
-process; on a busy machine fewer threads than cores avoids OpenMP oversubscription, which
-can slow decoding several times), ``continuous`` (false: the lockstep way, for
-comparisons: the runtime sends whole ``generate`` calls, and a batch runs until its last
-row is done before the next starts).
+The backend loads the model and hands requests to the decode loop it owns
+(:class:`.transformers_loop.DecodeLoop`); its options are :class:`TransformersBackend.Options`.
 """
 
 from __future__ import annotations
@@ -42,7 +35,7 @@ from reason.types import Completion, GenerateRequest
 from . import kv, models
 from .kv import KV, PrefixCache
 from .models import prompt_ids
-from .transformers_loop import BackendStats, DecodeLoop
+from .transformers_loop import BackendStats, DecodeLoop, LoadedModel
 from .transformers_sequences import PendingRequest
 
 if TYPE_CHECKING:
@@ -55,11 +48,8 @@ DEFAULT_PREFIX_CACHE_TOKENS = 32768
 (SmolLM2-135M: 46 KB of float32 keys and values per token, so about 1.5 GB)."""
 
 
-class TransformersBackend(DecodeLoop, Backend):
+class TransformersBackend(Backend):
     """Batched generation with a transformers causal LM (see the module docstring)."""
-
-    stats: BackendStats
-    rows_in_flight: int
 
     class Options(reason.Options):
         max_batch = Option(
@@ -83,14 +73,12 @@ class TransformersBackend(DecodeLoop, Backend):
         self.source = models.resolve_model(model_spec)  # fails fast on a missing path
         self.max_batch = self.options.max_batch or 0  # 0: chosen by the device on load
         self.prefix_cache: PrefixCache[KV] = PrefixCache(self.options.prefix_cache_tokens)
-        self.threads = self.options.threads
-        self.continuous = self.options.continuous
-        self.admit_min = self.options.admit_min or 0  # 0: from max_batch on load
         self._lock = threading.Lock()
-        self._init_loop()
         self._model: Any = None
         self._tokenizer: Any = None
-        self.max_positions = 0  # the model's, once loaded
+        self._loaded: LoadedModel | None = None
+        self.loop = DecodeLoop(self._load_for_loop, self.prefix_cache, self.emit, continuous=self.options.continuous)
+        self.stats: BackendStats = self.loop.stats
 
     # -- model ------------------------------------------------------------------------
 
@@ -119,38 +107,71 @@ class TransformersBackend(DecodeLoop, Backend):
     def _setup(self) -> None:
         import torch
 
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
+        if self.options.threads is not None:
+            torch.set_num_threads(self.options.threads)
         model, tokenizer = self._model, self.tokenizer
-        self.device = model.device
         eos: set[int] = set()
         for source in (model.generation_config.eos_token_id, model.config.eos_token_id, tokenizer.eos_token_id):
             if isinstance(source, int):
                 eos.add(source)
             elif source:
                 eos.update(int(t) for t in source)
-        self.eos_ids = frozenset(eos)
         pad = tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else (min(eos) if eos else 0))
-        self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
-        # Reusing and trimming caches assumes plain full-attention layers (no sliding
-        # window, no recurrent state); other architectures still batch, without reuse.
-        self.plain_cache = kv.plain_cache(model)
         if not self.max_batch:
-            self.max_batch = DEFAULT_MAX_BATCH_GPU if self.device.type == "cuda" else DEFAULT_MAX_BATCH_CPU
-        if not self.admit_min:
+            self.max_batch = DEFAULT_MAX_BATCH_GPU if model.device.type == "cuda" else DEFAULT_MAX_BATCH_CPU
+        self._loaded = LoadedModel(
+            model=model,
+            tokenizer=tokenizer,
+            name=self.model_name,
+            device=model.device,
+            eos_ids=frozenset(eos),
+            pad_id=int(pad if pad is not None else (min(eos) if eos else 0)),
+            max_positions=int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30),
+            # Reusing and trimming caches assumes plain full-attention layers (no sliding
+            # window, no recurrent state); other architectures still batch, without reuse.
+            plain_cache=kv.plain_cache(model),
+            max_batch=self.max_batch,
             # measured (beam N=8, 16 problems, 2-core CPU): 4 of 16 rows cut the prefill
             # time from 21% to 8% of the run and raised tok/s by 13% at the same results
-            self.admit_min = max(1, self.max_batch // 4)
+            admit_min=self.options.admit_min or max(1, self.max_batch // 4),
+        )
+
+    def _load_for_loop(self) -> LoadedModel:
+        self.load()
+        assert self._loaded is not None  # load() set it up
+        return self._loaded
+
+    @property
+    def device(self) -> Any:
+        """Where the model runs, once loaded."""
+        return self._loaded.device if self._loaded else None
+
+    @property
+    def continuous(self) -> bool:
+        """False: lockstep batches (``-o transformers.continuous=false``); settable, so that
+        a benchmark compares both ways on one loaded model."""
+        return self.loop.continuous
+
+    @continuous.setter
+    def continuous(self, value: bool) -> None:
+        self.loop.continuous = value
+
+    @property
+    def rows_in_flight(self) -> int:
+        return self.loop.rows_in_flight
+
+    @property
+    def failure(self) -> str | None:
+        return self.loop.failure
 
     def close(self) -> None:
         """Stop the decode loop (requests still running fail) and free the model."""
-        self._stop_loop()
+        self.loop.close()
         self.prefix_cache.clear()
-        self._model = None
+        self._model = self._loaded = None
 
     def reset_stats(self) -> None:
-        self.stats = BackendStats()
+        self.stats = self.loop.stats = BackendStats()
 
     # -- prompts ----------------------------------------------------------------------
 
@@ -168,7 +189,7 @@ class TransformersBackend(DecodeLoop, Backend):
 
     @property
     def context_length(self) -> int | None:
-        return self.max_positions or None
+        return self._loaded.max_positions if self._loaded else None
 
     streams_text = True
     watches = True
@@ -184,7 +205,7 @@ class TransformersBackend(DecodeLoop, Backend):
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
         """Blocking: the requests arrive together, so they are admitted together."""
-        futures = self._enqueue([PendingRequest(request, concurrent.futures.Future()) for request in requests])
+        futures = self.loop.enqueue([PendingRequest(request, concurrent.futures.Future()) for request in requests])
         return [future.result() for future in futures]
 
     def submit(
@@ -193,5 +214,5 @@ class TransformersBackend(DecodeLoop, Backend):
         """Queue ``request`` for the decode loop; the future resolves when its ``n``
         samples are done. Cancelling the future drops its sequences from the batch.
         ``on_text(sample, text_so_far)`` is called from the loop's thread after each token."""
-        (future,) = self._enqueue([PendingRequest(request, concurrent.futures.Future(), on_text)])
+        (future,) = self.loop.enqueue([PendingRequest(request, concurrent.futures.Future(), on_text)])
         return future

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from attrs import define
+from attrs import define, frozen
 
 from reason.engine import EngineStats
 from reason.errors import BackendError
@@ -39,6 +39,7 @@ from reason.types import Completion, GenerateRequest, Watch, sample_seed
 
 from . import kv
 from .kv import PrefixCache, output_cache, with_cache
+from .models import prompt_ids
 from .transformers_sequences import Batch, PendingRequest, SequenceState, sample_token
 
 if TYPE_CHECKING:
@@ -56,32 +57,44 @@ class BackendStats(EngineStats):
     decode_seconds: float = 0.0
 
 
-class DecodeLoop:
-    """The decode loop's state and steps, mixed into :class:`.TransformersBackend`, which
-    provides the model, the tokenizer, ``encode`` and the settings declared here."""
+@frozen
+class LoadedModel:
+    """What the decode loop needs of a loaded model; the backend makes it once the
+    weights are in memory."""
 
-    # provided by the backend
-    if TYPE_CHECKING:
-
-        @property
-        def model_name(self) -> str: ...
-
-    _model: Any
-    _tokenizer: Any
+    model: Any
+    tokenizer: Any
+    name: str
     device: Any
     eos_ids: frozenset[int]
     pad_id: int
     max_positions: int
-    continuous: bool
+    plain_cache: bool
+    """Whether the layers' caches can be trimmed, merged and reused (plain full attention)."""
     max_batch: int
     admit_min: int
-    plain_cache: bool
-    prefix_cache: PrefixCache[kv.KV]
-    encode: Callable[[str], list[int]]
-    load: Callable[[], None]
-    emit: Callable[[Any], None]
+    """While rows decode, newcomers join once this many rows are free (or all of them fit)."""
 
-    def _init_loop(self) -> None:
+
+class DecodeLoop:
+    """The continuous-batching engine the transformers backend owns: one worker thread,
+    started by the first request, that loads the model (``load``) and then serves every
+    request :meth:`enqueue` hands it (see the module docstring)."""
+
+    loaded: LoadedModel
+    """The model, once the worker loaded it."""
+
+    def __init__(
+        self,
+        load: Callable[[], LoadedModel],
+        prefix_cache: PrefixCache[kv.KV],
+        emit: Callable[[Any], None],
+        continuous: bool = True,
+    ) -> None:
+        """``load`` is called on the worker thread before the first step; ``emit`` gets an
+        :class:`EngineStep` after each step; ``continuous`` False runs lockstep batches
+        (a new batch only once the last one is done), for comparisons."""
+        self._load, self.prefix_cache, self._emit, self.continuous = load, prefix_cache, emit, continuous
         self.stats = BackendStats()
         self._rng = random.Random()
         # the decode loop's inbox; the rest of its state is touched by its thread only
@@ -105,7 +118,7 @@ class DecodeLoop:
             return "the transformers decode loop stopped"
         return None
 
-    def _stop_loop(self) -> None:
+    def close(self) -> None:
         """Stop the decode loop: requests still running fail."""
         with self._wake:
             self._closed = True
@@ -117,7 +130,7 @@ class DecodeLoop:
     def _closed_request(self, pending: PendingRequest, _future: concurrent.futures.Future[list[Completion]]) -> None:
         self._open.discard(pending)
 
-    def _enqueue(self, pending: list[PendingRequest]) -> list[concurrent.futures.Future[list[Completion]]]:
+    def enqueue(self, pending: list[PendingRequest]) -> list[concurrent.futures.Future[list[Completion]]]:
         with self._wake:
             if self._closed:
                 raise BackendError("the transformers backend is closed")
@@ -158,7 +171,8 @@ class DecodeLoop:
                 arrivals, self._arrivals = self._arrivals, []
             try:
                 with torch.inference_mode():
-                    self.load()
+                    if not hasattr(self, "loaded"):
+                        self.loaded = self._load()
                     for pending in arrivals:
                         self._expand(pending)
                     batch = self._iterate(batch)
@@ -194,12 +208,14 @@ class DecodeLoop:
     def _sequences(self, request: GenerateRequest, owner: PendingRequest) -> list[SequenceState]:
         import torch
 
-        ids = tuple(self.encode(request.prompt))
-        if len(ids) >= self.max_positions:
-            raise BackendError(f"the prompt has {len(ids)} tokens; {self.model_name} takes at most {self.max_positions}")
-        layers = self._model.config.num_hidden_layers
+        ids = tuple(prompt_ids(self.loaded.tokenizer, request.prompt))
+        if len(ids) >= self.loaded.max_positions:
+            raise BackendError(f"the prompt has {len(ids)} tokens; {self.loaded.name} takes at most {self.loaded.max_positions}")
+        layers = self.loaded.model.config.num_hidden_layers
         if request.params.hidden_layers and request.params.hidden_layers[-1] > layers:
-            raise BackendError(f"hidden_layers asks for layer {request.params.hidden_layers[-1]}; {self.model_name} has {layers}")
+            raise BackendError(
+                f"hidden_layers asks for layer {request.params.hidden_layers[-1]}; {self.loaded.name} has {layers}"
+            )
         seed = request.params.seed
         if seed is None:
             seed = self._rng.getrandbits(63)
@@ -207,7 +223,7 @@ class DecodeLoop:
         for i in range(request.n):
             generator = None
             if request.params.temperature > 0:
-                generator = torch.Generator(device=self.device)
+                generator = torch.Generator(device=self.loaded.device)
                 generator.manual_seed(sample_seed(seed, i))
             sequences.append(SequenceState(owner=owner, index=i, params=request.params, prompt_ids=ids, generator=generator))
         self.stats.sequences += len(sequences)
@@ -222,15 +238,15 @@ class DecodeLoop:
             waiting = len(self._ready)
             self._ready = deque(seq for seq in self._ready if not seq.owner.future.cancelled())
             self.stats.cancelled += waiting - len(self._ready)
-        free = self.max_batch - (len(batch.rows) if batch else 0)
+        free = self.loaded.max_batch - (len(batch.rows) if batch else 0)
         # Rows join a running batch only with plain caches (others cannot be merged) and
         # when batching continuously; otherwise a new batch starts when the old is done
         # (static batching, as the lockstep runtime did).
         # Each admission is a forward pass of its own (the newcomers' prefill): while rows
         # decode, wait until admit_min rows are free (or every waiting one fits) so that
         # one prefill serves several newcomers.
-        enough = batch is None or free >= min(self.admit_min, len(self._ready))
-        if self._ready and free > 0 and enough and (batch is None or (self.plain_cache and self.continuous)):
+        enough = batch is None or free >= min(self.loaded.admit_min, len(self._ready))
+        if self._ready and free > 0 and enough and (batch is None or (self.loaded.plain_cache and self.continuous)):
             newcomers = [self._ready.popleft() for _ in range(min(free, len(self._ready)))]
             self._admitting = newcomers
             prefilled = self.stats.prefill_tokens, self.stats.reused_tokens
@@ -248,11 +264,11 @@ class DecodeLoop:
         if batch is not None:
             self._decode(batch, tokens)
         self._admitting = []
-        self.emit(
+        self._emit(
             EngineStep(
                 engine="transformers",
                 running=picked,
-                max_batch=self.max_batch,
+                max_batch=self.loaded.max_batch,
                 waiting=len(self._ready) + len(self._arrivals),
                 admitted=admitted,
                 prefill_tokens=prefill,
@@ -280,7 +296,7 @@ class DecodeLoop:
             seq.cached_tokens = len(seq.prompt_ids) if u in seen else reused[u]
             seen.add(u)
         if len(prompts) != len(newcomers):  # samples of one prompt share its prefill
-            rows = torch.tensor([prompts[s.prompt_ids] for s in newcomers], device=self.device)
+            rows = torch.tensor([prompts[s.prompt_ids] for s in newcomers], device=self.loaded.device)
             for layer in cache.layers:
                 layer.batch_select_indices(rows)
             mask, logits = mask[rows], logits[rows]
@@ -331,7 +347,7 @@ class DecodeLoop:
             return None
         if len(keep) == len(batch.rows):
             return batch
-        index = torch.tensor(keep, device=self.device)
+        index = torch.tensor(keep, device=self.loaded.device)
         for layer in batch.cache.layers:
             layer.batch_select_indices(index)
         batch = Batch(
@@ -341,7 +357,7 @@ class DecodeLoop:
             logits=batch.logits[index],
             lengths=[batch.lengths[i] for i in keep],
         )
-        if self.plain_cache:
+        if self.loaded.plain_cache:
             batch.mask = kv.trim_padding(batch.cache, batch.mask)
         return batch
 
@@ -353,11 +369,11 @@ class DecodeLoop:
         rows = len(batch.rows)
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((rows, 1))], dim=1)
         wanted = {seq.params.hidden_layers for seq in batch.rows if seq.params.hidden_layers}
-        out = self._model(
-            input_ids=torch.tensor([[t] for t in tokens], device=self.device),
+        out = self.loaded.model(
+            input_ids=torch.tensor([[t] for t in tokens], device=self.loaded.device),
             attention_mask=batch.mask,
-            position_ids=torch.tensor([[n] for n in batch.lengths], device=self.device),
-            **with_cache(self._model, batch.cache),
+            position_ids=torch.tensor([[n] for n in batch.lengths], device=self.loaded.device),
+            **with_cache(self.loaded.model, batch.cache),
             use_cache=True,
             logits_to_keep=1,
             output_hidden_states=bool(wanted),
@@ -398,7 +414,7 @@ class DecodeLoop:
         """
         import torch
 
-        model = self._model
+        model = self.loaded.model
         hits = []
         for ids in prompts:
             cached, entry = self.prefix_cache.lookup(ids) if self._reuse else (0, None)
@@ -409,7 +425,7 @@ class DecodeLoop:
         rows = len(prompts)
         # row u holds len(ids) - suffix cached tokens left of the encoded columns
         cache = kv.splice(model.config, [(len(ids) - suffix, entry) for ids, (_, entry) in zip(prompts, hits)], past)
-        input_ids = torch.full((rows, suffix), self.pad_id, dtype=torch.long)
+        input_ids = torch.full((rows, suffix), self.loaded.pad_id, dtype=torch.long)
         positions = torch.zeros((rows, suffix), dtype=torch.long)
         mask = torch.zeros((rows, total), dtype=torch.long)
         reused = []
@@ -422,11 +438,11 @@ class DecodeLoop:
             self.stats.prefill_tokens += width
             self.stats.reused_tokens += first
             reused.append(first)
-        mask = mask.to(self.device)
+        mask = mask.to(self.loaded.device)
         out = model(
-            input_ids=input_ids.to(self.device),
+            input_ids=input_ids.to(self.loaded.device),
             attention_mask=mask,
-            position_ids=positions.to(self.device),
+            position_ids=positions.to(self.loaded.device),
             **with_cache(model, cache),
             use_cache=True,
             logits_to_keep=1,
@@ -436,7 +452,7 @@ class DecodeLoop:
 
     @property
     def _reuse(self) -> bool:
-        return self.plain_cache and self.prefix_cache.max_tokens > 0
+        return self.loaded.plain_cache and self.prefix_cache.max_tokens > 0
 
     def _pick(self, active: list[SequenceState], logits: torch.Tensor) -> list[int]:
         """Choose each row's next token, record its logprobs, and settle finished rows."""
@@ -463,7 +479,7 @@ class DecodeLoop:
             seq.token_ids.append(token)
             seq.logprobs.append(float(logprobs[i, token]))
             seq.top_logprobs.append(tuple(top_values[i][: params.logprobs]) if top_values else ())
-            seq.settle(self.eos_ids, self._detokenize, self.max_positions)
+            seq.settle(self.loaded.eos_ids, self._detokenize, self.loaded.max_positions)
             watch = seq.owner.request.watch
             if watch is not None and seq.finish is None and len(seq.token_ids) % watch.every == 0:
                 self._check_watch(seq, watch)
@@ -477,7 +493,7 @@ class DecodeLoop:
         return tokens
 
     def _detokenize(self, token_ids: list[int]) -> str:
-        return self._tokenizer.decode(token_ids, skip_special_tokens=True)
+        return self.loaded.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def _check_watch(self, seq: SequenceState, watch: Watch) -> None:
         """End ``seq`` here (finish ``length``) when its request's watch says stop."""
