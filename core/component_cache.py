@@ -48,11 +48,13 @@ def check_backend(options: type[Options], built: Config, wanted: Config, name: s
     """Refuse a config whose backend settings differ from those the backend was built with."""
     changed = [field for field in BACKEND_FIELDS if getattr(built, field) != getattr(wanted, field)]
     before, after = options.from_run(built.options, name), options.from_run(wanted.options, name)
-    changed += [f"-o {name}.{o.name}" for o in options.declared if getattr(before, o.name) != getattr(after, o.name)]
+    changed += [f"options.{name}.{o.name}" for o in options.declared if getattr(before, o.name) != getattr(after, o.name)]
     if changed:
+        shown = [f"-o {field.removeprefix('options.')}" if field.startswith("options.") else field for field in changed]
         raise UsageError(
-            f"a Runtime's backend is fixed when it is built; this run changes {', '.join(changed)}. "
-            "Build another Runtime for another model or backend settings"
+            f"a Runtime's backend is fixed when it is built; this run changes {', '.join(shown)}. "
+            "Build another Runtime for another model or backend settings",
+            param=changed[0],
         )
 
 

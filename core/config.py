@@ -21,22 +21,24 @@ from .types import AGGREGATIONS, SamplingParams, str_tuple
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: int) -> None:
     if value < 1:
-        raise UsageError(f"--{attribute.name.replace('_', '-')} must be at least 1, got {value}")
+        raise UsageError(f"--{attribute.name.replace('_', '-')} must be at least 1, got {value}", param=attribute.name)
 
 
 def _non_negative(instance: Any, attribute: attrs.Attribute, value: float) -> None:
     if value < 0:
-        raise UsageError(f"--{attribute.name.replace('_', '-')} must be >= 0, got {value}")
+        raise UsageError(f"--{attribute.name.replace('_', '-')} must be >= 0, got {value}", param=attribute.name)
 
 
 def _probability(instance: Any, attribute: attrs.Attribute, value: float) -> None:
     if not 0 < value <= 1:
-        raise UsageError(f"--{attribute.name.replace('_', '-')} must be in (0, 1], got {value}")
+        raise UsageError(f"--{attribute.name.replace('_', '-')} must be in (0, 1], got {value}", param=attribute.name)
 
 
 def _aggregation(instance: Any, attribute: attrs.Attribute, value: str) -> None:
     if value not in AGGREGATIONS:
-        raise UsageError(f"--{attribute.name.replace('_', '-')} must be one of {', '.join(AGGREGATIONS)}, got {value!r}")
+        raise UsageError(
+            f"--{attribute.name.replace('_', '-')} must be one of {', '.join(AGGREGATIONS)}, got {value!r}", param=attribute.name
+        )
 
 
 SOLVE_FIELDS: tuple[str, ...] = (

@@ -9,6 +9,13 @@ class ReasonError(Exception):
 class UsageError(ReasonError, ValueError):
     """The input is wrong (an option, a name, a file); the message says how to fix it."""
 
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        """What was wrong, where the error knows: a Config field (``"n"``, ``"search"``) or
+        ``"options.KEY"`` with the option's key as the user gave it (``reason serve``
+        names the request field with it)."""
+
 
 class ComponentNotFound(UsageError):
     """No plugin registered a component of that kind under that name."""

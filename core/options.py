@@ -135,7 +135,7 @@ class Option(Generic[T]):
         if self.choices and isinstance(converted, str):
             converted = converted.lower()
         if converted is None or not self._fits(converted):
-            raise UsageError(f"-o {key or self.name}={value!r}: must be {self.expects()}")
+            raise UsageError(f"-o {key or self.name}={value!r}: must be {self.expects()}", param=f"options.{key or self.name}")
         return converted
 
     def _fits(self, value: Any) -> bool:
@@ -210,7 +210,7 @@ class Options:
         known = {option.name: option for option in self.declared}
         for name in values:
             if name not in known:
-                raise UsageError(f"unknown option {name}; {self._takes()}")
+                raise UsageError(f"unknown option {name}; {self._takes()}", param=f"options.{name}")
         self._values = {name: option.parse(values.get(name, option.default)) for name, option in known.items()}
 
     @classmethod
@@ -245,7 +245,8 @@ class Options:
         known = {option.name: option for option in cls.declared}
         for name, (key, value) in given.items():
             if name not in known:
-                raise UsageError(f"-o {key}={value!r}: {component or cls.__qualname__} has no option {name}; {cls._takes()}")
+                message = f"-o {key}={value!r}: {component or cls.__qualname__} has no option {name}; {cls._takes()}"
+                raise UsageError(message, param=f"options.{key}")
             known[name].parse(value, key)
         return cls(**{name: value for name, (_, value) in given.items()})
 
@@ -324,7 +325,7 @@ def check_options(config: Config, parts: Sequence[Part], registry: PluginRegistr
         try:
             part.options.from_run(config.options, part.name)
         except UsageError as exc:
-            raise UsageError(f"{exc} (an option of {part.label})") from None
+            raise UsageError(f"{exc} (an option of {part.label})", param=exc.param) from None
     if not unknown:
         return
     datasets = dataset_parts(registry)
@@ -337,7 +338,7 @@ def check_options(config: Config, parts: Sequence[Part], registry: PluginRegistr
         if owner in names or (owner is None and (key in flat or key in MOVED)):
             continue  # MOVED: Config fields of earlier releases, which any run took
         shown = f"[options.{key}]" if isinstance(value, Mapping) else f"-o {key}={value!r}"
-        raise UsageError(f"{shown}: " + _why_unknown(owner, key, parts, registry))
+        raise UsageError(f"{shown}: " + _why_unknown(owner, key, parts, registry), param=f"options.{key}")
 
 
 def _why_unknown(owner: str | None, key: str, parts: Sequence[Part], registry: PluginRegistry) -> str:

@@ -60,6 +60,10 @@ class PluginLoadWarning(UserWarning):
     """A plugin could not be loaded and was skipped."""
 
 
+CONFIG_FIELD = {"reflection": "reflect"}
+"""The Config field that names a component of each kind, where it is not the kind."""
+
+
 @define
 class PluginInfo:
     name: str
@@ -104,7 +108,7 @@ class PluginRegistry:
         registered = self.components[kind]
         if name not in registered:
             available = ", ".join(self.names(kind)) or "none"
-            raise ComponentNotFound(f"unknown {kind} {name!r}; available: {available}")
+            raise ComponentNotFound(f"unknown {kind} {name!r}; available: {available}", param=CONFIG_FIELD.get(kind, kind))
         return registered[name], (arg or None)
 
     def create(self, kind: str, spec: str, config: Any) -> Any:
@@ -120,7 +124,9 @@ class PluginRegistry:
         except UsageError:
             raise
         except (ValueError, TypeError) as exc:
-            raise UsageError(f"{kind} {spec!r} (from plugin {registration.plugin}): {exc}") from exc
+            raise UsageError(
+                f"{kind} {spec!r} (from plugin {registration.plugin}): {exc}", param=CONFIG_FIELD.get(kind, kind)
+            ) from exc
 
     def options_for(self, kind: str, spec: str, config: Any) -> Options | None:
         """The options component ``spec`` gets in a run of ``config`` (see

@@ -249,3 +249,21 @@ def test_every_shipped_recipe_passes_the_runs_check():
     assert len(recipes) >= 9
     for recipe in recipes:
         Runtime(Config.from_recipe(recipe), backend=ScriptedBackend()).close()
+
+
+@pytest.mark.parametrize(
+    "build, param",
+    [
+        (lambda: Config(n=0), "n"),
+        (lambda: Runtime(Config(search="nope"), backend=ScriptedBackend()), "search"),
+        (lambda: Runtime(Config(reflect=("nope",)), backend=ScriptedBackend()), "reflect"),
+        (lambda: Runtime(Config(search="beam", options={"beam": {"lookahead": -1}}), backend=ScriptedBackend()), "options.beam.lookahead"),
+        (lambda: Runtime(Config(search="beam", options={"beam.lookahed": 1}), backend=ScriptedBackend()), "options.beam.lookahed"),
+        (lambda: Runtime(Config(options={"no_such": 1}), backend=ScriptedBackend()), "options.no_such"),
+    ],
+)
+def test_a_usage_error_names_the_parameter_it_is_about(build, param):
+    """What `reason serve` reports as the request field at fault, without reading the message."""
+    with pytest.raises(UsageError) as raised:
+        build()
+    assert raised.value.param == param

@@ -141,7 +141,7 @@ def select(
         config = runtime.config.replace(**overrides)
         runtime.validate(config)
     except UsageError as exc:
-        param = _param_of(str(exc), overrides)
+        param = _param_of(exc, overrides)
         if param == "reason.search" and strategy is not None and "search" not in (extension or {}):
             param = "model"  # the strategy came from the model name
         raise APIError(str(exc), param=param) from None
@@ -150,18 +150,16 @@ def select(
     return Selection(overrides=overrides, config=config, kind=kind, progress=progress, reasoning=reasoning)
 
 
-def _param_of(message: str, overrides: dict[str, Any]) -> str | None:
-    """The request field a UsageError is about, when its message names one."""
-    for kind in ("search", "verifier", "splitter", "reflection"):
-        if message.startswith(f"unknown {kind} "):
-            return "reason.reflect" if kind == "reflection" else f"reason.{kind}"
-    if message.startswith("-o ") and "=" in message:
-        key = message[3:].partition("=")[0]
-        return f"reason.{key}" if key in MOVED and key in overrides else f"reason.options.{key}"
-    for key in overrides:
-        if f"--{key.replace('_', '-')}" in message:
-            return f"reason.{key}"
-    return None
+def _param_of(error: UsageError, overrides: dict[str, Any]) -> str | None:
+    """The request field ``error`` is about (``reason.n``, ``reason.options.beam.width``);
+    a field of earlier releases that the request gave by its old name keeps that name."""
+    param = error.param
+    if param is None:
+        return None
+    key = param.removeprefix("options.")
+    if key in MOVED and key in overrides:
+        return f"reason.{key}"
+    return f"reason.{param}"
 
 
 # -- tasks ---------------------------------------------------------------------------
