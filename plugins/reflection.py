@@ -2,28 +2,25 @@
 
 - ``marco``: Marco-o1's "Wait! Maybe I made some mistakes! I need to rethink from
   scratch." at the end of a thought (a finished path, or a step that gives the answer).
-  Options: ``marco_phrase``, ``marco_max`` (1).
 - ``low-confidence:T``: after a step whose mean token confidence (Marco-o1's c_i, see
   :mod:`reason.plugins.verifiers.confidence`) is below T (default 0.5).
-  Options: ``low_confidence_phrase``, ``low_confidence_max`` (1).
 - ``on-verifier-fail``: when the verifier rejects a path (``Score.passed is False``, or
-  its score is below ``fail_threshold`` when that is set), inject the verifier's
+  its score is below ``-o on-verifier-fail.threshold`` when that is set), inject the verifier's
   feedback and let the model fix it. From the ``sandbox`` verifier that is the failing
   public test (the assert, what the call returned or raised, what was expected), or how
   the program died; never a hidden test, which the verifier does not run. An
   unverified path (a code task without public tests: ``passed is None``) is not a
-  failure; ``fail_threshold`` is for verifiers without exact verdicts (its 0.5 for
+  failure; the threshold is for verifiers without exact verdicts (its 0.5 for
   unverified paths would read as a score). Runs where a policy calls
-  ``ctx.reflect_after_score``. Options: ``fail_threshold``, ``fail_template`` (with
-  ``{feedback}``), ``fail_max`` (1), ``fail_feedback_chars`` (1500: the feedback's head,
-  where the first failing test is).
+  ``ctx.reflect_after_score``. The feedback is cut to its head, where the first failing
+  test is.
 - ``budget-forcing`` (s1, ``budget-forcing:MIN[:MAX]``): for models that think inside
   ``<think>...</think>``. ``</think>`` becomes a stop string; when the model tries to end
-  its thinking (or the text) before ``min_thinking_tokens`` (128), the delimiter is
-  dropped and "Wait" appended; at ``max_thinking_tokens`` (none) the answer is forced
-  with "</think>\\n\\nThe answer is". Options: ``min_thinking_tokens``,
-  ``max_thinking_tokens``, ``think_end``, ``wait_phrase``, ``answer_phrase``,
-  ``max_waits`` (4).
+  its thinking (or the text) before MIN tokens (128), the delimiter is dropped and "Wait"
+  appended; at MAX (no cap) the answer is forced with "</think>\\n\\nThe answer is".
+
+Each trigger's options (texts, caps) are on its ``Options`` class; ``reason plugins``
+lists them.
 
 Each trigger counts only its own reflections on a path when it caps itself, and never
 fires right after an injected text or when the path has no room left to continue.

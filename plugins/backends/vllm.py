@@ -17,18 +17,13 @@ Each of a request's ``n`` samples is its own vLLM request with its own seed, der
 and whatever its ``n``. (vLLM's own ``n`` would give sample ``i`` the seed ``seed + i``,
 so requests with neighbouring seeds would share samples.)
 
-Settings (``config`` fields and ``options``, i.e. ``-o key=value``):
-
-- ``config.model`` (or ``--backend vllm:MODEL``): HF directory, hub id or ``.gguf`` file
-  (converted once to a dense HF directory), or a packaged model's name; default
-  ``$REASON_MODEL``, else Qwen2.5-Coder-0.5B-Instruct.
-- ``config.dtype`` or ``-o dtype`` (``auto``: vLLM's choice, bf16 on CPU), ``config.seed``.
-- options ``tensor_parallel_size`` (1), ``gpu_memory_utilization`` (0.9 on GPU; on CPU it is
-  the share of RAM for the KV cache, default 0.3), ``max_model_len`` (the model's),
-  ``enforce_eager`` (false on GPU, true on CPU: CPU graph compilation takes minutes),
-  ``tokenizer`` (the model's), ``block_size`` (16 on GPU, vLLM's; 32 on CPU, the smallest
-  its attention takes, where vLLM would pick 128: the prefix cache reuses whole blocks
-  only, so smaller blocks reuse more of each re-sent path).
+The model is ``config.model`` (or ``--backend vllm:MODEL``): an HF directory, hub id or
+``.gguf`` file (converted once to a dense HF directory), or a packaged model's name. The
+engine's settings are :class:`VLLMBackend.Options`. Two defaults differ on CPU, for
+reasons worth keeping: ``enforce_eager`` is on (CPU graph compilation takes minutes), and
+``block_size`` is 32, the smallest vLLM's CPU attention takes, where vLLM would pick 128:
+the prefix cache reuses whole blocks only, so smaller blocks reuse more of each re-sent
+path.
 
 ``stats`` counts what the engine did (prefix-cache queries and hits, tokens, batch sizes)
 and every engine step is reported as an :class:`~reason.events.EngineStep` event.
