@@ -185,7 +185,7 @@ class Options:
     subclass adds to its parent's (shared groups, e.g. the scoring models' batch size)."""
 
     declared: ClassVar[tuple[Option[Any], ...]] = ()
-    """Every option of the class, inherited ones first (filled in by the class itself)."""
+    """Every option of the class, its own first (filled in by the class itself)."""
 
     prefix: ClassVar[str] = ""
     """How the flat names of earlier releases started (``"prm_"``: ``prm_model`` is
@@ -196,9 +196,11 @@ class Options:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        merged: dict[str, Option[Any]] = {}
-        for base in reversed(cls.__mro__):
-            merged.update({name: value for name, value in vars(base).items() if isinstance(value, Option)})
+        merged: dict[str, Option[Any]] = {}  # the class's own first, then its bases' (a redefinition wins)
+        for base in cls.__mro__:
+            for name, value in vars(base).items():
+                if isinstance(value, Option) and name not in merged:
+                    merged[name] = value
         cls.declared = tuple(merged.values())
         own = vars(cls).get("prefix", "")
         cls._aliases = {}
