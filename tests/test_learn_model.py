@@ -73,6 +73,21 @@ def test_rollouts_features_and_a_trained_head_with_its_card(trained):
     assert head.with_suffix(".safetensors").stat().st_size > 1000
 
 
+def test_a_head_trains_from_trajectories_alone(trained, tmp_path):
+    """A rollouts set kept without its results.jsonl (the trees are ~50x larger than the
+    trajectories, so a committed set holds only these) still features and trains."""
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for name in ("trajectories.jsonl", "trajectories.json", "run.json"):
+        shutil.copy(trained["run"] / name, kept / name)
+    shutil.copytree(trained["run"] / "features", kept / "features")
+    ok(invoke("learn", "train", kept, "--layers", "4,8", "--folds", "2", "--kinds", "linear", "--out", tmp_path / "head"))
+    assert (tmp_path / "head.safetensors").is_file()
+    (kept / "trajectories.jsonl").unlink()
+    refused = invoke("learn", "train", kept, "--layers", "4,8", "--out", tmp_path / "other")
+    assert isinstance(refused.exception, UsageError) and "holds no rollouts" in str(refused.exception)
+
+
 def test_the_probe_verifier_scores_a_real_solve(trained):
     config = Config(model="smollm2", search="best-of-n", n=2, max_tokens=24, seed=1, verifier=f"probe:{trained['head']}.json")
     with Runtime(config) as rt:

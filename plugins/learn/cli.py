@@ -45,13 +45,16 @@ def _layers(text: str) -> tuple[int, ...]:
     return layers
 
 
-def _run_dir(path: str) -> Path:
+def _run_dir(path: str, trajectories: bool = False) -> Path:
+    """A rollouts directory: its results.jsonl, or (``trajectories``: for the commands
+    that read only those) its trajectories.jsonl, e.g. a committed set unpacked with
+    ``gunzip -k trajectories.jsonl.gz``."""
     directory = Path(path)
-    if not (directory / "results.jsonl").is_file():
-        raise UsageError(
-            f"{directory} holds no rollouts (no results.jsonl): make them with `reason learn rollouts --out {directory}`"
-        )
-    return directory
+    if (directory / "results.jsonl").is_file() or (trajectories and (directory / "trajectories.jsonl").is_file()):
+        return directory
+    raise UsageError(
+        f"{directory} holds no rollouts (no results.jsonl): make them with `reason learn rollouts --out {directory}`"
+    )
 
 
 def _model_of(directory: Path) -> str | None:
@@ -174,7 +177,7 @@ def features_command(run_dir: str, layers: str, limit: int | None, device: str |
     from .features import FeatureSpec
     from .labels import TRAJECTORIES
 
-    directory = _run_dir(run_dir)
+    directory = _run_dir(run_dir, trajectories=True)
     if not (directory / TRAJECTORIES).is_file():
         _write_trajectories(directory)
     spec = FeatureSpec(layers=_layers(layers))
@@ -208,7 +211,7 @@ def train_command(run_dir: str, layers: str, out: str, kinds: str, label: str, k
     from .heads import head_files
     from .labels import file_sha256
 
-    directory = _run_dir(run_dir)
+    directory = _run_dir(run_dir, trajectories=True)
     stored = _layers(layers)
     problems = tr.load_problems(directory, stored, label)
     if len(problems) < k * 2:
