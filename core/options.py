@@ -126,6 +126,9 @@ class Option(Generic[T]):
     def __get__(self, instance: Options | None, owner: type) -> Option[T] | T:
         return self if instance is None else instance._values[self.name]
 
+    def __set__(self, instance: Options, value: Any) -> None:
+        raise AttributeError(f"options are immutable (a kept component shares them): use .replace({self.name}=...)")
+
     def parse(self, value: Any, key: str | None = None) -> Any:
         """``value`` converted and checked; a :class:`UsageError` naming the option (as
         ``key``, the way the user wrote it) and what it expects otherwise. None: unset."""

@@ -87,6 +87,10 @@ def test_a_component_gets_its_options_parsed_with_their_defaults():
     assert Knobs.Options(knob=5) == Knobs.Options(knob="5") and hash(Knobs.Options(knob=5)) == hash(Knobs.Options(knob="5"))
     with pytest.raises(UsageError, match="unknown option other; it takes knob, dial"):
         Knobs.Options(other=1)
+    options = Knobs.Options(knob=1)
+    with pytest.raises(AttributeError, match="options are immutable"):
+        options.knob = 2
+    assert options.replace(knob=2).knob == 2 and options.knob == 1
 
 
 def test_options_are_named_by_component_and_the_flat_names_still_work():
