@@ -102,6 +102,22 @@ def test_refuses_a_directory_of_a_different_run(problems, tmp_path):
     make_run(problems, out, resume=True, options={"data_dir": str(tmp_path)}).prepare()
 
 
+def test_a_run_written_before_the_search_fields_moved_still_resumes(problems, tmp_path):
+    """run.json of earlier releases holds beam_width, max_steps and weighted as Config
+    fields; at their defaults they are what this release runs, set they are its options."""
+    out = tmp_path / "run"
+    execute(make_run(problems, out, limit=2))
+    run = json.loads((out / "run.json").read_text())
+    run["identity"]["config"].update(beam_width=4, max_steps=40, weighted=False)
+    (out / "run.json").write_text(json.dumps(run))
+    _, _, todo = execute(make_run(problems, out, limit=3, resume=True))
+    assert [t.id for _, t in todo] == ["sums/2"]
+    run["identity"]["config"].update(weighted=True)
+    (out / "run.json").write_text(json.dumps(run))
+    with pytest.raises(UsageError, match=r"different run \(options.weighted: True -> None"):
+        make_run(problems, out, resume=True).prepare()
+
+
 def test_a_torn_last_line_is_dropped_and_the_problem_redone(problems, tmp_path):
     out = tmp_path / "run"
     execute(make_run(problems, out, limit=2))

@@ -133,8 +133,24 @@ def run_identity(dataset: str, config: Config) -> dict[str, Any]:
     return jsonable({"dataset": dataset, "config": config.to_dict()})
 
 
+MOVED_DEFAULTS = {"beam_width": 4, "max_steps": 40, "weighted": False}
+"""The defaults of the Config fields that became search options (:data:`reason.config.MOVED`),
+for reading the identity of a run written before."""
+
+
+def _upgraded(identity: dict[str, Any]) -> dict[str, Any]:
+    """``identity`` as this release writes it: a moved field that kept its default goes,
+    one that was set becomes the option it is now (its flat name)."""
+    config = dict(identity.get("config") or {})
+    options = dict(config.get("options") or {})
+    for name, default in MOVED_DEFAULTS.items():
+        if name in config and (value := config.pop(name)) not in (None, default):
+            options.setdefault(name, value)
+    return {**identity, "config": {**config, "options": options}} if "config" in identity else identity
+
+
 def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
+    a, b = _flatten(_upgraded(old)), _flatten(new)
     diffs = []
     for key in sorted(set(a) | set(b)):
         if any(key == f"config.{ignored}" for ignored in IGNORED_CONFIG_KEYS):
