@@ -117,6 +117,11 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client):
     assert error_of(chat(client, reason={"bogus": 1}))["param"] == "reason.bogus"
     assert "fixed when the server starts" in error_of(chat(client, reason={"model": "other"}))["message"]
     assert "--request-options" in error_of(chat(client, reason={"options": {"iterations": 2}}))["message"]
+    assert error_of(chat(client, reason={"options": {"prm.model": "/x"}}))["param"] == "reason.options.prm.model"
+    # a search policy is built per search and keeps nothing: any client sets its own search's options
+    assert chat(client, model="mcts/toy", reason={"options": {"mcts": {"iterations": 2}}}).status_code == 200
+    assert chat(client, reason={"search": "beam", "options": {"beam.width": 2}}).status_code == 200
+    assert error_of(chat(client, reason={"search": "beam", "options": {"beam.width": 0}}))["param"] == "reason.options.beam.width"
     assert error_of(chat(client, stop=["\n"]))["param"] == "stop"
     assert error_of(chat(client, tools=[{"type": "function", "function": {"name": "f"}}]))["param"] == "tools"
     assert error_of(chat(client, messages=[]))["param"] == "messages"

@@ -117,11 +117,15 @@ def select(
             if key not in allowed:
                 raise APIError(f"unknown field reason.{key}; known fields: {', '.join(allowed)}", param=f"reason.{key}")
             if key == "options" and value and not allow_options:
-                raise APIError(
-                    "reason.options (plugin settings) are refused: this server was started without "
-                    "--request-options; its own options apply to every request",
-                    param="reason.options",
-                )
+                search = str(extension.get("search") or overrides.get("search") or runtime.config.search).partition(":")[0]
+                others = [k for k, v in value.items() if not _of_search(k, v, search)] if isinstance(value, dict) else ["options"]
+                if others:
+                    raise APIError(
+                        f"reason.options.{others[0]} is refused: this server was started without --request-options, "
+                        f'so a request sets only its search\'s options (e.g. {{"{search}": {{...}}}}); '
+                        "the server's own options apply to every request",
+                        param=f"reason.options.{others[0]}",
+                    )
             if key == "kind":
                 if value not in TASK_KINDS:
                     raise APIError(f"reason.kind must be one of {', '.join(TASK_KINDS)}, got {value!r}", param="reason.kind")
@@ -148,6 +152,13 @@ def select(
     except (TypeError, ValueError) as exc:
         raise APIError(f"invalid reason settings: {exc}", param="reason") from None
     return Selection(overrides=overrides, config=config, kind=kind, progress=progress, reasoning=reasoning)
+
+
+def _of_search(key: str, value: Any, search: str) -> bool:
+    """Whether option ``key`` belongs to the request's search policy: a policy is built for
+    each search and keeps nothing, so any client may set its options, where a verifier's
+    or splitter's would build another one kept for the server's life."""
+    return key == search and isinstance(value, dict) or key.startswith(search + ".")
 
 
 def _param_of(error: UsageError, overrides: dict[str, Any]) -> str | None:
