@@ -43,7 +43,7 @@ def test_beam_search_with_the_prm_verifier_from_the_cli(prm_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = last_json(result.stdout)
     assert out["config"]["verifier"] == "prm" and out["config"]["aggregation"] == "min"
-    assert out["config"]["options"]["prm_model"] == prm_dir
+    assert out["config"]["options"]["prm.model"] == prm_dir  # the --prm-model flag sets -o prm.model
     assert out["candidates"] and out["usage"]["verifier_calls"] >= 1
     for candidate in out["candidates"]:
         steps = candidate["step_scores"]

@@ -35,8 +35,8 @@ from reason.types import Completion, GenerateRequest
 from . import kv, models
 from .kv import KV, PrefixCache
 from .models import prompt_ids
-from .transformers_loop import BackendStats, DecodeLoop, LoadedModel
-from .transformers_sequences import PendingRequest
+from .transformers_loop import DecodeLoop
+from .transformers_sequences import BackendStats, LoadedModel, PendingRequest
 
 if TYPE_CHECKING:
     from reason.config import Config

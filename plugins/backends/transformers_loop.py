@@ -29,9 +29,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from attrs import define, frozen
-
-from reason.engine import EngineStats
 from reason.errors import BackendError
 from reason.events import EngineStep
 from reason.log import get_logger
@@ -40,40 +37,12 @@ from reason.types import Completion, GenerateRequest, Watch, sample_seed
 from . import kv
 from .kv import PrefixCache, output_cache, with_cache
 from .models import prompt_ids
-from .transformers_sequences import Batch, PendingRequest, SequenceState, sample_token
+from .transformers_sequences import BackendStats, Batch, LoadedModel, PendingRequest, SequenceState, sample_token
 
 if TYPE_CHECKING:
     import torch
 
 log = get_logger()
-
-
-@define
-class BackendStats(EngineStats):
-    """:class:`EngineStats` plus what the decode loop spent its time on."""
-
-    forward_passes: int = 0
-    prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
-
-
-@frozen
-class LoadedModel:
-    """What the decode loop needs of a loaded model; the backend makes it once the
-    weights are in memory."""
-
-    model: Any
-    tokenizer: Any
-    name: str
-    device: Any
-    eos_ids: frozenset[int]
-    pad_id: int
-    max_positions: int
-    plain_cache: bool
-    """Whether the layers' caches can be trimmed, merged and reused (plain full attention)."""
-    max_batch: int
-    admit_min: int
-    """While rows decode, newcomers join once this many rows are free (or all of them fit)."""
 
 
 class DecodeLoop:

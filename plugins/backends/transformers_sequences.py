@@ -1,5 +1,6 @@
 """What the transformers backend's decode loop (:mod:`.transformers_loop`) works on: a
-submitted request, each of its samples, and the batch of rows decoding together."""
+submitted request, each of its samples, the batch of rows decoding together, the loaded
+model it runs, and its counters."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import concurrent.futures
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
-from attrs import define, field
+from attrs import define, field, frozen
 
+from reason.engine import EngineStats
 from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams
 
 if TYPE_CHECKING:
@@ -141,3 +143,31 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
         choice = torch.multinomial(sorted_probs, 1, generator=generator)
         return int(order[choice])
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@define
+class BackendStats(EngineStats):
+    """:class:`EngineStats` plus what the decode loop spent its time on."""
+
+    forward_passes: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+
+@frozen
+class LoadedModel:
+    """What the decode loop needs of a loaded model; the backend makes it once the
+    weights are in memory."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    device: Any
+    eos_ids: frozenset[int]
+    pad_id: int
+    max_positions: int
+    plain_cache: bool
+    """Whether the layers' caches can be trimmed, merged and reused (plain full attention)."""
+    max_batch: int
+    admit_min: int
+    """While rows decode, newcomers join once this many rows are free (or all of them fit)."""
