@@ -150,7 +150,7 @@ def export_sft(run_dir: str, out: str, system_prompt: str | None) -> None:
     """Write the right trajectories as chat conversations: a rejection-sampling SFT set."""
     from .labels import TRAJECTORIES, read_trajectories, sft_records
 
-    directory = _run_dir(run_dir)
+    directory = _run_dir(run_dir, trajectories=True)
     if not (directory / TRAJECTORIES).is_file():
         _write_trajectories(directory)
     target = Path(out)
