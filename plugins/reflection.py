@@ -91,20 +91,15 @@ class MarcoReflection(_Trigger):
 
     options: Options
 
-    def __init__(self, config, arg=None, **kwargs):
-        super().__init__(config, arg, **kwargs)
-        self.phrase = self.options.phrase
-        self.max = self.options.max
-
     def on_step(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
         if task.kind == "math" and steps and has_answer(steps[-1].text):
             return self.on_finish(task, steps, score, reflections)
         return None
 
     def on_finish(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
-        if not self.fresh(steps) or self.count(steps) >= self.max:
+        if not self.fresh(steps) or self.count(steps) >= self.options.max:
             return None
-        return self.text("".join(s.text for s in steps), self.phrase)
+        return self.text("".join(s.text for s in steps), self.options.phrase)
 
 
 class LowConfidenceReflection(_Trigger):
@@ -135,16 +130,14 @@ class LowConfidenceReflection(_Trigger):
                 raise UsageError(f"low-confidence takes a threshold in [0, 1], e.g. low-confidence:0.5 (got {arg!r})") from None
             if not 0 <= self.threshold <= 1:
                 raise UsageError(f"low-confidence: the threshold must be in [0, 1], got {self.threshold}")
-        self.phrase = self.options.phrase
-        self.max = self.options.max
 
     def on_step(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
-        if not self.fresh(steps) or self.count(steps) >= self.max:
+        if not self.fresh(steps) or self.count(steps) >= self.options.max:
             return None
         confidence = step_confidence(steps[-1])
         if confidence is None or confidence >= self.threshold:
             return None
-        return self.text("".join(s.text for s in steps), self.phrase)
+        return self.text("".join(s.text for s in steps), self.options.phrase)
 
     on_finish = on_step
 
@@ -169,29 +162,27 @@ class VerifierFailReflection(_Trigger):
 
     def __init__(self, config, arg=None, **kwargs):
         super().__init__(config, arg, **kwargs)
-        self.threshold = self.options.threshold
-        self.template = self.options.template
-        if "{feedback}" not in self.template:
-            raise UsageError("-o fail_template must contain {feedback}")
-        self.max = self.options.max
-        self.feedback_chars = self.options.feedback_chars
+        if "{feedback}" not in self.options.template:
+            raise UsageError("-o on-verifier-fail.template must contain {feedback}")
 
     def failed(self, score: Score) -> bool:
         if score.passed is False:
             return True
-        if self.threshold is None or not score.step_scores:
+        threshold = self.options.threshold
+        if threshold is None or not score.step_scores:
             return False
-        return aggregate(score.step_scores, self.config.aggregation) < self.threshold
+        return aggregate(score.step_scores, self.config.aggregation) < threshold
 
     def on_step(self, task: Task, steps: Sequence[Step], score: Score | None, reflections: int) -> str | None:
         if score is None or not self.failed(score):
             return None
-        if not self.fresh(steps) or self.count(steps) >= self.max:
+        if not self.fresh(steps) or self.count(steps) >= self.options.max:
             return None
         feedback = (score.feedback or "").strip()
-        if len(feedback) > self.feedback_chars:
-            feedback = feedback[: self.feedback_chars] + " ..."
-        body = self.template.format(feedback=feedback) if feedback else FAIL_GENERIC
+        cut = self.options.feedback_chars
+        if len(feedback) > cut:
+            feedback = feedback[:cut] + " ..."
+        body = self.options.template.format(feedback=feedback) if feedback else FAIL_GENERIC
         return self.text("".join(s.text for s in steps), body)
 
     on_finish = on_step

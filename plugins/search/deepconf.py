@@ -121,7 +121,7 @@ class DeepConf(SearchPolicy):
         if config.logprobs < 1:
             raise UsageError("deepconf needs token logprobs: set --logprobs to 1 or more (default 5)")
         if not 1 <= self.warmup <= n:
-            raise UsageError(f"deepconf: -o warmup must be between 1 and --n ({n}), got {self.warmup}")
+            raise UsageError(f"deepconf: -o deepconf.warmup must be between 1 and --n ({n}), got {self.warmup}")
 
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         n = ctx.config.n

@@ -304,7 +304,7 @@ class QwenFormat(PRMFormat):
 
 def _render(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     if not getattr(tokenizer, "chat_template", None):
-        raise UsageError("verifier prm: this format needs a tokenizer with a chat template; use -o prm_format=generic")
+        raise UsageError("verifier prm: this format needs a tokenizer with a chat template; use -o prm.format=generic")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
 
 

@@ -114,7 +114,7 @@ class SelfEvalVerifier(ModelVerifier):
         yes, no = answer_ids(tokenizer, YES), answer_ids(tokenizer, NO)
         if not yes or not no:
             raise UsageError(
-                f"verifier self-eval: the tokenizer of {self.source.name} has no single-token Yes/No; use another -o self_eval_model"
+                f"verifier self-eval: the tokenizer of {self.source.name} has no single-token Yes/No; use another -o self-eval.model"
             )
         model = load_model(self.source, device=self.device, dtype=self.dtype)
         self._reader = ModelReader(
