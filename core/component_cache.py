@@ -79,7 +79,7 @@ class ComponentCache:
             if component is not None:
                 self._built.move_to_end(key)
                 return component
-            component = self.registry.create(kind, spec, config)
+            component = self.registry.build(kind, spec, config, options)
             self._adopt(component, spec)
             self._built[key] = component
             variants = [k for k in self._built if k[:2] == (kind, spec)]

@@ -115,8 +115,11 @@ class PluginRegistry:
         """Build component ``spec`` for ``config``: ``factory(config, arg, options=...)``,
         the options parsed for its registered name (a factory without an :class:`Options`
         class, e.g. a function, is called with ``(config, arg)``)."""
+        return self.build(kind, spec, config, self.options_for(kind, spec, config))
+
+    def build(self, kind: str, spec: str, config: Any, options: Options | None) -> Any:
+        """:meth:`create` with the options already parsed (:meth:`options_for`)."""
         registration, arg = self.lookup(kind, spec)
-        options = self.options_for(kind, spec, config)
         try:
             if options is None:
                 return registration.factory(config, arg)
@@ -263,9 +266,9 @@ def reset_registry() -> None:
 
 class lazy:  # noqa: N801 -- used like a function: register("prm", lazy("pkg.mod:Cls"))
     """A factory that imports ``"module:attr"`` only when a component is built, so
-    registering a torch- or docker-backed component costs nothing at start-up. Its
-    ``Options`` are the target's: asking for them imports the module (which must
-    therefore import its heavy libraries inside functions)."""
+    registering a torch- or docker-backed component costs nothing at start-up. Its class
+    attributes (``Options``, a policy's ``reads_n`` ...) are the target's: asking for one
+    imports the module (which must therefore import its heavy libraries inside functions)."""
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -278,6 +281,7 @@ class lazy:  # noqa: N801 -- used like a function: register("prm", lazy("pkg.mod
     def __call__(self, config: Any, arg: str | None = None, **kwargs: Any) -> Any:
         return self.resolve()(config, arg, **kwargs)
 
-    @property
-    def Options(self) -> Any:  # noqa: N802 -- the target's nested class, by its name
-        return getattr(self.resolve(), "Options", None)
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # protocols (copy, pickle, inspect) must not import the target
+            raise AttributeError(name)
+        return getattr(self.resolve(), name)

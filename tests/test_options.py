@@ -271,3 +271,12 @@ def test_a_usage_error_names_the_parameter_it_is_about(build, param):
     with pytest.raises(UsageError) as raised:
         build()
     assert raised.value.param == param
+
+
+def test_a_lazy_factory_has_its_targets_class_attributes():
+    from reason.registry import lazy
+
+    factory = lazy("reason.plugins.search.greedy:Greedy")
+    assert factory.reads_n is False and factory.Options is reason.Options
+    with pytest.raises(AttributeError):
+        factory.__wrapped__  # noqa: B018 -- protocols do not import the target

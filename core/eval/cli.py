@@ -48,9 +48,7 @@ def _reads_n(config: Any) -> bool:
         registration, _ = get_registry().lookup("search", config.search)
     except Exception:  # noqa: BLE001 -- an unknown search fails with its own message later
         return True
-    factory = registration.factory
-    target = factory.resolve() if hasattr(factory, "resolve") else factory  # a lazy registration's class
-    return bool(getattr(target, "reads_n", True))
+    return bool(getattr(registration.factory, "reads_n", True))
 
 
 def _default_out(spec: str, config: Any) -> Path:
