@@ -145,6 +145,16 @@ def test_learn_commands_name_a_missing_run():
     assert isinstance(result.exception, UsageError) and "reason learn rollouts" in str(result.exception)
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "names"), [("--pooling", "mean,max", "max given; choose among mean, mean+last, mean+step"),
+                                 ("--kinds", "forest", "forest given; choose among linear, encoder")]
+)
+def test_train_names_an_unknown_head_kind_or_pooling_before_reading_anything(flag, value, names, tmp_path):
+    result = invoke("learn", "train", "/nonexistent/run", flag, value, "--out", tmp_path / "head")
+    assert isinstance(result.exception, UsageError) and f"{flag}: {names}" in str(result.exception)
+    assert not list(tmp_path.iterdir())
+
+
 def test_auroc_pr_auc_and_within_problem_quality():
     assert auroc([0.9, 0.8], [0.1, 0.2]) == 1.0
     assert auroc([0.1], [0.9]) == 0.0
@@ -161,3 +171,55 @@ def test_auroc_pr_auc_and_within_problem_quality():
     q = score_quality(records)
     assert q["problems_mixed"] == 2 and q["score_auroc_within"] == 0.5
     assert q["score_auroc"] == pytest.approx(auroc([0.95, 0.2], [0.9, 0.3, 0.1]))
+
+
+def test_pooling_reads_the_path_so_far_and_the_step_alone():
+    import torch
+
+    from reason.plugins.learn.features import FeatureSpec, pool, pooled_width
+
+    states = torch.arange(12.0).reshape(6, 1, 2)  # six tokens, one layer, two features
+    # the prompt is token 0; steps end after tokens 2, 5 and 6
+    assert pool(states, 1, [2, 5, 6], "mean").tolist() == [[2.0, 3.0], [5.0, 6.0], [6.0, 7.0]]
+    assert pool(states, 1, [2, 5, 6], "mean+step").tolist() == [
+        [2.0, 3.0, 2.0, 3.0],
+        [5.0, 6.0, 6.0, 7.0],  # the step: tokens 2..4
+        [6.0, 7.0, 10.0, 11.0],  # the step: token 5 alone
+    ]
+    assert pool(states, 1, [2, 5, 6], "mean+last")[1].tolist() == [5.0, 6.0, 8.0, 9.0]
+    assert [pooled_width(p) for p in ("mean", "mean+last", "mean+step")] == [1, 2, 2]
+    with pytest.raises(ValueError, match="mean, mean\\+last, mean\\+step"):
+        FeatureSpec(layers=(4,), pooling="max")
+
+
+def test_a_centred_head_learns_what_differs_within_a_problem_not_which_problems_are_easy():
+    """Feature 0 tells a problem's right candidates from its wrong ones; feature 1 only says
+    how easy the problem is (the same for all its candidates). Fitted on raw features a head
+    leans on both; centred per problem it leans on feature 0 alone."""
+    import random
+
+    import torch
+
+    from reason.plugins.learn.train import CannotFit, Candidate, Problem, Sample, fit
+
+    rng = random.Random(0)
+    problems = []
+    for p in range(40):
+        easy = rng.random()
+        problem = Problem(f"p{p}")
+        for k in range(8):
+            right = rng.random() < 0.15 + 0.7 * easy
+            states = torch.tensor([[[rng.gauss(0, 0.3) + (0.5 if right else -0.5), easy * 4 + rng.gauss(0, 0.05)]]] * 3)
+            problem.samples.append(Sample(problem.task_id, str(k), right, states, [3], [float(right)]))
+        problems.append(problem)
+
+    def weights(centred):
+        head = fit(Candidate("linear", (1,), weight_decay=1e-3, centred=centred), problems, [0])
+        return head.out.weight[0].tolist()  # per standard deviation of each feature
+
+    raw, centred = weights(False), weights(True)
+    assert raw[0] > 1 and raw[1] > 0.3  # easy problems' candidates are more often right
+    assert centred[0] > 1 and abs(centred[1]) < 0.1 * centred[0]
+    one_outcome = [Problem("q", [s for s in problems[0].samples if s.correct])]
+    with pytest.raises(CannotFit, match="both a right and a wrong"):
+        fit(Candidate("linear", (1,), centred=True), one_outcome, [0])

@@ -68,7 +68,8 @@ def test_rollouts_features_and_a_trained_head_with_its_card(trained):
     assert card["features"]["layers"] and card["kind"] in ("linear", "encoder")
     assert card["training"]["data_sha256"] == json.loads((run / "trajectories.json").read_text())["sha256"]
     assert card["training"]["command"].startswith("reason learn train")
-    assert {r["name"] for r in card["cross_validation"]} >= {"linear L4 mean wd=0.001", "encoder L8 mean w=128"}
+    tried = {r["name"] for r in card["cross_validation"]}
+    assert tried >= {"linear L4 mean wd=0.001", "linear L4+8 mean+step wd=0.01", "encoder L8 mean w=128"}
     assert 0 < card["parameters"] < 10_000_000
     assert head.with_suffix(".safetensors").stat().st_size > 1000
 
@@ -95,6 +96,22 @@ def test_the_probe_verifier_scores_a_real_solve(trained):
     scores = [c.score for c in solution.candidates]
     assert len(scores) == 2 and all(0.0 < s < 1.0 for s in scores)
     assert solution.answer is not None or solution.candidates
+
+
+def test_a_head_that_pools_each_step_alone_scores_a_beam(trained, tmp_path):
+    """mean+step: the path's mean and the step's own; siblings of one parent then differ."""
+    head = tmp_path / "step-head"
+    ok(invoke("learn", "train", trained["run"], "--layers", "4,8", "--folds", "2", "--kinds", "linear",
+              "--pooling", "mean+step", "--out", head))
+    card = json.loads(head.with_suffix(".json").read_text())
+    assert card["features"]["pooling"] == "mean+step"
+    assert card["input_features"] == 2 * 576 * len(card["features"]["layers"])  # two means per layer
+    config = Config(model="smollm2", search="beam", n=2, max_tokens=32, seed=1, step_tokens=8,
+                    verifier=f"probe:{head}.json", options={"beam.width": 2})
+    with Runtime(config) as rt:
+        solution = rt.solve("What is 2 plus 2?")
+    steps = [c.step_scores for c in solution.candidates]
+    assert steps and all(0.0 < s < 1.0 for path in steps for s in path)
 
 
 def test_on_the_transformers_backend_the_probe_reads_the_states_the_engine_kept(trained):

@@ -9,6 +9,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,15 @@ def _run_dir(path: str, trajectories: bool = False) -> Path:
 def _model_of(directory: Path) -> str | None:
     run = json.loads((directory / "run.json").read_text())
     return run["identity"]["config"].get("model")
+
+
+def _choices(flag: str, text: str, allowed: Sequence[str]) -> list[str]:
+    """A comma-separated list of names, each one of ``allowed``."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        raise UsageError(f"{flag}: {', '.join(unknown) or 'nothing'} given; choose among {', '.join(allowed)} (comma-separated)")
+    return names
 
 
 @click.group("learn", epilog=EXAMPLES)
@@ -202,25 +212,41 @@ def features_command(run_dir: str, layers: str, limit: int | None, device: str |
 )
 @click.option("--kinds", default="linear,encoder", show_default=True, help="Head kinds to try.")
 @click.option(
+    "--pooling",
+    "poolings",
+    default="mean,mean+step",
+    show_default=True,
+    help="How linear heads pool a step prefix, each tried: mean (the path so far), mean+step (and the step's own "
+    "tokens: what tells a beam's sibling paths apart), mean+last.",
+)
+@click.option(
+    "--centred",
+    is_flag=True,
+    help="Also try each linear head fitted on features minus their problem's mean (problems with both outcomes "
+    "only): it learns what tells one problem's candidates apart, not which problems are hard.",
+)
+@click.option(
     "--label", type=click.Choice(["outcome", "mc"]), default="outcome", show_default=True, help="Which step labels to learn."
 )
 @click.option("--folds", "k", type=int, default=5, show_default=True, help="Cross-validation folds, by problem.")
-def train_command(run_dir: str, layers: str, out: str, kinds: str, label: str, k: int) -> None:
+def train_command(run_dir: str, layers: str, out: str, kinds: str, poolings: str, centred: bool, label: str, k: int) -> None:
     """Cross-validate heads by problem, keep the best, calibrate it and save it with its card."""
     from . import train as tr
+    from .features import POOLINGS
     from .heads import head_files
     from .labels import file_sha256
 
-    directory = _run_dir(run_dir, trajectories=True)
     stored = _layers(layers)
+    candidates = tr.default_candidates(
+        stored, set(_choices("--kinds", kinds, tr.KINDS)), _choices("--pooling", poolings, POOLINGS), centred
+    )
+    directory = _run_dir(run_dir, trajectories=True)
     problems = tr.load_problems(directory, stored, label)
     if len(problems) < k * 2:
         raise UsageError(
             f"{directory}: features for {len(problems)} problems; extract more with `reason learn features` "
             f"(at least {2 * k} for {k} folds)"
         )
-    wanted = {kind.strip() for kind in kinds.split(",") if kind.strip()}
-    candidates = tr.default_candidates(stored, wanted)
     _say(
         f"{len(problems)} problems, {sum(len(p.samples) for p in problems)} trajectories; "
         f"trying {len(candidates)} heads, {k} folds by problem"
@@ -228,10 +254,16 @@ def train_command(run_dir: str, layers: str, out: str, kinds: str, label: str, k
     results = []
     for candidate in candidates:
         start = time.perf_counter()
-        result = tr.cross_validate(candidate, problems, stored, k)
+        try:
+            result = tr.cross_validate(candidate, problems, stored, k)
+        except tr.CannotFit as error:  # e.g. a centred head on a fold whose problems all have one outcome
+            _say(f"{candidate.name}: skipped, {error}")
+            continue
         result["seconds"] = round(time.perf_counter() - start, 1)
         results.append((candidate, result))
         _say(f"{candidate.name}: " + tr.describe(result))
+    if not results:
+        raise UsageError(f"{directory}: no head could be fitted; extract features for more problems")
     best, best_result = max(results, key=lambda pair: tr.selection_key(pair[1]))
     _say(f"chosen: {best.name}")
     model = _model_of(directory)

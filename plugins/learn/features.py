@@ -30,6 +30,15 @@ if TYPE_CHECKING:
     import torch
 
 
+POOLINGS = ("mean", "mean+last", "mean+step")
+"""How a step prefix's token states become one vector (see :attr:`FeatureSpec.pooling`)."""
+
+
+def pooled_width(pooling: str) -> int:
+    """How many hidden-state vectors :func:`pool` concatenates per layer."""
+    return 1 if pooling == "mean" else 2
+
+
 @frozen
 class FeatureSpec:
     """What a head reads. ``layers`` index the residual stream as transformers'
@@ -38,13 +47,15 @@ class FeatureSpec:
     layers: tuple[int, ...] = field(converter=int_tuple)
     pooling: str = "mean"
     """How a step's prefix becomes one vector: ``mean`` over the path's tokens so far, or
-    ``mean+last`` (that mean and the last token's state, concatenated)."""
+    ``mean+last`` (that mean and the last token's state, concatenated) or ``mean+step``
+    (that mean and the mean over the step's own tokens: paths that share all but their last
+    step, a beam's siblings, differ mostly there)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.layers or min(self.layers) < 1:
             raise ValueError(f"layers must be block outputs >= 1, got {self.layers}")
-        if self.pooling not in ("mean", "mean+last"):
-            raise ValueError(f"unknown pooling {self.pooling!r}: mean or mean+last")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}: {', '.join(POOLINGS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": list(self.layers), "pooling": self.pooling}
@@ -173,8 +184,15 @@ def pool(states: Any, start: int, ends: Sequence[int], pooling: str) -> Any:
     flat = states.flatten(1)  # [tokens, layers*hidden]
     sums = torch.cumsum(flat[start:], dim=0)
     rows = []
+    previous = 0  # tokens of the path before this step
     for end in ends:
         n = max(1, end - start)
-        mean = sums[n - 1] / n
-        rows.append(torch.cat([mean, flat[start + n - 1]]) if pooling == "mean+last" else mean)
+        row = sums[n - 1] / n
+        if pooling == "mean+last":
+            row = torch.cat([row, flat[start + n - 1]])
+        elif pooling == "mean+step":
+            begin = min(previous, n - 1)  # an empty step reads its last token
+            row = torch.cat([row, (sums[n - 1] - (sums[begin - 1] if begin else 0)) / (n - begin)])
+        rows.append(row)
+        previous = n
     return torch.stack(rows)

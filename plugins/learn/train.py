@@ -19,14 +19,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 from attrs import define, field
 
 from reason.eval.metrics import auroc, average_precision, compute_metrics
 
 from .extract import features_dir, file_name, group_by_task
-from .features import FeatureSpec
+from .features import FeatureSpec, pooled_width
 from .heads import build_head, parameter_count
 from .labels import TRAJECTORIES, read_trajectories
+
+
+class CannotFit(ValueError):
+    """A head cannot be fitted on these problems (the message says why)."""
 
 
 @define
@@ -280,22 +285,36 @@ class Candidate:
     pooling: str = "mean"
     weight_decay: float = 1e-3
     prefixes: bool = True
+    centred: bool = False
+    """Linear only: fit on each problem's features minus their mean, over the problems
+    with both outcomes. The head then learns what tells one problem's candidates apart,
+    not which problems are hard (what choosing among candidates needs: on GSM8K train
+    it chose better than the vote where uncentred heads did not, see
+    ``benchmarks/results/learn/study-seed1``); its pooled AUROC is lower."""
     config: dict[str, Any] = field(factory=dict)
 
     @property
     def name(self) -> str:
         extra = f" wd={self.weight_decay:g}" if self.kind == "linear" else f" w={self.config.get('width', 128)}"
-        return f"{self.kind} L{'+'.join(map(str, self.layers))} {self.pooling}{extra}{'' if self.prefixes else ' final-only'}"
+        flags = ("" if self.prefixes else " final-only") + (" centred" if self.centred else "")
+        return f"{self.kind} L{'+'.join(map(str, self.layers))} {self.pooling}{extra}{flags}"
 
 
 def fit(candidate: Candidate, train: Sequence[Problem], index: Sequence[int]) -> Any:
     import torch
 
-    if candidate.kind == "linear":
-        xs = [pooled(s, index, candidate.pooling, candidate.prefixes) for p in train for s in p.samples]
-        ys = [torch.tensor(s.labels if candidate.prefixes else s.labels[-1:]) for p in train for s in p.samples]
-        return fit_linear(torch.cat(xs), torch.cat(ys).float(), candidate.weight_decay)
-    return fit_encoder(train, index, candidate.config)
+    if candidate.kind != "linear":
+        return fit_encoder(train, index, candidate.config)
+    xs, ys = [], []
+    for problem in train:
+        if candidate.centred and len({s.correct for s in problem.samples}) < 2:
+            continue  # one outcome only: nothing to tell apart within this problem
+        x = torch.cat([pooled(s, index, candidate.pooling, candidate.prefixes) for s in problem.samples])
+        xs.append(x - x.mean(0) if candidate.centred else x)
+        ys += [torch.tensor(s.labels if candidate.prefixes else s.labels[-1:]) for s in problem.samples]
+    if not xs:
+        raise CannotFit("no problem with both a right and a wrong trajectory to fit a centred head on")
+    return fit_linear(torch.cat(xs), torch.cat(ys).float(), candidate.weight_decay)
 
 
 def cross_validate(candidate: Candidate, problems: Sequence[Problem], stored: Sequence[int], k: int = 5) -> dict[str, Any]:
@@ -320,9 +339,7 @@ def head_card(candidate: Candidate, head: Any, spec: FeatureSpec, hidden: int) -
     return {
         "kind": candidate.kind,
         "features": spec.to_dict(),
-        "input_features": hidden
-        * len(candidate.layers)
-        * (2 if candidate.pooling == "mean+last" and candidate.kind == "linear" else 1),
+        "input_features": hidden * len(candidate.layers) * (pooled_width(candidate.pooling) if candidate.kind == "linear" else 1),
         "config": dict(candidate.config),
         "parameters": parameter_count(head),
     }
@@ -331,20 +348,31 @@ def head_card(candidate: Candidate, head: Any, spec: FeatureSpec, hidden: int) -
 # -- choosing, calibrating, saving ----------------------------------------------------------
 
 
-def default_candidates(stored: Sequence[int], kinds: set[str]) -> list[Candidate]:
-    """The heads ``reason learn train`` tries: a linear probe on each stored layer at two
-    penalties, one on all of them together, and the encoder on the middle stored layer."""
+KINDS = ("linear", "encoder")
+"""The head kinds :func:`default_candidates` knows."""
+
+
+def default_candidates(
+    stored: Sequence[int], kinds: set[str], poolings: Sequence[str] = ("mean",), centred: bool = False
+) -> list[Candidate]:
+    """The heads ``reason learn train`` tries: for each pooling, a linear probe on each
+    stored layer at two penalties and one on all of them together (each also centred,
+    with ``centred``); and the encoder on the middle stored layer (it marks the step's
+    tokens itself, so it takes no pooling)."""
     out: list[Candidate] = []
     if "linear" in kinds:
-        for layer in stored:
-            out += [Candidate("linear", (layer,), weight_decay=wd) for wd in (1e-3, 1e-2)]
-        if len(stored) > 1:
-            out.append(Candidate("linear", tuple(stored), weight_decay=1e-2))
+        for pooling in poolings:
+            for layer in stored:
+                out += [Candidate("linear", (layer,), pooling, weight_decay=wd) for wd in (1e-3, 1e-2)]
+            if len(stored) > 1:
+                out.append(Candidate("linear", tuple(stored), pooling, weight_decay=1e-2))
+        if centred:
+            out += [attrs.evolve(c, centred=True) for c in out]
     if "encoder" in kinds:
         middle = stored[len(stored) // 2]
         out.append(Candidate("encoder", (middle,), config={"width": 128, "heads": 4, "epochs": 4, "lr": 1e-3}))
     if not out:
-        raise ValueError(f"no head kinds to try in {sorted(kinds)}: linear, encoder")
+        raise ValueError(f"no head kinds to try in {sorted(kinds)}: {', '.join(KINDS)}")
     return out
 
 
