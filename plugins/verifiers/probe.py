@@ -57,7 +57,18 @@ class ProbeVerifier(Verifier):
     class Options(reason.Options):
         prefix = "probe_"
         head = Option(str, None, help="the head's card (.json) [probe:HEAD, else the one shipped for --model]")
-        cache_tokens = Option(int, 16_384, minimum=0, help="tokens whose keys, values and states are kept for reuse")
+        # A tree search keeps a live path per node it may extend: under `reason eval`'s
+        # default for N=8 on vLLM, 32 problems x 8 paths x ~400 tokens is ~100k tokens.
+        # Below that the LRU evicts each path before its next step is scored, and every
+        # read re-runs the whole path. Filled only when the verifier reads states itself
+        # (not on the transformers backend): ~27 KB a token for the default model in
+        # float32 (16 layers of keys and values, 3 of states), 3.5 GB when full.
+        cache_tokens = Option(
+            int,
+            131_072,
+            minimum=0,
+            help="path tokens whose keys, values and states are kept, so a grown path runs only its new tokens",
+        )
         capture = Option(bool, True, help="take the states the backend keeps while sampling; false: run the policy again")
 
     options: Options
