@@ -83,6 +83,7 @@ probe multiarith
 # self-consistency@8 on these 100.
 row gsm8k100-greedy gsm8k 100 512 --search greedy
 row gsm8k100-bon8-probe gsm8k 100 512 --search best-of-n --n 8 --weighted --verifier probe
+row gsm8k100-dvts8-probe gsm8k 100 512 --search dvts --n 8 --beam-width 2 --weighted --verifier probe
 particles multiarith
 particles gsm8k
 
