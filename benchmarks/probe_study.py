@@ -35,6 +35,7 @@ from reason.plugins.learn.train import (
     cross_validate,
     fit_linear,
     folds,
+    load_problems,
     platt,
     quality,
 )
@@ -94,8 +95,6 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, help="rollouts with trajectories.jsonl and features at layers 8,12,16")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    from reason.plugins.learn.train import load_problems
-
     problems = load_problems(args.run_dir, STORED)
     heads = [
         Candidate("linear", layers, pooling, weight_decay=1e-2, centred=centred)
