@@ -22,6 +22,7 @@ from .tree import Node, Tree
 from .types import (
     Candidate,
     Completion,
+    Continuation,
     GenerateRequest,
     SamplingParams,
     Score,
@@ -42,6 +43,7 @@ __all__ = [
     "Completion",
     "ComponentNotFound",
     "Config",
+    "Continuation",
     "Dataset",
     "GenerateRequest",
     "Node",

@@ -31,6 +31,7 @@ from .events import AnswerFound, Event, NodesPruned, ReflectionInjected, StepsGe
 from .tree import Node, Tree
 from .types import (
     Candidate,
+    Continuation,
     GenerateRequest,
     SamplingParams,
     Score,
@@ -217,7 +218,9 @@ class RunningSearch:
         draw = _next_draw(node)
         if params.seed is not None and (draw or node.parent is not None):
             params = attrs.evolve(params, seed=derive_seed(params.seed, "node", node.key, draw))
-        request = GenerateRequest(prompt=self.prompt + node.text(), params=params, n=n, watch=watch)
+        sampled = node.sampled_ids()
+        continues = Continuation(self.prompt, sampled) if sampled else None
+        request = GenerateRequest(prompt=self.prompt + node.text(), params=params, n=n, watch=watch, continues=continues)
         start = time.perf_counter()
         on_text = None
         if self.stream_text:

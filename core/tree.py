@@ -77,6 +77,17 @@ class Node:
         """What the model wrote (and was made to write) along the path to this node."""
         return "".join(step.text for step in self.steps())
 
+    def sampled_ids(self) -> tuple[int, ...] | None:
+        """The token ids the model sampled along the path to this node, or ``None``
+        where some step has text without them (an injected reflection, a backend that
+        does not return ids)."""
+        ids: list[int] = []
+        for step in self.steps():
+            if step.text and not step.token_ids:
+                return None
+            ids += step.token_ids
+        return tuple(ids)
+
     @property
     def reflections(self) -> int:
         return sum(1 for node in self.path() if node.kind == "reflection")

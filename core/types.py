@@ -112,6 +112,21 @@ class Watch:
 
 
 @frozen
+class Continuation:
+    """What a request's prompt is made of when it extends a path: ``head`` (text: the
+    chat prompt) followed by ``sampled``, the token ids the model sampled after it.
+
+    A backend that encodes prompts itself reads ``encode(head) + sampled`` instead of
+    encoding the whole text again. Re-encoding text can split it into other tokens than
+    were sampled ("\\n\\n" sampled as two tokens comes back as one, "." and "\\n\\n" as
+    ".\\n\\n"): the model would then continue a path it did not write, and the cached keys
+    of the path's earlier steps would match only up to the first such place."""
+
+    head: str
+    sampled: tuple[int, ...] = field(converter=int_tuple)
+
+
+@frozen
 class GenerateRequest:
     """Continue ``prompt`` (raw text, chat template already applied) ``n`` times."""
 
@@ -121,6 +136,10 @@ class GenerateRequest:
     watch: Watch | None = field(default=None, eq=False, repr=False)
     """Checks each sample as it grows (see :class:`Watch`); backends that do not
     :attr:`~reason.Backend.watches` ignore it, so callers ask only where they do."""
+    continues: Continuation | None = field(default=None, eq=False, repr=False)
+    """``prompt`` as a head and the tokens sampled after it, where the caller has them
+    (a search extending a path): see :class:`Continuation`. Backends that take text
+    (a remote server) send ``prompt`` and ignore it."""
 
 
 @frozen

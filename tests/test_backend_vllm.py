@@ -31,7 +31,7 @@ import pytest
 
 from vllm_server import cuda, require_vllm
 
-from reason import BackendError, Config, GenerateRequest, Runtime, SamplingParams, UsageError, Watch, get_registry
+from reason import BackendError, Config, Continuation, GenerateRequest, Runtime, SamplingParams, UsageError, Watch, get_registry
 from reason.events import EngineStep
 from reason.plugins.backends import vllm as vllm_backend
 from reason.plugins.backends.vllm import VLLMBackend
@@ -268,6 +268,14 @@ def test_one_vllm_request_per_sample_with_derived_seeds_and_one_bos(fake):
     assert prompts == [(1, ord("a")), (1, ord("a")), (1, ord("b"))]  # one BOS, written or added
     assert all(p.include_stop_str_in_output for _, p in sent.values())
     assert backend.stats.requests == 2 and backend.stats.sequences == 3
+
+
+def test_a_continuation_is_sent_as_its_head_encoded_and_the_tokens_sampled(fake):
+    backend, engine = fake()
+    request = GenerateRequest(prompt="<s>ab\n\n", params=SamplingParams(max_tokens=2), continues=Continuation("<s>a", (98, 10, 10)))
+    backend.generate([request])
+    ((_, prompt, _),) = engine.requests
+    assert prompt["prompt_token_ids"] == [1, ord("a"), 98, 10, 10]  # not the text's ids
 
 
 def test_streamed_text_reaches_on_text_per_sample(fake):
@@ -641,6 +649,22 @@ def test_real_prefix_cache_reuse_shows_in_stats_and_events(runtime, engine):
     assert 0 < engine.stats.prefix_cache_hit_rate <= 1
     assert sum(e.reused_tokens for e in events) >= reused and all(e.engine == "vllm" for e in events)
     assert any(e.running > 0 for e in events)
+
+
+@pytest.mark.vllm
+def test_real_the_next_step_of_a_path_reuses_every_whole_block_the_path_sampled(engine):
+    head = chat(engine, "Count from 1 to 60, separated by commas.")
+    (first,) = engine.generate([GenerateRequest(head, SamplingParams(temperature=0.0, max_tokens=96))])[0]
+    step = GenerateRequest(
+        head + first.text, SamplingParams(temperature=0.0, max_tokens=2), continues=Continuation(head, first.token_ids)
+    )
+    (second,) = engine.generate([step])[0]
+    path = len(engine.encode(head)) + len(first.token_ids)
+    block = engine.engine_kwargs()["block_size"]
+    assert second.prompt_tokens == path
+    # the keys of the generated tokens were cached as their blocks filled: all but the
+    # path's last partial block (and the last token, which must run) is reused
+    assert second.cached_tokens >= (path - 1) // block * block > len(engine.encode(head))
 
 
 @pytest.mark.vllm

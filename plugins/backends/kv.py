@@ -7,7 +7,8 @@ the transformers backend's decode loop and the verifiers that read a scoring mod
 - :func:`splice`: a left-padded ``DynamicCache`` built from cached per-row prefixes, so a
   batch runs only the tokens after them.
 - :func:`row_kv`: one row's keys and values out of a batch cache, to put in the LRU.
-- :func:`pad_left`: keys or values left-padded to a wider batch.
+- :func:`pad_left`: keys or values left-padded to a wider batch; :func:`left_padded_mask`
+  the attention mask of such a batch.
 - :func:`with_cache`, :func:`output_cache`: a forward pass's KV cache argument and result
   under the name the installed transformers uses.
 """
@@ -171,6 +172,16 @@ def pad_left(kv: torch.Tensor, width: int) -> torch.Tensor:
 
     missing = width - kv.shape[2]
     return F.pad(kv, (0, 0, missing, 0)) if missing else kv
+
+
+def left_padded_mask(lengths: Sequence[int], width: int) -> torch.Tensor:
+    """The attention mask of rows of ``lengths`` tokens left-padded to ``width`` columns."""
+    import torch
+
+    mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, width - length :] = 1
+    return mask
 
 
 def trim_padding(cache: Any, mask: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,8 @@ from reason.plugins.backends import packaged
 if TYPE_CHECKING:
     import torch
 
+    from reason.types import GenerateRequest
+
 log = get_logger()
 
 DEFAULT_MODEL = packaged.DEFAULT.alias
@@ -281,6 +283,15 @@ def load_tokenizer(spec: str | None | ModelSource) -> Any:
         return tokenizer
 
 
+def request_ids(tokenizer: Any, request: GenerateRequest) -> list[int]:
+    """The token ids a request's prompt is read as: its continuation's head encoded and
+    the tokens sampled after it, where it has one (:class:`reason.Continuation`), else
+    the prompt encoded."""
+    if request.continues is not None:
+        return prompt_ids(tokenizer, request.continues.head) + list(request.continues.sampled)
+    return prompt_ids(tokenizer, request.prompt)
+
+
 def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     """Token ids of a formatted prompt, with exactly one BOS token where the model uses one.
 
@@ -329,6 +340,10 @@ def load_model(
         else:
             model = _from_pretrained(auto, source, dtype=torch_dtype)
         model = model.to(device=device, dtype=torch_dtype).eval()
+        if device == "cpu":
+            from .attention import use_grouped_sdpa
+
+            use_grouped_sdpa(model)
         log.debug(
             "model loaded",
             model=source.name,

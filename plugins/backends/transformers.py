@@ -58,7 +58,9 @@ class TransformersBackend(Backend):
             minimum=1,
             help=f"rows decoded together [{DEFAULT_MAX_BATCH_CPU} on CPU, {DEFAULT_MAX_BATCH_GPU} on GPU]",
         )
-        admit_min = Option(int, None, minimum=1, help="free rows before newcomers join a running batch [max_batch/4]")
+        admit_min = Option(
+            int, None, minimum=1, help="free rows before newcomers that need a prefill pass join a running batch [max_batch/4]"
+        )
         prefix_cache_tokens = Option(
             int, DEFAULT_PREFIX_CACHE_TOKENS, minimum=0, help="KV cache budget for prefix reuse (0: off)"
         )

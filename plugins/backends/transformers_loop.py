@@ -2,11 +2,12 @@
 forward pass (see :mod:`.transformers` for why not ``model.generate``).
 
 One worker thread runs the loop. Each step it (1) admits waiting sequences into free
-rows: their prompts are prefilled (distinct prompts once, cached prefixes reused) and
-stacked onto the running batch; (2) picks one token for every row; (3) retires finished
-rows, resolving a request when all its ``n`` samples are done; (4) runs one decode
-forward pass over the rest. So a tree search's stragglers never hold the engine: other
-requests fill the rows they leave.
+rows (:mod:`.transformers_admission`: prefilled, or joined without a pass of their own
+where only a prompt's last token is new); (2) picks one token for every row; (3) retires
+finished rows, resolving a request when all its ``n`` samples are done, and puts waiting
+sequences that can join into their places; (4) runs one decode forward pass over the
+rest. So a tree search's stragglers never hold the engine: other requests fill the rows
+they leave.
 
 Layout of the batch: rows are left-padded, with an explicit attention mask and position
 ids, so each row's keys carry the same rotary positions whatever else is in the batch;
@@ -35,8 +36,9 @@ from reason.log import get_logger
 from reason.types import Completion, GenerateRequest, Watch, sample_seed
 
 from . import kv
-from .kv import PrefixCache, output_cache, with_cache
-from .models import prompt_ids
+from .kv import PrefixCache, with_cache
+from .models import request_ids
+from .transformers_admission import Admission
 from .transformers_sequences import BackendStats, Batch, LoadedModel, PendingRequest, SequenceState, sample_token
 
 if TYPE_CHECKING:
@@ -52,6 +54,8 @@ class DecodeLoop:
 
     loaded: LoadedModel
     """The model, once the worker loaded it."""
+    admission: Admission
+    """How sequences enter the batch (made with :attr:`loaded`)."""
 
     def __init__(
         self,
@@ -142,6 +146,7 @@ class DecodeLoop:
                 with torch.inference_mode():
                     if not hasattr(self, "loaded"):
                         self.loaded = self._load()
+                        self.admission = Admission(self.loaded, self.prefix_cache, self.stats)
                     for pending in arrivals:
                         self._expand(pending)
                     batch = self._iterate(batch)
@@ -177,7 +182,7 @@ class DecodeLoop:
     def _sequences(self, request: GenerateRequest, owner: PendingRequest) -> list[SequenceState]:
         import torch
 
-        ids = tuple(prompt_ids(self.loaded.tokenizer, request.prompt))
+        ids = tuple(request_ids(self.loaded.tokenizer, request))
         if len(ids) >= self.loaded.max_positions:
             raise BackendError(f"the prompt has {len(ids)} tokens; {self.loaded.name} takes at most {self.loaded.max_positions}")
         layers = self.loaded.model.config.num_hidden_layers
@@ -211,28 +216,32 @@ class DecodeLoop:
         # Rows join a running batch only with plain caches (others cannot be merged) and
         # when batching continuously; otherwise a new batch starts when the old is done
         # (static batching, as the lockstep runtime did).
-        # Each admission is a forward pass of its own (the newcomers' prefill): while rows
-        # decode, wait until admit_min rows are free (or every waiting one fits) so that
-        # one prefill serves several newcomers.
-        enough = batch is None or free >= min(self.loaded.admit_min, len(self._ready))
-        if self._ready and free > 0 and enough and (batch is None or (self.loaded.plain_cache and self.continuous)):
-            newcomers = [self._ready.popleft() for _ in range(min(free, len(self._ready)))]
+        # A prefill is a forward pass of its own: while rows decode, wait until admit_min
+        # rows are free (or every waiting one fits) so that one serves several newcomers.
+        # Those whose prompt is cached but for its last token (the next step of a path)
+        # need no pass of their own, so they join as soon as a row is free.
+        joinable = batch is None or (self.loaded.plain_cache and self.continuous)
+        count = 0
+        if self._ready and free > 0 and joinable:
+            if batch is None or free >= min(self.loaded.admit_min, len(self._ready)):
+                count = min(free, len(self._ready))
+            else:
+                count = self._leading_joins(free)
+        before = self.stats.prefill_tokens, self.stats.reused_tokens
+        if count:
+            newcomers = [self._ready.popleft() for _ in range(count)]
             self._admitting = newcomers
-            prefilled = self.stats.prefill_tokens, self.stats.reused_tokens
-            batch = self._admit(batch, newcomers)
-            admitted = len(newcomers)
-            prefill = self.stats.prefill_tokens - prefilled[0]
-            reused = self.stats.reused_tokens - prefilled[1]
-        else:
-            admitted = prefill = reused = 0
+            batch = self.admission.admit(batch, newcomers)
         if batch is None:
             return None
         tokens = self._pick(batch.rows, batch.logits)
         picked = len(tokens)
-        batch = self._retire(batch, tokens)
+        batch, placed = self._retire(batch, tokens)
         if batch is not None:
             self._decode(batch, tokens)
         self._admitting = []
+        admitted = count + placed
+        prefill, reused = self.stats.prefill_tokens - before[0], self.stats.reused_tokens - before[1]
         self._emit(
             EngineStep(
                 engine="transformers",
@@ -248,87 +257,47 @@ class DecodeLoop:
         )
         return batch
 
-    def _admit(self, batch: Batch | None, newcomers: list[SequenceState]) -> Batch:
-        """Prefill the newcomers (distinct prompts once, reusing cached prefixes) and
-        join them to the running batch: both are left-padded to one width and stacked."""
-        import torch
-        import torch.nn.functional as F
+    def _leading_joins(self, limit: int, width: int | None = None) -> int:
+        """How many at the head of the queue (at most ``limit``; with ``width``, only those
+        whose cached prefix fits it) can join without a pass."""
+        count = 0
+        while count < min(limit, len(self._ready)):
+            ids = self._ready[count].prompt_ids
+            if not self.admission.joinable(ids) or (width is not None and len(ids) - 1 > width):
+                break
+            count += 1
+        return count
 
-        start = time.perf_counter()
-        prompts: dict[tuple[int, ...], int] = {}
-        for seq in newcomers:
-            prompts.setdefault(seq.prompt_ids, len(prompts))
-        cache, mask, logits, reused = self._prefill(list(prompts))
-        seen: set[int] = set()
-        for seq in newcomers:  # samples after a prompt's first share its pass
-            u = prompts[seq.prompt_ids]
-            seq.cached_tokens = len(seq.prompt_ids) if u in seen else reused[u]
-            seen.add(u)
-        if len(prompts) != len(newcomers):  # samples of one prompt share its prefill
-            rows = torch.tensor([prompts[s.prompt_ids] for s in newcomers], device=self.loaded.device)
-            for layer in cache.layers:
-                layer.batch_select_indices(rows)
-            mask, logits = mask[rows], logits[rows]
-        lengths = [len(s.prompt_ids) for s in newcomers]
-        if batch is None:
-            joined = Batch(rows=newcomers, cache=cache, mask=mask, logits=logits, lengths=lengths)
-        else:
-            width = max(batch.mask.shape[1], mask.shape[1])
-            for old, new in zip(batch.cache.layers, cache.layers):
-                old.keys = torch.cat([kv.pad_left(old.keys, width), kv.pad_left(new.keys, width)])
-                old.values = torch.cat([kv.pad_left(old.values, width), kv.pad_left(new.values, width)])
-            joined = Batch(
-                rows=batch.rows + newcomers,
-                cache=batch.cache,
-                mask=torch.cat([F.pad(batch.mask, (width - batch.mask.shape[1], 0)), F.pad(mask, (width - mask.shape[1], 0))]),
-                logits=torch.cat([batch.logits, logits]),
-                lengths=batch.lengths + lengths,
-            )
-        self.stats.prefill_seconds += time.perf_counter() - start
-        return joined
-
-    def _retire(self, batch: Batch, tokens: list[int]) -> Batch | None:
+    def _retire(self, batch: Batch, tokens: list[int]) -> tuple[Batch | None, int]:
         """Take finished rows out of the batch (their keys and values go to the prefix
-        cache) and resolve every request whose samples are all done."""
+        cache) and resolve every request whose samples are all done. Sequences that can
+        join without a pass take finished rows' places in place: taking a row out and
+        stacking one on would each copy the whole batch. Returns the batch and how many
+        took a place."""
         done = [i for i, seq in enumerate(batch.rows) if seq.finish is not None and not seq.draining]
         if not done:
-            return batch
+            return batch, 0
         width = batch.mask.shape[1]
         for i in done:
             seq = batch.rows[i]
-            self._remember(seq, batch.cache, i, batch.lengths[i], width)
+            self.admission.remember(seq, batch.cache, i, batch.lengths[i], width)
             seq.owner.sample_done()
+        places = done[: self._leading_joins(len(done), width)] if self.continuous else []
+        for i in places:
+            seq = self._ready.popleft()
+            self._admitting.append(seq)
+            self.admission.place(batch, i, seq)
+            tokens[i] = seq.prompt_ids[-1]
         keep = [i for i, seq in enumerate(batch.rows) if seq.finish is None or seq.draining]
         tokens[:] = [tokens[i] for i in keep]
-        return self._select(batch, keep)
+        return batch.select(keep, trim=self.loaded.plain_cache), len(places)
 
     def _drop_cancelled(self, batch: Batch) -> Batch | None:
         keep = [i for i, seq in enumerate(batch.rows) if not seq.owner.future.cancelled()]
         if len(keep) == len(batch.rows):
             return batch
         self.stats.cancelled += len(batch.rows) - len(keep)
-        return self._select(batch, keep)
-
-    def _select(self, batch: Batch, keep: list[int]) -> Batch | None:
-        import torch
-
-        if not keep:
-            return None
-        if len(keep) == len(batch.rows):
-            return batch
-        index = torch.tensor(keep, device=self.loaded.device)
-        for layer in batch.cache.layers:
-            layer.batch_select_indices(index)
-        batch = Batch(
-            rows=[batch.rows[i] for i in keep],
-            cache=batch.cache,
-            mask=batch.mask[index],
-            logits=batch.logits[index],
-            lengths=[batch.lengths[i] for i in keep],
-        )
-        if self.loaded.plain_cache:
-            batch.mask = kv.trim_padding(batch.cache, batch.mask)
-        return batch
+        return batch.select(keep, trim=self.loaded.plain_cache)
 
     def _decode(self, batch: Batch, tokens: list[int]) -> None:
         """One forward pass over every row: feed each row its picked token."""
@@ -348,7 +317,9 @@ class DecodeLoop:
             output_hidden_states=bool(wanted),
         )
         if wanted:
-            self._keep_states(batch.rows, out.hidden_states, wanted)
+            batch.keep_states(out.hidden_states, wanted)
+        for seq in batch.rows:
+            seq.feed = None  # fed: the row has its first logits now
         batch.logits = out.logits[:, -1, :]
         batch.lengths = [n + 1 for n in batch.lengths]
         self.stats.forward_passes += 1
@@ -358,70 +329,6 @@ class DecodeLoop:
             self.stats.waiting_steps += 1
             self.stats.waiting_rows += rows
         self.stats.decode_seconds += time.perf_counter() - start
-
-    def _keep_states(self, rows: list[SequenceState], states: tuple[torch.Tensor, ...], wanted: set[tuple[int, ...]]) -> None:
-        """Give every row that asked for them the states of the token it was just fed (the
-        last one it picked) at its layers: the pass computed them anyway."""
-        import torch
-
-        for layers in wanted:
-            stacked = torch.stack([states[k][:, -1] for k in layers], dim=1)  # [rows, layers, hidden]
-            for i, seq in enumerate(rows):
-                if seq.params.hidden_layers == layers:
-                    seq.hidden.append(stacked[i].clone())  # a copy: a view would keep the whole batch's states alive
-
-    def _prefill(self, prompts: list[tuple[int, ...]]) -> tuple[Any, torch.Tensor, torch.Tensor, list[int]]:
-        """Encode the distinct prompts of a chunk in one forward pass, reusing cached
-        prefixes. Returns the batch's cache, attention mask, last-position logits and each
-        prompt's tokens that were not encoded (taken from the prefix cache).
-
-        Layout: row ``u`` (prompt length ``T_u``) is left-padded to the longest prompt
-        ``T``. The forward pass encodes the last ``S`` columns, where ``S`` is the longest
-        uncached suffix; everything before them comes from the prefix cache. A row whose
-        cached prefix is longer than ``T_u - S`` simply recomputes a few cached tokens:
-        they cost nothing extra, as the batch computes ``S`` columns for every row anyway.
-        """
-        import torch
-
-        model = self.loaded.model
-        hits = []
-        for ids in prompts:
-            cached, entry = self.prefix_cache.lookup(ids) if self._reuse else (0, None)
-            hits.append((min(cached, len(ids) - 1), entry))  # the last token must run: we need its logits
-        total = max(len(ids) for ids in prompts)
-        suffix = max(len(ids) - cached for ids, (cached, _) in zip(prompts, hits))
-        past = total - suffix
-        rows = len(prompts)
-        # row u holds len(ids) - suffix cached tokens left of the encoded columns
-        cache = kv.splice(model.config, [(len(ids) - suffix, entry) for ids, (_, entry) in zip(prompts, hits)], past)
-        input_ids = torch.full((rows, suffix), self.loaded.pad_id, dtype=torch.long)
-        positions = torch.zeros((rows, suffix), dtype=torch.long)
-        mask = torch.zeros((rows, total), dtype=torch.long)
-        reused = []
-        for u, ids in enumerate(prompts):
-            first = max(0, len(ids) - suffix)
-            width = len(ids) - first
-            input_ids[u, suffix - width :] = torch.tensor(ids[first:])
-            positions[u, suffix - width :] = torch.arange(first, len(ids))
-            mask[u, total - len(ids) :] = 1
-            self.stats.prefill_tokens += width
-            self.stats.reused_tokens += first
-            reused.append(first)
-        mask = mask.to(self.loaded.device)
-        out = model(
-            input_ids=input_ids.to(self.loaded.device),
-            attention_mask=mask,
-            position_ids=positions.to(self.loaded.device),
-            **with_cache(model, cache),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        self.stats.forward_passes += 1
-        return output_cache(out), mask, out.logits[:, -1, :], reused
-
-    @property
-    def _reuse(self) -> bool:
-        return self.loaded.plain_cache and self.prefix_cache.max_tokens > 0
 
     def _pick(self, active: list[SequenceState], logits: torch.Tensor) -> list[int]:
         """Choose each row's next token, record its logprobs, and settle finished rows."""
@@ -435,6 +342,10 @@ class DecodeLoop:
         tokens = []
         drained = 0
         for i, seq in enumerate(active):
+            if seq.feed is not None:  # joined without a pass: it has no logits yet
+                tokens.append(seq.feed)
+                drained += 1
+                continue
             if seq.finish is not None:  # draining: its last token has run, nothing is picked
                 tokens.append(seq.token_ids[-1])
                 drained += 1
@@ -474,11 +385,3 @@ class DecodeLoop:
             stop = True
         if stop:
             seq.finish = "length"
-
-    def _remember(self, seq: SequenceState, cache: Any, row: int, length: int, width: int) -> None:
-        """Put a finished row's keys and values (prompt + generated tokens that ran
-        through the model) into the prefix cache."""
-        if not self._reuse:
-            return
-        ids = (seq.prompt_ids + tuple(seq.token_ids))[:length]
-        self.prefix_cache.insert(ids, kv.row_kv(cache, row, length, width))

@@ -55,6 +55,65 @@ class Batch:
     logits: torch.Tensor
     lengths: list[int]
 
+    def stack(self, newcomers: Batch) -> Batch:
+        """``newcomers`` under this batch's rows (its cache takes theirs): both left-padded
+        to one width."""
+        import torch
+        import torch.nn.functional as F
+
+        from . import kv
+
+        width = max(self.mask.shape[1], newcomers.mask.shape[1])
+        for old, new in zip(self.cache.layers, newcomers.cache.layers):
+            old.keys = torch.cat([kv.pad_left(old.keys, width), kv.pad_left(new.keys, width)])
+            old.values = torch.cat([kv.pad_left(old.values, width), kv.pad_left(new.values, width)])
+        return Batch(
+            rows=self.rows + newcomers.rows,
+            cache=self.cache,
+            mask=torch.cat([F.pad(m, (width - m.shape[1], 0)) for m in (self.mask, newcomers.mask)]),
+            logits=torch.cat([self.logits, newcomers.logits]),
+            lengths=self.lengths + newcomers.lengths,
+        )
+
+    def keep_states(self, states: tuple[torch.Tensor, ...], wanted: set[tuple[int, ...]]) -> None:
+        """Give every row that asked for them the states of the token it was just fed (the
+        last one it picked) at its layers, out of a decode pass's ``states``: the pass
+        computed them anyway."""
+        import torch
+
+        for layers in wanted:
+            stacked = torch.stack([states[k][:, -1] for k in layers], dim=1)  # [rows, layers, hidden]
+            for i, seq in enumerate(self.rows):
+                if seq.params.hidden_layers == layers and seq.feed is None:  # a fed prompt token is not generated
+                    seq.hidden.append(stacked[i].clone())  # a copy: a view would keep the whole batch's states alive
+
+    def select(self, keep: list[int], trim: bool) -> Batch | None:
+        """The rows ``keep`` (None when none is left); ``trim`` also drops the leading
+        columns that are padding in every row left (plain caches only)."""
+        import torch
+
+        from . import kv
+
+        if not keep:
+            return None
+        if len(keep) == len(self.rows):  # rows may have been replaced in place: their padding may go
+            if trim:
+                self.mask = kv.trim_padding(self.cache, self.mask)
+            return self
+        index = torch.tensor(keep, device=self.mask.device)
+        for layer in self.cache.layers:
+            layer.batch_select_indices(index)
+        batch = Batch(
+            rows=[self.rows[i] for i in keep],
+            cache=self.cache,
+            mask=self.mask[index],
+            logits=self.logits[index],
+            lengths=[self.lengths[i] for i in keep],
+        )
+        if trim:
+            batch.mask = kv.trim_padding(batch.cache, batch.mask)
+        return batch
+
 
 @define(eq=False)
 class SequenceState:
@@ -75,6 +134,10 @@ class SequenceState:
     hidden: list[torch.Tensor] = field(factory=list)
     """``[layers, hidden]`` per generated token that ran through the model, when
     ``params.hidden_layers`` asks for them."""
+    feed: int | None = None
+    """The prompt's last token, while the row that joined without a pass of its own has
+    not fed it yet (see ``DecodeLoop._join``): the next decode pass runs it and gives the
+    row its first logits."""
 
     @property
     def draining(self) -> bool:
@@ -150,6 +213,9 @@ class BackendStats(EngineStats):
     """:class:`EngineStats` plus what the decode loop spent its time on."""
 
     forward_passes: int = 0
+    joined_rows: int = 0
+    """Sequences that joined the batch without a pass of their own (their prompt was
+    cached but for its last token, which ran in a decode pass)."""
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
 

@@ -55,7 +55,7 @@ from reason.log import get_logger
 from reason.options import Option
 from reason.types import Completion, GenerateRequest, Watch
 
-from .models import DTYPES, prompt_ids
+from .models import DTYPES, prompt_ids, request_ids
 from .vllm_errors import capture_errors, environ, error_log_path, failure_reason, is_engine_dead, one_line, read_error_log
 from .vllm_outputs import completion_from, completions_from_outputs, sample_kwargs
 from .vllm_stats import StepRecorder, VLLMStats
@@ -342,7 +342,7 @@ class VLLMBackend(StepRecorder, Backend):
         engine = self._engine
         if engine is None:
             raise BackendError("backend vllm: the backend is closed")
-        ids = prompt_ids(self.tokenizer, request.prompt)
+        ids = request_ids(self.tokenizer, request)
         base = f"reason-{next(self._ids)}"
         kind = RequestOutputKind.FINAL_ONLY if on_text is None and request.watch is None else RequestOutputKind.CUMULATIVE
         samples = [
