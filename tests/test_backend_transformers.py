@@ -7,10 +7,11 @@ Each test keeps generations short (a few to ~24 tokens) so the suite stays quick
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 
-from reason import BackendError, Config, GenerateRequest, SamplingParams, UsageError
+from reason import BackendError, Config, Continuation, GenerateRequest, SamplingParams, UsageError
 
 pytestmark = pytest.mark.model
 
@@ -342,3 +343,95 @@ def test_prefix_cache_is_bounded():
         b.generate([GenerateRequest(prompt(b, q), greedy(6))])
         assert b.prefix_cache.tokens <= 60
     assert len(b.prefix_cache) == 1  # each entry is ~40 tokens: only the newest fits
+
+
+# -- a path's next step (GenerateRequest.continues): read as sampled, joined without a pass --
+
+
+def test_the_engine_reads_a_path_as_the_tokens_sampled_not_its_text_encoded_again(backend):
+    head = prompt(backend, "Write two short lines.")
+    newline = backend.encode("\n")[-1]
+    line = backend.encode(head + "First line.")[len(backend.encode(head)) :]
+    sampled = (*line, newline, newline)  # "\n\n" as two tokens, as the model may sample it
+    text = head + "First line.\n\n"
+    # the text alone reads as other tokens: "\n\n" at its end is one token
+    assert backend.encode(text)[-1] != newline
+    params = SamplingParams(temperature=0, max_tokens=4)
+    (plain,) = backend.generate([GenerateRequest(text, params)])[0]
+    (continued,) = backend.generate([GenerateRequest(text, params, continues=Continuation(head, sampled))])[0]
+    assert plain.prompt_tokens == len(backend.encode(text))
+    assert continued.prompt_tokens == len(backend.encode(head)) + len(sampled) == plain.prompt_tokens + 1
+
+
+def test_a_next_step_joins_the_running_batch_without_a_pass_and_samples_the_same(backend):
+    head = prompt(backend, "Janet has 3 apples and buys 4 more. How many apples? Think step by step.")
+    (first,) = backend.generate([GenerateRequest(head, SamplingParams(temperature=0, max_tokens=12))])[0]
+    step = GenerateRequest(
+        head + first.text,
+        SamplingParams(temperature=0.8, max_tokens=8, seed=5),
+        n=2,
+        continues=Continuation(head, first.token_ids),
+    )
+    path = len(backend.encode(head)) + len(first.token_ids)
+    # a long request keeps the batch running, so the step arrives while rows decode
+    decoding = threading.Event()
+    busy = backend.submit(
+        GenerateRequest(prompt(backend, "Count from one to fifty."), SamplingParams(temperature=0, max_tokens=64)),
+        on_text=lambda sample, text: decoding.set(),
+    )
+    assert decoding.wait(120)
+    joined, passes, steps = backend.stats.joined_rows, backend.stats.forward_passes, backend.stats.decode_steps
+    joined_samples = backend.submit(step).result(timeout=300)
+    assert not busy.done(), "the long request ended first: the step did not arrive while the batch ran"
+    assert backend.stats.joined_rows - joined == 2
+    # no prefill pass ran for the step: every forward pass was a decode step
+    assert backend.stats.forward_passes - passes == backend.stats.decode_steps - steps
+    assert [c.cached_tokens for c in joined_samples] == [path - 1, path - 1]
+    busy.result(timeout=300)
+
+    # the same step on its own starts the batch: a prefill pass gives its first logits
+    joined, passes, steps = backend.stats.joined_rows, backend.stats.forward_passes, backend.stats.decode_steps
+    alone = backend.generate([step])[0]
+    assert backend.stats.joined_rows == joined
+    assert backend.stats.forward_passes - passes == backend.stats.decode_steps - steps + 1
+    assert [c.token_ids for c in alone] == [c.token_ids for c in joined_samples]
+    assert [c.text for c in alone] == [c.text for c in joined_samples]
+
+
+def test_a_next_step_takes_a_finished_rows_place_without_copying_the_batch(monkeypatch):
+    from reason.plugins.backends.transformers import TransformersBackend
+    from reason.plugins.backends.transformers_sequences import Batch
+
+    backend = TransformersBackend(Config(options={"max_batch": 2}))
+    try:
+        head = prompt(backend, "Tom has 5 pens and loses 2. How many pens? Think step by step.")
+        (first,) = backend.generate([GenerateRequest(head, SamplingParams(temperature=0, max_tokens=10))])[0]
+        step = GenerateRequest(
+            head + first.text,
+            SamplingParams(temperature=0.8, max_tokens=6, seed=11),
+            continues=Continuation(head, first.token_ids),
+        )
+        alone = backend.generate([step])[0]
+
+        stacked = []
+        stack = Batch.stack
+        monkeypatch.setattr(Batch, "stack", lambda batch, newcomers: stacked.append(len(newcomers.rows)) or stack(batch, newcomers))
+        # two rows, both taken: the step waits until the short request's row is free (the
+        # long request's prompt makes the batch wide enough for the step's path)
+        decoding = threading.Event()
+        story = " ".join(f"Day {i}: the baker sold {i} loaves." for i in range(1, 16))
+        long = GenerateRequest(prompt(backend, f"{story} Count the loaves."), SamplingParams(temperature=0, max_tokens=48))
+        short = GenerateRequest(prompt(backend, "Say hi."), SamplingParams(temperature=0, max_tokens=3))
+        futures = [backend.submit(long, on_text=lambda sample, text: decoding.set()), backend.submit(short)]
+        assert decoding.wait(120)
+        joined, passes, steps = backend.stats.joined_rows, backend.stats.forward_passes, backend.stats.decode_steps
+        placed = backend.submit(step).result(timeout=300)
+        assert not futures[0].done(), "the long request ended first"
+        assert len(backend.encode(long.prompt)) > len(backend.encode(head)) + len(first.token_ids)
+        assert backend.stats.joined_rows - joined == 1 and stacked == []
+        assert backend.stats.forward_passes - passes == backend.stats.decode_steps - steps
+        assert [c.token_ids for c in placed] == [c.token_ids for c in alone]
+        for future in futures:
+            future.result(timeout=300)
+    finally:
+        backend.close()

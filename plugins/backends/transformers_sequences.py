@@ -96,20 +96,18 @@ class Batch:
 
         if not keep:
             return None
-        if len(keep) == len(self.rows):  # rows may have been replaced in place: their padding may go
-            if trim:
-                self.mask = kv.trim_padding(self.cache, self.mask)
-            return self
-        index = torch.tensor(keep, device=self.mask.device)
-        for layer in self.cache.layers:
-            layer.batch_select_indices(index)
-        batch = Batch(
-            rows=[self.rows[i] for i in keep],
-            cache=self.cache,
-            mask=self.mask[index],
-            logits=self.logits[index],
-            lengths=[self.lengths[i] for i in keep],
-        )
+        batch = self  # all kept: rows may have been replaced in place, and their padding may go
+        if len(keep) != len(self.rows):
+            index = torch.tensor(keep, device=self.mask.device)
+            for layer in self.cache.layers:
+                layer.batch_select_indices(index)
+            batch = Batch(
+                rows=[self.rows[i] for i in keep],
+                cache=self.cache,
+                mask=self.mask[index],
+                logits=self.logits[index],
+                lengths=[self.lengths[i] for i in keep],
+            )
         if trim:
             batch.mask = kv.trim_padding(batch.cache, batch.mask)
         return batch
@@ -136,8 +134,8 @@ class SequenceState:
     ``params.hidden_layers`` asks for them."""
     feed: int | None = None
     """The prompt's last token, while the row that joined without a pass of its own has
-    not fed it yet (see ``DecodeLoop._join``): the next decode pass runs it and gives the
-    row its first logits."""
+    not fed it yet (see :mod:`.transformers_admission`): the next decode pass runs it and
+    gives the row its first logits."""
 
     @property
     def draining(self) -> bool:
