@@ -10,7 +10,9 @@ loaded engine, ``solve_many`` with every problem queued. Per strategy:
 - generated tokens per problem, and tokens/s;
 - prompt tokens requested (once per request, as the quality table counts them) and
   encoded (over every sample: what the prefix cache did not serve), and their ratio;
-- the mean of the engine's busy rows over its decode steps, against its rows;
+- the mean of the engine's busy rows over its decode steps, against its rows; and the
+  same mean over the steps while problems still waited for a place in flight (until the
+  last one started; only when there are more problems than in flight);
 - when the first problem finished; the problems in flight.
 
 ``--arm`` picks the engine settings, so that a before/after pair runs the same problems:
@@ -53,14 +55,21 @@ def run_search(runtime: Runtime, tasks: list[Any], search: str, n: int, arm: dic
     concurrency = arm["concurrency"] or runtime.concurrency_for(runtime.config.replace(**overrides))
     stats_before = backend.stats.to_dict()
     finished: list[float] = []
+    # The engine's counters when the last problem starts: solve_many starts a queued problem
+    # as one in flight finishes, so that is when len(tasks) - concurrency have finished.
+    last_start: list[dict[str, Any]] = []
+
+    def on_solution(solution: Any) -> None:
+        finished.append(time.perf_counter())
+        if len(finished) == len(tasks) - concurrency:
+            last_start.append(backend.stats.to_dict())
+
     start = time.perf_counter()
-    solutions = runtime.solve_many(
-        tasks, concurrency=concurrency, on_solution=lambda s: finished.append(time.perf_counter()), **overrides
-    )
+    solutions = runtime.solve_many(tasks, concurrency=concurrency, on_solution=on_solution, **overrides)
     seconds = time.perf_counter() - start
     stats = backend.stats.to_dict()
-    steps = stats["decode_steps"] - stats_before["decode_steps"]
-    rows = stats["decode_rows"] - stats_before["decode_rows"]
+    steps, rows = busy(stats_before, stats)
+    queued_steps, queued_rows = busy(stats_before, last_start[0]) if last_start else (0, 0)
     prompt = sum(s.usage.prompt_tokens for s in solutions)
     encoded = sum(s.usage.encoded_tokens for s in solutions)
     generated = sum(s.usage.completion_tokens for s in solutions)
@@ -78,6 +87,7 @@ def run_search(runtime: Runtime, tasks: list[Any], search: str, n: int, arm: dic
         "encoded_tokens_per_problem": round(encoded / len(tasks), 1),
         "encoded_share": round(encoded / prompt, 3) if prompt else None,
         "mean_busy_rows": round(rows / steps, 1) if steps else None,
+        "mean_busy_rows_queued": round(queued_rows / queued_steps, 1) if queued_steps else None,
         "rows": backend.rows,
         "first_problem_s": round(finished[0] - start, 1) if finished else None,
         "seconds": round(seconds, 1),
@@ -86,10 +96,15 @@ def run_search(runtime: Runtime, tasks: list[Any], search: str, n: int, arm: dic
     }
 
 
+def busy(before: dict[str, Any], after: dict[str, Any]) -> tuple[int, int]:
+    """The engine's decode steps and busy rows summed over them, between two snapshots."""
+    return after["decode_steps"] - before["decode_steps"], after["decode_rows"] - before["decode_rows"]
+
+
 def table(out: Path) -> str:
     lines = [
         "| arm | search | s/problem | vs SC | tokens/problem | tok/s | prompt tokens requested / encoded per problem (share) "
-        "| busy rows | in flight | first done (s) | accuracy |",
+        "| busy rows (while problems wait) | in flight | first done (s) | accuracy |",
         "|" + "---|" * 11,
     ]
     for path in sorted(out.glob("*.json")):
@@ -99,7 +114,7 @@ def table(out: Path) -> str:
             lines.append(
                 f"| {path.stem} | {r['search']}@{r['n']} | {r['seconds_per_problem']} | {r['seconds_per_problem'] / base:.2f}x | "
                 f"{r['tokens_per_problem']} | {r['tok_per_s']} | {r['prompt_tokens_per_problem']} / {r['encoded_tokens_per_problem']} "
-                f"({r['encoded_share']}) | {r['mean_busy_rows']} of {r['rows']} | {r['concurrency']} | {r['first_problem_s']} | "
+                f"({r['encoded_share']}) | {r['mean_busy_rows']} ({r.get('mean_busy_rows_queued') or '-'}) of {r['rows']} | {r['concurrency']} | {r['first_problem_s']} | "
                 f"{r['accuracy']} |"
             )
     return "\n".join(lines) + "\n"

@@ -198,3 +198,45 @@ def test_a_damaged_head_is_refused(trained, tmp_path):
     broken.with_suffix(".json").write_text("{not json")
     with pytest.raises(UsageError, match="damaged"):
         get_registry().create("verifier", f"probe:{broken}.json", Config(model="smollm2"))
+
+
+def test_an_answer_head_scores_the_last_step_of_a_path_that_ended_its_text(trained, tmp_path):
+    """`reason learn train --answers` fits linear heads on whole paths only; with it as
+    probe.answer_head, a path whose last step ended the text (finish "eos") gets that
+    step's score from it, and every other score stays the step head's."""
+    import attrs
+
+    from reason import ScoreRequest, Step, Task
+
+    answers = tmp_path / "answers"
+    ok(invoke("learn", "train", trained["run"], "--layers", "4,8", "--folds", "2", "--answers", "--out", answers))
+    card = json.loads(answers.with_suffix(".json").read_text())
+    assert card["scores"] == "answers" and card["kind"] == "linear"
+    assert all(r["name"].endswith("final-only") for r in card["cross_validation"])
+    assert {r["name"].split()[2] for r in card["cross_validation"]} == {"last", "mean"}  # --answers' default poolings
+    assert json.loads(trained["head"].with_suffix(".json").read_text())["scores"] == "steps"
+
+    steps = (Step(text="2 plus 2 is 4.\n\n"), Step(text="The answer is 4.", finish_reason="eos"))
+    ended = ScoreRequest(task=Task("What is 2 plus 2?"), prompt="What is 2 plus 2?\n", steps=steps)
+    cut = attrs.evolve(ended, steps=(steps[0], attrs.evolve(steps[1], finish_reason="length")))
+    registry = get_registry()
+    plain = registry.create("verifier", f"probe:{trained['head']}.json", Config(model="smollm2"))
+    both = registry.create(
+        "verifier", f"probe:{trained['head']}.json", Config(model="smollm2", options={"probe.answer_head": f"{answers}.json"})
+    )
+    alone = plain.score([ended])[0].step_scores
+    with_answer = both.score([ended])[0].step_scores
+    assert with_answer[0] == pytest.approx(alone[0], abs=1e-5)
+    assert with_answer[1] != pytest.approx(alone[1], abs=1e-4) and 0.0 < with_answer[1] < 1.0
+    assert both.score([cut])[0].step_scores == pytest.approx(alone, abs=1e-5)  # not ended: the step head's
+
+
+def test_a_head_given_the_wrong_role_is_refused_naming_the_right_one(trained, tmp_path):
+    answers = tmp_path / "answers"
+    card = {**json.loads(trained["head"].with_suffix(".json").read_text()), "scores": "answers"}
+    answers.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(UsageError, match=r"is a head for finished answers; pass it as -o probe.answer_head="):
+        get_registry().create("verifier", f"probe:{answers}.json", Config(model="smollm2"))
+    options = {"probe.answer_head": f"{trained['head']}.json"}
+    with pytest.raises(UsageError, match=r"scores step prefixes, not finished answers; .*reason learn train --answers"):
+        get_registry().create("verifier", f"probe:{trained['head']}.json", Config(model="smollm2", options=options))
