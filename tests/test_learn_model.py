@@ -228,7 +228,9 @@ def test_an_answer_head_scores_the_last_step_of_a_path_that_ended_its_text(train
     with_answer = both.score([ended])[0].step_scores
     assert with_answer[0] == pytest.approx(alone[0], abs=1e-5)
     assert with_answer[1] != pytest.approx(alone[1], abs=1e-4) and 0.0 < with_answer[1] < 1.0
-    assert both.score([cut])[0].step_scores == pytest.approx(alone, abs=1e-5)  # not ended: the step head's
+    # not ended: the step head's (and text that ended gets the end-of-turn token its sampled ids would end with)
+    assert both.score([cut])[0].step_scores == pytest.approx(plain.score([cut])[0].step_scores, abs=1e-5)
+    assert plain.score([cut])[0].step_scores[1] != pytest.approx(alone[1], abs=1e-4)
 
 
 def test_a_head_given_the_wrong_role_is_refused_naming_the_right_one(trained, tmp_path):

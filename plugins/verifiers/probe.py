@@ -161,8 +161,12 @@ class ProbeVerifier(Verifier):
         path: list[int] = []
         ends: list[int] = []
         for step in request.steps:
-            # an injected step (a reflection) has text but no sampled ids
-            path += list(step.token_ids) or tokenizer(step.text, add_special_tokens=False)["input_ids"]
+            if step.token_ids:
+                path += step.token_ids
+            else:  # an injected step (a reflection) or a server's: text, no sampled ids
+                path += tokenizer(step.text, add_special_tokens=False)["input_ids"]
+                if step.finish_reason == "eos" and tokenizer.eos_token_id is not None:
+                    path.append(tokenizer.eos_token_id)  # sampled ids end with it: heads were fitted so
             ends.append(len(path))
         if ends[-1] == 0:
             return Score(step_scores=tuple(0.5 for _ in request.steps))
