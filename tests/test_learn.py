@@ -146,7 +146,7 @@ def test_learn_commands_name_a_missing_run():
 
 
 @pytest.mark.parametrize(
-    ("flag", "value", "names"), [("--pooling", "mean,max", "max given; choose among mean, last, mean+last, mean+step"),
+    ("flag", "value", "names"), [("--pooling", "mean,max", "max given; choose among mean, mean+last, mean+step"),
                                  ("--kinds", "forest", "forest given; choose among linear, encoder")]
 )
 def test_train_names_an_unknown_head_kind_or_pooling_before_reading_anything(flag, value, names, tmp_path):
@@ -186,10 +186,9 @@ def test_pooling_reads_the_path_so_far_and_the_step_alone():
         [5.0, 6.0, 6.0, 7.0],  # the step: tokens 2..4
         [6.0, 7.0, 10.0, 11.0],  # the step: token 5 alone
     ]
-    assert pool(states, 1, [2, 5, 6], "last").tolist() == [[2.0, 3.0], [8.0, 9.0], [10.0, 11.0]]  # tokens 1, 4, 5
     assert pool(states, 1, [2, 5, 6], "mean+last")[1].tolist() == [5.0, 6.0, 8.0, 9.0]
-    assert [pooled_width(p) for p in ("mean", "last", "mean+last", "mean+step")] == [1, 1, 2, 2]
-    with pytest.raises(ValueError, match="mean, last, mean\\+last, mean\\+step"):
+    assert [pooled_width(p) for p in ("mean", "mean+last", "mean+step")] == [1, 2, 2]
+    with pytest.raises(ValueError, match="mean, mean\\+last, mean\\+step"):
         FeatureSpec(layers=(4,), pooling="max")
 
 

@@ -200,45 +200,23 @@ def test_a_damaged_head_is_refused(trained, tmp_path):
         get_registry().create("verifier", f"probe:{broken}.json", Config(model="smollm2"))
 
 
-def test_an_answer_head_scores_the_last_step_of_a_path_that_ended_its_text(trained, tmp_path):
-    """`reason learn train --answers` fits linear heads on whole paths only; with it as
-    probe.answer_head, a path whose last step ended the text (finish "eos") gets that
-    step's score from it, and every other score stays the step head's."""
-    import attrs
-
+def test_a_path_given_as_text_that_ended_the_turn_is_read_with_its_end_of_turn_token(trained):
+    """Heads are fitted on sampled ids, which end with the end-of-turn token when the model
+    ended the text; a path that comes as text alone (a server's) is read the same way."""
     from reason import ScoreRequest, Step, Task
+    from reason.plugins.backends.models import load_tokenizer
 
-    answers = tmp_path / "answers"
-    ok(invoke("learn", "train", trained["run"], "--layers", "4,8", "--folds", "2", "--answers", "--out", answers))
-    card = json.loads(answers.with_suffix(".json").read_text())
-    assert card["scores"] == "answers" and card["kind"] == "linear"
-    assert all(r["name"].endswith("final-only") for r in card["cross_validation"])
-    assert {r["name"].split()[2] for r in card["cross_validation"]} == {"last", "mean"}  # --answers' default poolings
-    assert json.loads(trained["head"].with_suffix(".json").read_text())["scores"] == "steps"
+    verifier = get_registry().create("verifier", f"probe:{trained['head']}.json", Config(model="smollm2"))
+    tokenizer = load_tokenizer("smollm2")
+    first, last = "2 plus 2 is 4.\n\n", "The answer is 4."
 
-    steps = (Step(text="2 plus 2 is 4.\n\n"), Step(text="The answer is 4.", finish_reason="eos"))
-    ended = ScoreRequest(task=Task("What is 2 plus 2?"), prompt="What is 2 plus 2?\n", steps=steps)
-    cut = attrs.evolve(ended, steps=(steps[0], attrs.evolve(steps[1], finish_reason="length")))
-    registry = get_registry()
-    plain = registry.create("verifier", f"probe:{trained['head']}.json", Config(model="smollm2"))
-    both = registry.create(
-        "verifier", f"probe:{trained['head']}.json", Config(model="smollm2", options={"probe.answer_head": f"{answers}.json"})
-    )
-    alone = plain.score([ended])[0].step_scores
-    with_answer = both.score([ended])[0].step_scores
-    assert with_answer[0] == pytest.approx(alone[0], abs=1e-5)
-    assert with_answer[1] != pytest.approx(alone[1], abs=1e-4) and 0.0 < with_answer[1] < 1.0
-    # not ended: the step head's (and text that ended gets the end-of-turn token its sampled ids would end with)
-    assert both.score([cut])[0].step_scores == pytest.approx(plain.score([cut])[0].step_scores, abs=1e-5)
-    assert plain.score([cut])[0].step_scores[1] != pytest.approx(alone[1], abs=1e-4)
+    def scores(steps):
+        return verifier.score([ScoreRequest(task=Task("What is 2 plus 2?"), prompt="What is 2 plus 2?\n", steps=steps)])[0].step_scores
 
-
-def test_a_head_given_the_wrong_role_is_refused_naming_the_right_one(trained, tmp_path):
-    answers = tmp_path / "answers"
-    card = {**json.loads(trained["head"].with_suffix(".json").read_text()), "scores": "answers"}
-    answers.with_suffix(".json").write_text(json.dumps(card))
-    with pytest.raises(UsageError, match=r"is a head for finished answers; pass it as -o probe.answer_head="):
-        get_registry().create("verifier", f"probe:{answers}.json", Config(model="smollm2"))
-    options = {"probe.answer_head": f"{trained['head']}.json"}
-    with pytest.raises(UsageError, match=r"scores step prefixes, not finished answers; .*reason learn train --answers"):
-        get_registry().create("verifier", f"probe:{trained['head']}.json", Config(model="smollm2", options=options))
+    as_text = scores((Step(text=first), Step(text=last, finish_reason="eos")))
+    sampled = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (first, last)]
+    as_ids = scores((Step(text=first, token_ids=sampled[0]),
+                     Step(text=last, token_ids=[*sampled[1], tokenizer.eos_token_id], finish_reason="eos")))
+    cut = scores((Step(text=first), Step(text=last, finish_reason="length")))
+    assert as_text == pytest.approx(as_ids, abs=1e-5)
+    assert cut[0] == pytest.approx(as_text[0], abs=1e-5) and cut[1] != pytest.approx(as_text[1], abs=1e-4)

@@ -214,16 +214,10 @@ def features_command(run_dir: str, layers: str, limit: int | None, device: str |
 @click.option(
     "--pooling",
     "poolings",
+    default="mean,mean+step",
+    show_default=True,
     help="How linear heads pool a step prefix, each tried: mean (the path so far), mean+step (and the step's own "
-    "tokens: what tells a beam's sibling paths apart), last (the state at its last token: for a whole answer, the "
-    "end-of-turn token), mean+last.  [mean,mean+step; with --answers last,mean]",
-)
-@click.option(
-    "--answers",
-    is_flag=True,
-    help="Train a head for finished answers (linear, on each trajectory's whole path, not its step prefixes), for "
-    "the probe verifier's answer_head option: it scores a path that ended its text. On GSM8K train the state at the "
-    "end-of-turn token (--pooling last) told a problem's right answers from its wrong ones better than any step head.",
+    "tokens: what tells a beam's sibling paths apart), mean+last.",
 )
 @click.option(
     "--centred",
@@ -235,9 +229,7 @@ def features_command(run_dir: str, layers: str, limit: int | None, device: str |
     "--label", type=click.Choice(["outcome", "mc"]), default="outcome", show_default=True, help="Which step labels to learn."
 )
 @click.option("--folds", "k", type=int, default=5, show_default=True, help="Cross-validation folds, by problem.")
-def train_command(
-    run_dir: str, layers: str, out: str, kinds: str, poolings: str | None, answers: bool, centred: bool, label: str, k: int
-) -> None:
+def train_command(run_dir: str, layers: str, out: str, kinds: str, poolings: str, centred: bool, label: str, k: int) -> None:
     """Cross-validate heads by problem, keep the best, calibrate it and save it with its card."""
     from . import train as tr
     from .features import POOLINGS
@@ -245,11 +237,9 @@ def train_command(
     from .labels import file_sha256
 
     stored = _layers(layers)
-    poolings = poolings or ("last,mean" if answers else "mean,mean+step")
-    kind_set = set(_choices("--kinds", kinds, tr.KINDS))
-    if answers and "linear" not in kind_set:
-        raise UsageError("--answers trains linear heads only: pass --kinds linear")
-    candidates = tr.default_candidates(stored, kind_set, _choices("--pooling", poolings, POOLINGS), centred, answers)
+    candidates = tr.default_candidates(
+        stored, set(_choices("--kinds", kinds, tr.KINDS)), _choices("--pooling", poolings, POOLINGS), centred
+    )
     directory = _run_dir(run_dir, trajectories=True)
     problems = tr.load_problems(directory, stored, label)
     if len(problems) < k * 2:

@@ -30,13 +30,13 @@ if TYPE_CHECKING:
     import torch
 
 
-POOLINGS = ("mean", "last", "mean+last", "mean+step")
+POOLINGS = ("mean", "mean+last", "mean+step")
 """How a step prefix's token states become one vector (see :attr:`FeatureSpec.pooling`)."""
 
 
 def pooled_width(pooling: str) -> int:
     """How many hidden-state vectors :func:`pool` concatenates per layer."""
-    return 1 if pooling in ("mean", "last") else 2
+    return 1 if pooling == "mean" else 2
 
 
 @frozen
@@ -46,11 +46,10 @@ class FeatureSpec:
 
     layers: tuple[int, ...] = field(converter=int_tuple)
     pooling: str = "mean"
-    """How a step's prefix becomes one vector: ``mean`` over the path's tokens so far;
-    ``last``, the state at its last token (for a finished path, the end-of-turn token
-    after the answer, where the model has read its whole solution); ``mean+last`` (both,
-    concatenated) or ``mean+step`` (the mean and the mean over the step's own tokens: paths
-    that share all but their last step, a beam's siblings, differ mostly there)."""
+    """How a step's prefix becomes one vector: ``mean`` over the path's tokens so far, or
+    ``mean+last`` (that mean and the last token's state, concatenated) or ``mean+step``
+    (that mean and the mean over the step's own tokens: paths that share all but their last
+    step, a beam's siblings, differ mostly there)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.layers or min(self.layers) < 1:
@@ -189,9 +188,7 @@ def pool(states: Any, start: int, ends: Sequence[int], pooling: str) -> Any:
     for end in ends:
         n = max(1, end - start)
         row = sums[n - 1] / n
-        if pooling == "last":
-            row = flat[start + n - 1]
-        elif pooling == "mean+last":
+        if pooling == "mean+last":
             row = torch.cat([row, flat[start + n - 1]])
         elif pooling == "mean+step":
             begin = min(previous, n - 1)  # an empty step reads its last token

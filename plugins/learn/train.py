@@ -285,8 +285,6 @@ class Candidate:
     pooling: str = "mean"
     weight_decay: float = 1e-3
     prefixes: bool = True
-    """False: fitted on each trajectory's whole path only (an *answers* head, which the
-    verifier applies to paths that ended their text), not on every step prefix."""
     centred: bool = False
     """Linear only: fit on each problem's features minus their mean, over the problems
     with both outcomes. The head then learns what tells one problem's candidates apart,
@@ -341,7 +339,6 @@ def cross_validate(candidate: Candidate, problems: Sequence[Problem], stored: Se
 def head_card(candidate: Candidate, head: Any, spec: FeatureSpec, hidden: int) -> dict[str, Any]:
     return {
         "kind": candidate.kind,
-        "scores": "steps" if candidate.prefixes else "answers",
         "features": spec.to_dict(),
         "input_features": hidden * len(candidate.layers) * (pooled_width(candidate.pooling) if candidate.kind == "linear" else 1),
         "config": dict(candidate.config),
@@ -357,17 +354,12 @@ KINDS = ("linear", "encoder")
 
 
 def default_candidates(
-    stored: Sequence[int],
-    kinds: set[str],
-    poolings: Sequence[str] = ("mean",),
-    centred: bool = False,
-    answers: bool = False,
+    stored: Sequence[int], kinds: set[str], poolings: Sequence[str] = ("mean",), centred: bool = False
 ) -> list[Candidate]:
     """The heads ``reason learn train`` tries: for each pooling, a linear probe on each
     stored layer at two penalties and one on all of them together (each also centred,
     with ``centred``); and the encoder on the middle stored layer (it marks the step's
-    tokens itself, so it takes no pooling). With ``answers``, linear heads of whole
-    answers only (:attr:`Candidate.prefixes` false), and no encoder."""
+    tokens itself, so it takes no pooling)."""
     out: list[Candidate] = []
     if "linear" in kinds:
         for pooling in poolings:
@@ -377,9 +369,7 @@ def default_candidates(
                 out.append(Candidate("linear", tuple(stored), pooling, weight_decay=1e-2))
         if centred:
             out += [attrs.evolve(c, centred=True) for c in out]
-        if answers:
-            out = [attrs.evolve(c, prefixes=False) for c in out]
-    if "encoder" in kinds and not answers:
+    if "encoder" in kinds:
         middle = stored[len(stored) // 2]
         out.append(Candidate("encoder", (middle,), config={"width": 128, "heads": 4, "epochs": 4, "lr": 1e-3}))
     if not out:
@@ -416,9 +406,8 @@ def finish(
     logits, labels = [], []
     for problem, per_sample in zip(problems, result["logits"]):
         for sample, values in zip(problem.samples, per_sample):
-            scored = values if candidate.prefixes else values[-1:]  # what the verifier will score
-            logits += scored
-            labels += [sample.correct] * len(scored)
+            logits += values
+            labels += [sample.correct] * len(values)
     calibration = platt(logits, labels)
     index = [stored.index(layer) for layer in candidate.layers]
     head = fit(candidate, problems, index)

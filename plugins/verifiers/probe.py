@@ -14,14 +14,9 @@ head's deepest layer only, reusing the keys, values and states of earlier reads:
 grown by a step runs its new tokens alone, and one prompt's samples share its prefix.
 
 The head ships for the default model (``plugins/verifiers/probes/``); ``probe:HEAD.json``
-or ``-o probe.head=HEAD.json`` names another. ``-o probe.answer_head=HEAD.json`` adds a
-head for finished answers (``reason learn train --answers``): the last step of a path that
-ended its text is scored by it, every other step by the step head. A step head is fitted
-on every step prefix; an answer head reads the policy's state at the end-of-turn token,
-after it has written its whole solution, which on GSM8K train told a problem's right
-answers from its wrong ones better than any step head did. A head trained for other
-weights, or a damaged file, is refused before anything is scored. The verifier sees what
-every verifier sees, the prompt and the path: never a reference answer.
+or ``-o probe_head=HEAD.json`` names another. A head trained for other weights, or a
+damaged file, is refused before anything is scored. The verifier sees what every
+verifier sees, the prompt and the path: never a reference answer.
 """
 
 from __future__ import annotations
@@ -31,8 +26,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from attrs import define
 
 import reason
 from reason import Score, ScoreRequest, Verifier
@@ -77,11 +70,6 @@ class ProbeVerifier(Verifier):
             help="path tokens whose keys, values and states are kept, so a grown path runs only its new tokens",
         )
         capture = Option(bool, True, help="take the states the backend keeps while sampling; false: run the policy again")
-        answer_head = Option(
-            str,
-            None,
-            help="a head for finished answers (`reason learn train --answers`): scores a path's last step when it ended the text",
-        )
 
     options: Options
 
@@ -96,19 +84,12 @@ class ProbeVerifier(Verifier):
             )
         from reason.plugins.learn.heads import read_card
 
-        # a missing or unreadable card fails now, not mid-run
         self.head_path = path
-        self.card = _card_for(path, "steps", read_card(path))
-        answers = self.options.answer_head
-        self.answer_path = Path(answers).expanduser() if answers else None
-        self.answer_card = _card_for(self.answer_path, "answers", read_card(self.answer_path)) if self.answer_path else None
-        cards = [self.card, self.answer_card] if self.answer_card else [self.card]
-        self.layers = tuple(sorted({layer for card in cards for layer in card["features"]["layers"]}))
-        """Every layer a head reads, ascending: what the reader runs to and the backend keeps."""
+        self.card = read_card(path)  # a missing or unreadable card fails now, not mid-run
         if self.options.capture:
-            self.hidden_layers = self.layers
+            self.hidden_layers = tuple(self.card["features"]["layers"])
         self._lock = threading.Lock()
-        self._loaded: tuple[_Head, _Head | None, Any, Any] | None = None
+        self._loaded: tuple[Any, Any, Any, Any] | None = None
         self.seconds = 0.0
         self.captured_tokens = 0
         """Path tokens whose states came with the steps (no forward pass here)."""
@@ -125,19 +106,12 @@ class ProbeVerifier(Verifier):
         from reason.plugins.learn.heads import load_head, spec_of
 
         source = resolve_model(self.config.model)
-        policy = weights_sha256(source)
-
-        def head(path: Path) -> _Head:
-            module, card = load_head(path, policy, source.name)
-            spec = spec_of(card)
-            return _Head(module, card, spec.pooling, [self.layers.index(layer) for layer in spec.layers])
-
-        steps = head(self.head_path)
-        answers = head(self.answer_path) if self.answer_path else None
+        head, card = load_head(self.head_path, weights_sha256(source), source.name)
+        spec = spec_of(card)
         model = load_model(source, device=self.config.device, dtype=self.config.dtype)
-        reader = HiddenStateReader(model, self.layers, cache_tokens=self.options.cache_tokens)
-        self._loaded = (steps, answers, load_tokenizer(source), reader)
-        log.debug("probe loaded", head=str(self.head_path), answer_head=str(self.answer_path), layers=self.layers)
+        reader = HiddenStateReader(model, spec.layers, cache_tokens=self.options.cache_tokens)
+        self._loaded = (head, spec, load_tokenizer(source), reader)
+        log.debug("probe loaded", head=str(self.head_path), layers=spec.layers, kind=card["kind"])
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
         with self._lock:
@@ -155,7 +129,7 @@ class ProbeVerifier(Verifier):
         from reason.plugins.learn.heads import calibrated
 
         assert self._loaded is not None
-        head, answer_head, tokenizer, reader = self._loaded
+        head, spec, tokenizer, reader = self._loaded
         if not request.steps:
             return Score(step_scores=())
         path: list[int] = []
@@ -166,7 +140,7 @@ class ProbeVerifier(Verifier):
             else:  # an injected step (a reflection) or a server's: text, no sampled ids
                 path += tokenizer(step.text, add_special_tokens=False)["input_ids"]
                 if step.finish_reason == "eos" and tokenizer.eos_token_id is not None:
-                    path.append(tokenizer.eos_token_id)  # sampled ids end with it: heads were fitted so
+                    path.append(tokenizer.eos_token_id)  # sampled ids end with it, and heads are fitted on those
             ends.append(len(path))
         if ends[-1] == 0:
             return Score(step_scores=tuple(0.5 for _ in request.steps))
@@ -178,16 +152,12 @@ class ProbeVerifier(Verifier):
         else:
             self.captured_tokens += len(states)
         with torch.inference_mode():
-            step_states = states[:, head.layers]
-            if head.card["kind"] == "linear":
-                logits = head.module(pool(step_states, 0, [max(1, e) for e in ends], head.pooling)).tolist()
+            if self.card["kind"] == "linear":
+                logits = head(pool(states, 0, [max(1, e) for e in ends], spec.pooling)).tolist()
             else:
-                logits = self._encoder_logits(head.module, step_states, ends)
-            scores = [calibrated(z, head.card.get("calibration", {})) for z in logits]
-            if answer_head is not None and request.steps[-1].finish_reason == "eos":
-                logit = float(answer_head.module(pool(states[:, answer_head.layers], 0, [ends[-1]], answer_head.pooling))[0])
-                scores[-1] = calibrated(logit, answer_head.card.get("calibration", {}))
-        return Score(step_scores=tuple(scores))
+                logits = self._encoder_logits(head, states, ends)
+        calibration = self.card.get("calibration", {})
+        return Score(step_scores=tuple(calibrated(z, calibration) for z in logits))
 
     def _captured(self, steps: Sequence[Any]) -> Any:
         """The path's states as the backend captured them while sampling (``Step.hidden``),
@@ -217,27 +187,3 @@ class ProbeVerifier(Verifier):
 
     def close(self) -> None:
         self._loaded = None
-
-
-@define
-class _Head:
-    """A loaded head, its card, its pooling, and where its layers sit among the states read."""
-
-    module: Any
-    card: dict[str, Any]
-    pooling: str
-    layers: list[int]
-
-
-def _card_for(path: Path, role: str, card: dict[str, Any]) -> dict[str, Any]:
-    """``card``, refused when its head scores something else than ``role`` asks (cards
-    written before answer heads existed score steps)."""
-    scores = card.get("scores", "steps")
-    if scores == role:
-        return card
-    if role == "steps":
-        raise UsageError(f"verifier probe: {path} is a head for finished answers; pass it as -o probe.answer_head={path}")
-    raise UsageError(
-        f"verifier probe: {path} scores step prefixes, not finished answers; "
-        "train an answer head with `reason learn train --answers`"
-    )
