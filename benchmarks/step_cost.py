@@ -109,10 +109,11 @@ def table(out: Path) -> str:
     ]
     for path in sorted(out.glob("*.json")):
         data = json.loads(path.read_text())
-        base = next(r for r in data["rows"] if r["search"] == "self-consistency")["seconds_per_problem"]
+        base = next((r["seconds_per_problem"] for r in data["rows"] if r["search"] == "self-consistency"), None)
         for r in data["rows"]:
+            ratio = f"{r['seconds_per_problem'] / base:.2f}x" if base else "-"  # no self-consistency in this run
             lines.append(
-                f"| {path.stem} | {r['search']}@{r['n']} | {r['seconds_per_problem']} | {r['seconds_per_problem'] / base:.2f}x | "
+                f"| {path.stem} | {r['search']}@{r['n']} | {r['seconds_per_problem']} | {ratio} | "
                 f"{r['tokens_per_problem']} | {r['tok_per_s']} | {r['prompt_tokens_per_problem']} / {r['encoded_tokens_per_problem']} "
                 f"({r['encoded_share']}) | {r['mean_busy_rows']} ({r.get('mean_busy_rows_queued') or '-'}) of {r['rows']} | {r['concurrency']} | {r['first_problem_s']} | "
                 f"{r['accuracy']} |"
