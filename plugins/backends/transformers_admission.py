@@ -38,17 +38,30 @@ class Admission:
         """Whether cached prefixes are reused at all (plain caches, a cache budget)."""
         return self.loaded.plain_cache and self.prefix_cache.max_tokens > 0
 
-    def joinable(self, ids: tuple[int, ...]) -> bool:
-        """Whether a prompt can join without a pass: cached, all but its last token."""
-        return self.reuse and len(ids) > 1 and self.prefix_cache.lookup(ids)[0] >= len(ids) - 1
+    def join_hit(self, ids: tuple[int, ...]) -> tuple[int, kv.KV] | None:
+        """The cached prefix a prompt joins on without a pass (its length and keys and
+        values: all but the last token, at least), or ``None`` where it needs a prefill."""
+        if not self.reuse or len(ids) < 2:
+            return None
+        used, entry = self.prefix_cache.lookup(ids)
+        return (used, entry) if entry is not None and used >= len(ids) - 1 else None
 
-    def admit(self, batch: Batch | None, newcomers: list[SequenceState]) -> Batch:
+    def admit(self, batch: Batch | None, newcomers: list[SequenceState], hits: list[tuple[int, kv.KV]] | None = None) -> Batch:
         """The batch with ``newcomers`` stacked under its rows (a new batch when there is
-        none): joined where every one of them can be, else prefilled."""
+        none): joined where every one of them can be, else prefilled. ``hits``: their
+        :meth:`join_hit`, where the caller has looked them up already."""
         import torch
 
-        if batch is not None and all(self.joinable(seq.prompt_ids) for seq in newcomers):
-            return self.join(batch, newcomers)
+        if batch is not None:
+            if hits is None:
+                hits = []
+                for seq in newcomers:
+                    hit = self.join_hit(seq.prompt_ids)
+                    if hit is None:
+                        break
+                    hits.append(hit)
+            if len(hits) == len(newcomers):
+                return self.join(batch, newcomers, hits)
         start = time.perf_counter()
         prompts: dict[tuple[int, ...], int] = {}
         for seq in newcomers:
@@ -71,12 +84,12 @@ class Admission:
         self.stats.prefill_seconds += time.perf_counter() - start
         return joined
 
-    def join(self, batch: Batch, newcomers: list[SequenceState]) -> Batch:
-        """Stack ``newcomers`` (each :meth:`joinable`) onto the batch without a forward
-        pass: each row holds its prompt's cached keys and values and feeds the last token
-        in the next decode pass, which gives it its first logits."""
+    def join(self, batch: Batch, newcomers: list[SequenceState], hits: list[tuple[int, kv.KV]]) -> Batch:
+        """Stack ``newcomers`` onto the batch without a forward pass (``hits``: their
+        :meth:`join_hit`): each row holds its prompt's cached keys and values and feeds
+        the last token in the next decode pass, which gives it its first logits."""
         start = time.perf_counter()
-        prefixes = [self._joining(seq) for seq in newcomers]
+        prefixes = [self._joining(seq, hit) for seq, hit in zip(newcomers, hits)]
         lengths = [n for n, _ in prefixes]
         cache = kv.splice(self.loaded.model.config, prefixes, max(lengths))
         mask = kv.left_padded_mask(lengths, max(lengths)).to(self.loaded.device)
@@ -85,12 +98,12 @@ class Admission:
         self.stats.prefill_seconds += time.perf_counter() - start
         return joined
 
-    def place(self, batch: Batch, row: int, seq: SequenceState) -> None:
-        """Put ``seq`` (:meth:`joinable`, its cached prefix no wider than the batch) into
+    def place(self, batch: Batch, row: int, seq: SequenceState, hit: tuple[int, kv.KV]) -> None:
+        """Put ``seq`` (``hit``: its :meth:`join_hit`, no wider than the batch) into
         ``row`` of the batch, whose sequence is done: only that row's keys, values and
         mask are written. The caller feeds the row ``seq.feed`` in the next decode pass."""
         width = batch.mask.shape[1]
-        used, entry = self._joining(seq)
+        used, entry = self._joining(seq, hit)
         for layer, (keys, values) in zip(batch.cache.layers, entry):
             for cache, cached in ((layer.keys, keys), (layer.values, values)):
                 cache[row, :, : width - used] = 0
@@ -99,11 +112,10 @@ class Admission:
         batch.mask[row, width - used :] = 1
         batch.rows[row], batch.lengths[row] = seq, used
 
-    def _joining(self, seq: SequenceState) -> tuple[int, kv.KV]:
+    def _joining(self, seq: SequenceState, hit: tuple[int, kv.KV]) -> tuple[int, kv.KV]:
         """Make ``seq`` a row that feeds its prompt's last token in the next decode pass.
-        Returns the cached tokens before it and their keys and values."""
-        used, entry = self.prefix_cache.lookup(seq.prompt_ids)
-        assert entry is not None and used >= len(seq.prompt_ids) - 1
+        Returns the cached tokens before it and their keys and values (of ``hit``)."""
+        entry = hit[1]
         seq.feed, seq.cached_tokens = seq.prompt_ids[-1], len(seq.prompt_ids) - 1
         self.stats.prefill_tokens += 1  # the last prompt token runs in the decode pass
         self.stats.reused_tokens += seq.cached_tokens

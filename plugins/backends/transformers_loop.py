@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import itertools
 import random
 import threading
 import time
@@ -221,17 +222,18 @@ class DecodeLoop:
         # Those whose prompt is cached but for its last token (the next step of a path)
         # need no pass of their own, so they join as soon as a row is free.
         joinable = batch is None or (self.loaded.plain_cache and self.continuous)
-        count = 0
+        count, hits = 0, None
         if self._ready and free > 0 and joinable:
             if batch is None or free >= min(self.loaded.admit_min, len(self._ready)):
                 count = min(free, len(self._ready))
             else:
-                count = self._leading_joins(free)
+                hits = self._leading_joins(free)
+                count = len(hits)
         before = self.stats.prefill_tokens, self.stats.reused_tokens
         if count:
             newcomers = [self._ready.popleft() for _ in range(count)]
             self._admitting = newcomers
-            batch = self.admission.admit(batch, newcomers)
+            batch = self.admission.admit(batch, newcomers, hits)
         if batch is None:
             return None
         tokens = self._pick(batch.rows, batch.logits)
@@ -257,16 +259,19 @@ class DecodeLoop:
         )
         return batch
 
-    def _leading_joins(self, limit: int, width: int | None = None) -> int:
-        """How many at the head of the queue (at most ``limit``; with ``width``, only those
-        whose cached prefix fits it) can join without a pass."""
-        count = 0
-        while count < min(limit, len(self._ready)):
-            ids = self._ready[count].prompt_ids
-            if not self.admission.joinable(ids) or (width is not None and len(ids) - 1 > width):
+    def _leading_joins(self, limit: int, width: int | None = None) -> list[tuple[int, kv.KV]]:
+        """The cached prefixes (:meth:`.Admission.join_hit`) of the sequences at the head of
+        the queue that can join without a pass: at most ``limit``, and with ``width`` only
+        those whose prefix fits it. Each is looked up once, here, and handed on."""
+        hits: list[tuple[int, kv.KV]] = []
+        for seq in itertools.islice(self._ready, limit):
+            if width is not None and len(seq.prompt_ids) - 1 > width:
                 break
-            count += 1
-        return count
+            hit = self.admission.join_hit(seq.prompt_ids)
+            if hit is None:
+                break
+            hits.append(hit)
+        return hits
 
     def _retire(self, batch: Batch, tokens: list[int]) -> tuple[Batch | None, int]:
         """Take finished rows out of the batch (their keys and values go to the prefix
@@ -282,15 +287,15 @@ class DecodeLoop:
             seq = batch.rows[i]
             self.admission.remember(seq, batch.cache, i, batch.lengths[i], width)
             seq.owner.sample_done()
-        places = done[: self._leading_joins(len(done), width)] if self.continuous else []
-        for i in places:
+        hits = self._leading_joins(len(done), width) if self.continuous else []
+        for i, hit in zip(done, hits):
             seq = self._ready.popleft()
             self._admitting.append(seq)
-            self.admission.place(batch, i, seq)
+            self.admission.place(batch, i, seq, hit)
             tokens[i] = seq.prompt_ids[-1]
         keep = [i for i, seq in enumerate(batch.rows) if seq.finish is None or seq.draining]
         tokens[:] = [tokens[i] for i in keep]
-        return batch.select(keep, trim=self.loaded.plain_cache), len(places)
+        return batch.select(keep, trim=self.loaded.plain_cache), len(hits)
 
     def _drop_cancelled(self, batch: Batch) -> Batch | None:
         keep = [i for i, seq in enumerate(batch.rows) if not seq.owner.future.cancelled()]
