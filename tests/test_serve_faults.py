@@ -144,6 +144,9 @@ def test_model_a_dead_decode_loop_fails_what_it_held_and_the_engine_is_rebuilt(e
     failed = chat(client, model=None, messages=LONG, max_tokens=200)
     assert failed.status_code == 503 and "decode loop stopped" in failed.json()["error"]["message"], failed.text
     assert time.time() - start < 60
+    # known the moment the request failed, not only once the thread is gone: a health check
+    # right after the 503 must not find the dead engine "ok"
+    assert server.fault is not None or server.rebuilds == 1
     report = healthy_within(client.get, 120)
     assert report["engine_rebuilds"] == 1 and server.runtime.backend is not first
     answer = chat(client, model=None)

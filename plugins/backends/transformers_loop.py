@@ -80,6 +80,7 @@ class DecodeLoop:
         self._open: set[PendingRequest] = set()
         """Requests not resolved yet, wherever they are in the loop: what fails if it stops."""
         self._closed = False
+        self._stopped = False
         self.rows_in_flight = 0
         """Rows in the decode batch after the last step (for tests and monitoring)."""
 
@@ -88,9 +89,8 @@ class DecodeLoop:
         """The decode loop thread gone while the backend is open (a failed step fails only
         the requests it held, and the loop goes on: that is not a failure of the backend)."""
         worker = self._worker
-        if worker is not None and not worker.is_alive() and not self._closed:
-            return "the transformers decode loop stopped"
-        return None
+        stopped = self._stopped or (worker is not None and not worker.is_alive())
+        return "the transformers decode loop stopped" if stopped and not self._closed else None
 
     def close(self) -> None:
         """Stop the decode loop: requests still running fail."""
@@ -129,6 +129,9 @@ class DecodeLoop:
             error = BackendError("the transformers backend was closed")
         except BaseException as exc:  # the loop itself broke: nothing it held may wait forever
             error = BackendError(f"the transformers decode loop stopped: {type(exc).__name__}: {exc}")
+            # said before its requests fail, not once the thread is gone: a caller woken by
+            # that failure must already see the backend's failure
+            self._stopped = True
             raise
         finally:
             for pending in list(self._open):
