@@ -145,6 +145,22 @@ def test_learn_commands_name_a_missing_run():
     assert isinstance(result.exception, UsageError) and "reason learn rollouts" in str(result.exception)
 
 
+@pytest.mark.parametrize("command", ["features", "train"])
+def test_a_problem_whose_candidate_appears_twice_is_refused_before_any_work(problems, tmp_path, command):
+    """Two rollout runs that share a problem, joined into one file: each command that reads
+    features per candidate names the problem and the fix instead of mixing their states."""
+    out = tmp_path / "run"
+    rollouts(problems, out)
+    assert invoke("learn", "labels", str(out)).exit_code == 0
+    lines = (out / "trajectories.jsonl").read_text().splitlines()
+    (out / "trajectories.jsonl").write_text("\n".join([*lines, lines[0]]) + "\n")
+    task = json.loads(lines[0])["task_id"]
+    result = invoke("learn", command, str(out), *(["--out", str(tmp_path / "head")] if command == "train" else []))
+    assert isinstance(result.exception, UsageError), result.output
+    assert f"candidate 0 of problem {task} twice" in str(result.exception) and "Keep one run's" in str(result.exception)
+    assert not (out / "features").exists() and not (tmp_path / "head").exists()
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "names"), [("--pooling", "mean,max", "max given; choose among mean, mean+last, mean+step"),
                                  ("--kinds", "forest", "forest given; choose among linear, encoder")]

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from reason.errors import UsageError
+
 from .features import FeatureSpec, HiddenStateReader
 from .labels import TRAJECTORIES, read_trajectories
 
@@ -49,9 +51,20 @@ def token_ends(tokenizer: Any, token_ids: Sequence[int], steps: Sequence[str]) -
 
 
 def group_by_task(trajectories: Iterable[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The trajectories of each problem, in file order. A problem's candidate given twice
+    is refused: features are stored per candidate, so one of the two would silently stand
+    for both (it happens when two rollout runs that share problems are joined)."""
     groups: dict[str, list[dict[str, Any]]] = {}
+    seen: set[tuple[str, int]] = set()
     for trajectory in trajectories:
-        groups.setdefault(trajectory["task_id"], []).append(trajectory)
+        key = (trajectory["task_id"], trajectory["candidate"])
+        if key in seen:
+            raise UsageError(
+                f"{TRAJECTORIES} holds candidate {key[1]} of problem {key[0]} twice: were the trajectories of two "
+                "rollout runs that share problems joined? Keep one run's trajectories of each problem"
+            )
+        seen.add(key)
+        groups.setdefault(key[0], []).append(trajectory)
     return list(groups.items())
 
 
