@@ -289,6 +289,8 @@ class RowsBackend(ContinuousScriptedBackend):
         (8, "greedy", {}, 8),  # 2 x 8 / 1, at most the rows
         (12, "best-of-n", {}, 6),
         (8, "mcts", {"expansion_width": 2}, 8),  # one expansion of 2 at a time: 2 x 8 / 2
+        (12, "deepconf", {}, 12),  # 2 warm-up traces, then the 2 online ones: 2 x 12 / 2
+        (12, "deepconf", {"warmup": 1}, 8),  # 1, then 3: 2 x 12 / 3
         (None, "best-of-n", {}, 16),  # an engine that does not say: the default
     ],
 )

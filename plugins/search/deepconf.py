@@ -123,6 +123,11 @@ class DeepConf(SearchPolicy):
         if not 1 <= self.warmup <= n:
             raise UsageError(f"deepconf: -o deepconf.warmup must be between 1 and --n ({n}), got {self.warmup}")
 
+    @property
+    def width(self) -> int:
+        """The warm-up traces run, then the online ones: never all N at once."""
+        return max(self.warmup, int(self.config.n) - self.warmup)
+
     async def run(self, ctx: SearchContext) -> SearchOutcome:
         n = ctx.config.n
         warm = await ctx.complete(ctx.root, self.warmup)
