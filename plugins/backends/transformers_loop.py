@@ -86,8 +86,9 @@ class DecodeLoop:
 
     @property
     def failure(self) -> str | None:
-        """The decode loop thread gone while the backend is open (a failed step fails only
-        the requests it held, and the loop goes on: that is not a failure of the backend)."""
+        """The decode loop broken (its thread ended) while the backend is open (a failed
+        step fails only the requests it held, and the loop goes on: that is not a failure
+        of the backend)."""
         worker = self._worker
         stopped = self._stopped or (worker is not None and not worker.is_alive())
         return "the transformers decode loop stopped" if stopped and not self._closed else None
