@@ -16,6 +16,7 @@ A finished row's keys and values go to the prefix cache (:meth:`Admission.rememb
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import kv
@@ -46,6 +47,20 @@ class Admission:
         used, entry = self.prefix_cache.lookup(ids)
         return (used, entry) if entry is not None and used >= len(ids) - 1 else None
 
+    def join_hits(self, seqs: Iterable[SequenceState], width: int | None = None) -> list[tuple[int, kv.KV]]:
+        """The :meth:`join_hit` of each of the leading ``seqs`` that can join without a
+        pass (with ``width``, only while their cached prefix fits it): each looked up once,
+        for the caller to hand to :meth:`admit` or :meth:`place`."""
+        hits: list[tuple[int, kv.KV]] = []
+        for seq in seqs:
+            if width is not None and len(seq.prompt_ids) - 1 > width:
+                break
+            hit = self.join_hit(seq.prompt_ids)
+            if hit is None:
+                break
+            hits.append(hit)
+        return hits
+
     def admit(self, batch: Batch | None, newcomers: list[SequenceState], hits: list[tuple[int, kv.KV]] | None = None) -> Batch:
         """The batch with ``newcomers`` stacked under its rows (a new batch when there is
         none): joined where every one of them can be, else prefilled. ``hits``: their
@@ -53,13 +68,7 @@ class Admission:
         import torch
 
         if batch is not None:
-            if hits is None:
-                hits = []
-                for seq in newcomers:
-                    hit = self.join_hit(seq.prompt_ids)
-                    if hit is None:
-                        break
-                    hits.append(hit)
+            hits = self.join_hits(newcomers) if hits is None else hits
             if len(hits) == len(newcomers):
                 return self.join(batch, newcomers, hits)
         start = time.perf_counter()
@@ -89,7 +98,7 @@ class Admission:
         :meth:`join_hit`): each row holds its prompt's cached keys and values and feeds
         the last token in the next decode pass, which gives it its first logits."""
         start = time.perf_counter()
-        prefixes = [self._joining(seq, hit) for seq, hit in zip(newcomers, hits)]
+        prefixes = [self._joining(seq, entry) for seq, (_, entry) in zip(newcomers, hits)]
         lengths = [n for n, _ in prefixes]
         cache = kv.splice(self.loaded.model.config, prefixes, max(lengths))
         mask = kv.left_padded_mask(lengths, max(lengths)).to(self.loaded.device)
@@ -103,7 +112,7 @@ class Admission:
         ``row`` of the batch, whose sequence is done: only that row's keys, values and
         mask are written. The caller feeds the row ``seq.feed`` in the next decode pass."""
         width = batch.mask.shape[1]
-        used, entry = self._joining(seq, hit)
+        used, entry = self._joining(seq, hit[1])
         for layer, (keys, values) in zip(batch.cache.layers, entry):
             for cache, cached in ((layer.keys, keys), (layer.values, values)):
                 cache[row, :, : width - used] = 0
@@ -112,10 +121,10 @@ class Admission:
         batch.mask[row, width - used :] = 1
         batch.rows[row], batch.lengths[row] = seq, used
 
-    def _joining(self, seq: SequenceState, hit: tuple[int, kv.KV]) -> tuple[int, kv.KV]:
+    def _joining(self, seq: SequenceState, entry: kv.KV) -> tuple[int, kv.KV]:
         """Make ``seq`` a row that feeds its prompt's last token in the next decode pass.
-        Returns the cached tokens before it and their keys and values (of ``hit``)."""
-        entry = hit[1]
+        Returns the cached tokens before it and their keys and values (``entry``, its
+        :meth:`join_hit`'s)."""
         seq.feed, seq.cached_tokens = seq.prompt_ids[-1], len(seq.prompt_ids) - 1
         self.stats.prefill_tokens += 1  # the last prompt token runs in the decode pass
         self.stats.reused_tokens += seq.cached_tokens

@@ -264,18 +264,8 @@ class DecodeLoop:
         return batch
 
     def _leading_joins(self, limit: int, width: int | None = None) -> list[tuple[int, kv.KV]]:
-        """The cached prefixes (:meth:`.Admission.join_hit`) of the sequences at the head of
-        the queue that can join without a pass: at most ``limit``, and with ``width`` only
-        those whose prefix fits it. Each is looked up once, here, and handed on."""
-        hits: list[tuple[int, kv.KV]] = []
-        for seq in itertools.islice(self._ready, limit):
-            if width is not None and len(seq.prompt_ids) - 1 > width:
-                break
-            hit = self.admission.join_hit(seq.prompt_ids)
-            if hit is None:
-                break
-            hits.append(hit)
-        return hits
+        """:meth:`.Admission.join_hits` of the first ``limit`` sequences of the queue."""
+        return self.admission.join_hits(itertools.islice(self._ready, limit), width)
 
     def _retire(self, batch: Batch, tokens: list[int]) -> tuple[Batch | None, int]:
         """Take finished rows out of the batch (their keys and values go to the prefix
