@@ -12,8 +12,9 @@ loaded engine, ``solve_many`` with every problem queued. Per strategy:
   encoded (over every sample: what the prefix cache did not serve), and their ratio;
 - the mean of the engine's busy rows over its decode steps, against its rows; and the
   same mean over the steps while problems still waited for a place in flight (until the
-  last one started; only when there are more problems than in flight);
-- when the first problem finished; the problems in flight.
+  last one started; only when there are more problems than start at once);
+- when the first problem finished; the problems in flight: started at once, and the most
+  at once (more start while the engine's rows are idle).
 
 ``--arm`` picks the engine settings, so that a before/after pair runs the same problems:
 ``new`` is the runtime's defaults (vLLM's CPU block 32, problems in flight sized from the
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from reason import Config, Runtime, get_registry
+from reason.events import SearchFailed, SearchFinished, SearchStarted
 
 SEARCHES: dict[str, dict[str, Any]] = {
     "self-consistency": {"verifier": "none"},
@@ -52,24 +54,35 @@ def run_search(runtime: Runtime, tasks: list[Any], search: str, n: int, arm: dic
     overrides = dict(SEARCHES[search], search=search, n=n)
     overrides["options"] = {**overrides.get("options", {}), **(arm["deepconf"] if search == "deepconf" else {})}
     backend = runtime.backend
-    concurrency = arm["concurrency"] or runtime.concurrency_for(runtime.config.replace(**overrides))
+    filling = runtime.filling_for(runtime.config.replace(**overrides), arm["concurrency"])
     stats_before = backend.stats.to_dict()
     finished: list[float] = []
-    # The engine's counters when the last problem starts: solve_many starts a queued problem
-    # as one in flight finishes, so that is when len(tasks) - concurrency have finished.
-    last_start: list[dict[str, Any]] = []
+    # The engine's counters when the last problem starts: from then on no problem waits.
+    started: list[dict[str, Any]] = []
+    running = [0, 0]  # searches running now, most at once
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, SearchStarted):
+            started.append(backend.stats.to_dict())
+            running[0] += 1
+            running[1] = max(running)
+        elif isinstance(event, (SearchFinished, SearchFailed)):
+            running[0] -= 1
 
     def on_solution(solution: Any) -> None:
         finished.append(time.perf_counter())
-        if len(finished) == len(tasks) - concurrency:
-            last_start.append(backend.stats.to_dict())
 
+    stop = runtime.subscribe(on_event)
     start = time.perf_counter()
-    solutions = runtime.solve_many(tasks, concurrency=concurrency, on_solution=on_solution, **overrides)
+    try:
+        solutions = runtime.solve_many(tasks, concurrency=arm["concurrency"], on_solution=on_solution, **overrides)
+    finally:
+        stop()
     seconds = time.perf_counter() - start
     stats = backend.stats.to_dict()
     steps, rows = busy(stats_before, stats)
-    queued_steps, queued_rows = busy(stats_before, last_start[0]) if last_start else (0, 0)
+    last_start = started[-1] if len(started) == len(tasks) > filling.floor else None
+    queued_steps, queued_rows = busy(stats_before, last_start) if last_start else (0, 0)
     prompt = sum(s.usage.prompt_tokens for s in solutions)
     encoded = sum(s.usage.encoded_tokens for s in solutions)
     generated = sum(s.usage.completion_tokens for s in solutions)
@@ -78,7 +91,9 @@ def run_search(runtime: Runtime, tasks: list[Any], search: str, n: int, arm: dic
         "search": search,
         "n": n,
         "problems": len(tasks),
-        "concurrency": concurrency,
+        "concurrency": filling.floor,
+        "concurrency_ceiling": filling.ceiling,
+        "in_flight_most": running[1],
         "accuracy": round(correct / len(tasks), 3),
         "seconds_per_problem": round(seconds / len(tasks), 2),
         "tokens_per_problem": round(generated / len(tasks), 1),
@@ -101,6 +116,13 @@ def busy(before: dict[str, Any], after: dict[str, Any]) -> tuple[int, int]:
     return after["decode_steps"] - before["decode_steps"], after["decode_rows"] - before["decode_rows"]
 
 
+def in_flight(row: dict[str, Any]) -> str:
+    """Problems in flight: the number started at once, and the most at once where idle rows
+    started more (results before that was measured say only the first)."""
+    most = row.get("in_flight_most")
+    return f"{row['concurrency']}, at most {most}" if most and most > row["concurrency"] else str(row["concurrency"])
+
+
 def table(out: Path) -> str:
     lines = [
         "| arm | search | s/problem | vs SC | tokens/problem | tok/s | prompt tokens requested / encoded per problem (share) "
@@ -115,7 +137,7 @@ def table(out: Path) -> str:
             lines.append(
                 f"| {path.stem} | {r['search']}@{r['n']} | {r['seconds_per_problem']} | {ratio} | "
                 f"{r['tokens_per_problem']} | {r['tok_per_s']} | {r['prompt_tokens_per_problem']} / {r['encoded_tokens_per_problem']} "
-                f"({r['encoded_share']}) | {r['mean_busy_rows']} ({r.get('mean_busy_rows_queued') or '-'}) of {r['rows']} | {r['concurrency']} | {r['first_problem_s']} | "
+                f"({r['encoded_share']}) | {r['mean_busy_rows']} ({r.get('mean_busy_rows_queued') or '-'}) of {r['rows']} | {in_flight(r)} | {r['first_problem_s']} | "
                 f"{r['accuracy']} |"
             )
     return "\n".join(lines) + "\n"
@@ -139,8 +161,16 @@ def main() -> None:
     if args.arm is None:
         parser.error("--arm is required (or --table)")
     arm = ARMS[args.arm]
-    base = Config(backend=args.backend, model=args.model, temperature=0.8, seed=0, step_tokens=64,
-                  max_tokens=args.max_tokens, splitter="step", options=arm["backend"])
+    base = Config(
+        backend=args.backend,
+        model=args.model,
+        temperature=0.8,
+        seed=0,
+        step_tokens=64,
+        max_tokens=args.max_tokens,
+        splitter="step",
+        options=arm["backend"],
+    )
     dataset = get_registry().create("dataset", "gsm8k", base)
     tasks = list(dataset.load())[: args.problems]
     rows = []

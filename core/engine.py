@@ -178,6 +178,9 @@ class Engines:
         self._batched: BatchedBackend | None = None
         self._score_queues: dict[int, BatchQueue[Any, Any]] = {}  # by id(verifier), while it lives
         self._waits: set[tuple[str, int]] = set()
+        self.sequences = 0
+        """Sequences asked of the policy backend and not yet returned."""
+        self._watchers: list[Callable[[int], None]] = []
 
     # -- generation -----------------------------------------------------------------
 
@@ -201,7 +204,11 @@ class Engines:
             def relay(sample: int, text: str) -> None:  # the engine calls it from its own thread
                 loop.call_soon_threadsafe(on_text, sample, text)
 
-        completions = await self._engine(backend).generate_async(request, on_text=relay)
+        self._sequences_changed(request.n)
+        try:
+            completions = await self._engine(backend).generate_async(request, on_text=relay)
+        finally:
+            self._sequences_changed(-request.n)
         if len(completions) != request.n:
             raise RuntimeError(f"backend {type(backend).__name__} returned {len(completions)} completions for n={request.n}")
         if owner is not None:
@@ -215,6 +222,18 @@ class Engines:
                 )
             )
         return completions
+
+    def watch_sequences(self, listener: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``listener(change)`` (in this event loop) as :attr:`sequences` changes: a
+        request's ``n`` when it goes to the backend, ``-n`` when it comes back, answered or
+        not. Returns a function that stops it."""
+        self._watchers.append(listener)
+        return lambda: self._watchers.remove(listener)
+
+    def _sequences_changed(self, change: int) -> None:
+        self.sequences += change
+        for listener in list(self._watchers):
+            listener(change)
 
     def _engine(self, backend: Backend) -> Backend | BatchedBackend:
         """What takes requests one at a time: a continuous backend itself; a batch-only

@@ -42,6 +42,7 @@ from .context import PolicyParts, RunningSearch
 from .engine import Engines
 from .errors import UsageError
 from .events import Event, SearchFailed, SearchFinished, SearchStarted
+from .filling import Filling
 from .log import get_logger
 from .options import check_options, run_parts
 from .plan import Plan
@@ -54,8 +55,8 @@ from .types import Task, Usage
 T = TypeVar("T")
 
 DEFAULT_CONCURRENCY = 16
-"""How many tasks ``solve_many`` keeps in flight: enough to fill batches, few enough to
-keep memory (trees, KV caches) bounded. A new task starts as soon as one finishes."""
+"""How many tasks ``solve_many`` keeps in flight where the engine does not say its rows:
+enough to fill batches, few enough to keep memory (trees, KV caches) bounded."""
 
 MAX_POLICY_DEPTH = 3
 """How deep sub-policies may nest (a policy that runs a policy that runs one ...)."""
@@ -264,16 +265,29 @@ class Runtime:
         """How many problems :meth:`solve_many` keeps in flight when not told: twice the
         engine's rows over the search's width (a step search holds its rows only part of
         the time: between rounds, and while its paths are scored), at most the rows;
-        ``DEFAULT_CONCURRENCY`` where the engine does not say its rows. Loads the backend."""
-        return self._concurrency(self.plan(config or self.config).width)
+        ``DEFAULT_CONCURRENCY`` where the engine does not say its rows. More start while
+        the engine's rows are idle (:meth:`filling_for`). Loads the backend."""
+        return self.filling_for(config).floor
 
-    def _concurrency(self, width: int) -> int:
+    def filling_for(self, config: Config | None = None, concurrency: int | None = None) -> Filling:
+        """When :meth:`solve_many` starts the next problem: :meth:`concurrency_for`'s
+        number at once, then one more each time a request comes back and the engine has
+        idle rows for a whole problem, up to the engine's rows in flight; exactly
+        ``concurrency`` at a time where given. Loads the backend."""
+        width = self.plan(config or self.config).width
+        if concurrency is not None:
+            return Filling(concurrency, concurrency, width)
         backend = self.backend
         backend.load()
         rows = backend.rows
         if not rows:
-            return DEFAULT_CONCURRENCY
-        return max(1, min(rows, -(-2 * rows // width)))
+            return Filling(DEFAULT_CONCURRENCY, DEFAULT_CONCURRENCY, width)
+        floor = max(1, min(rows, -(-2 * rows // width)))
+        return Filling(floor, max(floor, rows), width, spare=lambda: rows - self._sequences())
+
+    def _sequences(self) -> int:
+        """Sequences the runtime's searches have asked of the backend and not got back."""
+        return self._engines.sequences if self._engines is not None else 0
 
     def solve_many(
         self,
@@ -283,12 +297,13 @@ class Runtime:
         on_solution: Callable[[Solution], None] | None = None,
         **overrides: Any,
     ) -> list[Solution]:
-        """Solve many tasks, ``concurrency`` at a time (default :meth:`concurrency_for`),
-        their requests batched together; returns solutions in task order. ``on_solution`` is called in this thread as each
-        one finishes (e.g. to write it), in the order they finish."""
-        plan, task_list, concurrency = self._prepare(tasks, concurrency, overrides)
+        """Solve many tasks, ``concurrency`` at a time (default: as many as fill the
+        engine, :meth:`filling_for`), their requests batched together; returns solutions
+        in task order. ``on_solution`` is called in this thread as each one finishes
+        (e.g. to write it), in the order they finish."""
+        plan, task_list, filling = self._prepare(tasks, concurrency, overrides)
         finished: queue.Queue[tuple[int, Solution] | None] = queue.Queue()
-        future = self._submit(self._solve_all(task_list, plan, concurrency, lambda i, s: finished.put((i, s))))
+        future = self._submit(self._solve_all(task_list, plan, filling, lambda i, s: finished.put((i, s))))
         future.add_done_callback(lambda _: finished.put(None))
         solutions: list[Solution | None] = [None] * len(task_list)
         try:
@@ -317,14 +332,14 @@ class Runtime:
     ) -> list[Solution]:
         """``solve_many`` for a caller with an event loop of its own (``on_solution`` is
         called in that loop). Cancelling the await cancels the searches."""
-        plan, task_list, concurrency = self._prepare(tasks, concurrency, overrides)
+        plan, task_list, filling = self._prepare(tasks, concurrency, overrides)
         caller = asyncio.get_running_loop()
 
         def deliver(index: int, solution: Solution) -> None:
             if on_solution is not None:
                 _call_in(caller, on_solution, solution)
 
-        solutions = await asyncio.wrap_future(self._submit(self._solve_all(task_list, plan, concurrency, deliver)))
+        solutions = await asyncio.wrap_future(self._submit(self._solve_all(task_list, plan, filling, deliver)))
         return solutions
 
     def stream(self, task: Task | str, *, tokens: bool = False, **overrides: Any) -> Run:
@@ -351,7 +366,7 @@ class Runtime:
 
     def _prepare(
         self, tasks: Iterable[Task | str], concurrency: int | None, overrides: dict[str, Any]
-    ) -> tuple[Plan, list[Task], int]:
+    ) -> tuple[Plan, list[Task], Filling]:
         config = self.config.replace(**overrides) if overrides else self.config
         plan = self.plan(config)
         if concurrency is not None and concurrency < 1:
@@ -364,24 +379,31 @@ class Runtime:
             self._prompt(task_list[0], config)
             for each in plan.configs:
                 self.verifier(each)
-        if concurrency is None:
-            concurrency = self._concurrency(plan.width) if len(task_list) > 1 else 1
-        return plan, task_list, concurrency
+        if len(task_list) <= 1:
+            concurrency = 1
+        return plan, task_list, self.filling_for(config, concurrency)
 
     async def _solve_all(
-        self, tasks: list[Task], plan: Plan, concurrency: int, deliver: Callable[[int, Solution], None]
+        self, tasks: list[Task], plan: Plan, filling: Filling, deliver: Callable[[int, Solution], None]
     ) -> list[Solution]:
-        """Keep ``concurrency`` searches in flight; the next task starts the moment one
-        finishes. One failure cancels the rest and is raised."""
-        slots = asyncio.Semaphore(concurrency)
+        """Start the tasks as ``filling`` lets them (the next the moment one finishes, or
+        the engine has idle rows). One failure cancels the rest and is raised."""
         solutions: list[Solution | None] = [None] * len(tasks)
 
         async def one(index: int, task: Task) -> None:
-            async with slots:
+            await filling.enter()
+            try:
                 solutions[index] = solution = await self._run_one(task, plan)
+            finally:
+                filling.leave()
             deliver(index, solution)
 
-        await gather_all(*(one(i, t) for i, t in enumerate(tasks)))
+        assert self._engines is not None
+        stop = self._engines.watch_sequences(filling.engine_changed)
+        try:
+            await gather_all(*(one(i, t) for i, t in enumerate(tasks)))
+        finally:
+            stop()
         return [s for s in solutions if s is not None]
 
     def _prompt(self, task: Task, config: Config) -> str:

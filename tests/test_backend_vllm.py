@@ -16,6 +16,7 @@ One engine serves the whole module (starting one takes 25-80 s on 2 cores). Test
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -28,7 +29,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from vllm_server import cuda, require_vllm
 
 from reason import BackendError, Config, Continuation, GenerateRequest, Runtime, SamplingParams, UsageError, Watch, get_registry
@@ -400,6 +400,31 @@ def test_bad_options_are_usage_errors(fake):
     assert VLLMBackend(Config(backend="vllm", dtype="bf16")).dtype == "bfloat16"
 
 
+@pytest.mark.parametrize(
+    ("cores", "option", "environ", "expected"),
+    [
+        (2, None, None, {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}),  # a small machine: every core for the model
+        (1, None, None, {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}),
+        (16, None, None, {}),  # vLLM's own choice
+        (2, None, "1", {}),  # the caller's environment wins
+        (16, 3, None, {"VLLM_CPU_NUM_OF_RESERVED_CPU": "3"}),  # and the option over both
+        (2, 1, "0", {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}),
+    ],
+)
+def test_on_a_small_cpu_machine_the_model_gets_every_core(fake, monkeypatch, cores, option, environ, expected):
+    monkeypatch.setattr(vllm_backend, "_vllm_on_cpu", lambda: True)
+    monkeypatch.setattr(vllm_backend, "_usable_cores", lambda: cores)
+    if environ is None:
+        monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", environ)
+    options = {} if option is None else {"reserved_cpus": option}
+    backend, _ = fake(Config(backend="vllm", options=options))
+    assert backend.engine_env() == expected
+    monkeypatch.setattr(vllm_backend, "_vllm_on_cpu", lambda: False)
+    assert backend.engine_env() == {}  # GPUs: nothing of the kind
+
+
 @pytest.mark.skipif(HAVE_VLLM, reason="vllm is installed here")
 def test_missing_vllm_says_how_to_install():
     with pytest.raises(UsageError, match=r"pip install 'reason-runtime\[vllm\]'"):
@@ -433,6 +458,24 @@ def runtime(engine):
 
 def chat(backend, question: str) -> str:
     return backend.format_prompt([{"role": "user", "content": question}])
+
+
+@pytest.mark.vllm
+def test_real_on_a_small_cpu_machine_the_model_runs_on_every_core(engine):
+    """vLLM's CPU build keeps a core from the model for its scheduler; on 2 cores that is
+    half the compute, so there the backend gives the model every core."""
+    import psutil
+
+    cores = vllm_backend._usable_cores()
+    if not vllm_backend._vllm_on_cpu() or cores > vllm_backend.SMALL_CPU_CORES:
+        pytest.skip(f"not vLLM's CPU build on {vllm_backend.SMALL_CPU_CORES} cores or fewer (here: {cores} cores)")
+    pinned = set()  # the cores the engine's threads are bound to, one each (OpenMP's binding)
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error, OSError):
+            for thread in child.threads():
+                if len(allowed := os.sched_getaffinity(thread.id)) == 1:
+                    pinned |= allowed
+    assert pinned == os.sched_getaffinity(0)
 
 
 @pytest.mark.vllm

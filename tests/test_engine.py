@@ -11,6 +11,7 @@ from scripted import ContinuousScriptedBackend, ScriptedBackend, steps_script
 
 from reason import Config, GenerateRequest, Runtime, SamplingParams, SearchOutcome, SearchPolicy, Task, UsageError
 from reason.engine import BatchQueue
+from reason.events import SearchFailed, SearchFinished, SearchStarted
 from reason.registry import get_registry
 
 
@@ -301,6 +302,39 @@ def test_problems_in_flight_are_sized_from_the_engines_rows_and_the_searchs_widt
         if search == "best-of-n":  # one request per search: at most that many in flight
             rt.solve_many([f"q{i}" for i in range(20)])
             assert backend.most_in_flight == min(expected, 20)
+
+
+def searches_at_once(runtime):
+    """The most searches the runtime had running at once, as its events tell (a list that
+    fills in as it runs)."""
+    running, most = [0], [0]
+
+    def count(event):
+        if isinstance(event, SearchStarted):
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        elif isinstance(event, (SearchFinished, SearchFailed)):
+            running[0] -= 1
+
+    runtime.subscribe(count)
+    return most
+
+
+@pytest.mark.parametrize("concurrency", [None, 8])
+def test_idle_rows_start_more_problems_unless_the_caller_named_a_number(concurrency):
+    """DeepConf@8 is 6 wide (its online phase) but holds 2 rows through its warm-up: 8
+    problems in flight (2 x 24 / 6) leave 8 of 24 rows idle, room for one more."""
+    backend = RowsBackend(24)
+    with Runtime(Config(search="deepconf", n=8, verifier=None), backend=backend) as rt:
+        filling = rt.filling_for()
+        assert (filling.floor, filling.ceiling, filling.width) == (8, 24, 6)
+        most = searches_at_once(rt)
+        solutions = rt.solve_many([f"q{i}" for i in range(30)], concurrency=concurrency)
+    assert len(solutions) == 30 and all(s.candidates for s in solutions)
+    if concurrency is None:
+        assert 8 < most[0] <= 24
+    else:
+        assert most[0] == 8
 
 
 def test_usage_counts_the_prompt_tokens_each_sample_encoded():

@@ -145,7 +145,7 @@ class _Progress:
     "--concurrency",
     type=int,
     default=None,
-    help="Problems in flight at once (their requests share the batch; with --ray, on each worker); the next starts as each finishes.  [default: enough to fill the engine: 2 x its rows / the search's width, at most its rows; 16 where the engine does not say]",
+    help="Problems in flight at once (their requests share the batch; with --ray, on each worker); the next starts as each finishes.  [default: enough to fill the engine: 2 x its rows / the search's width, and more while its rows are idle, at most its rows; 16 where the engine does not say]",
 )
 @click.option(
     "--ray",
@@ -294,12 +294,12 @@ def _solve(run: Any, todo: list, total: int, quiet: bool, ray: dict[str, Any] | 
     progress = None
     try:
         with solver:
-            if run.concurrency is None and ray is None:
-                run.concurrency = solver.concurrency_for(run.config)
-                if not quiet:
-                    rows = solver.backend.rows
-                    why = f" (2 x {rows} engine rows / {run.config.search}'s width, at most the rows)" if rows else ""
-                    click.echo(f"reason eval: {run.concurrency} problems in flight{why}; --concurrency sets it", err=True)
+            if run.concurrency is None and ray is None and not quiet:
+                filling = solver.filling_for(run.config)
+                rows = solver.backend.rows
+                why = f" (2 x {rows} engine rows / {run.config.search}'s width)" if rows else ""
+                more = f", more while engine rows are idle (at most {filling.ceiling})" if filling.ceiling > filling.floor else ""
+                click.echo(f"reason eval: {filling.floor} problems in flight{why}{more}; --concurrency sets it", err=True)
             progress = _Progress(total, len(run.records), sum(1 for r in run.records if r.get("correct")), label, quiet)
             run.run(solver, todo, on_record=progress)
     finally:

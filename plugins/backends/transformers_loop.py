@@ -123,9 +123,9 @@ class DecodeLoop:
     def _serve(self) -> None:
         """The decode loop (one thread): admit waiting sequences into free rows, pick one
         token for every row, retire finished rows, decode one step; sleep when idle."""
-        import torch
-
         try:
+            import torch  # inside the guard: even this failing must fail the requests
+
             self._serve_until_closed(torch)
             error = BackendError("the transformers backend was closed")
         except BaseException as exc:  # the loop itself broke: nothing it held may wait forever

@@ -19,11 +19,12 @@ so requests with neighbouring seeds would share samples.)
 
 The model is ``config.model`` (or ``--backend vllm:MODEL``): an HF directory, hub id or
 ``.gguf`` file (converted once to a dense HF directory), or a packaged model's name. The
-engine's settings are :class:`VLLMBackend.Options`. Two defaults differ on CPU, for
-reasons worth keeping: ``enforce_eager`` is on (CPU graph compilation takes minutes), and
+engine's settings are :class:`VLLMBackend.Options`. Three defaults differ on CPU, for
+reasons worth keeping: ``enforce_eager`` is on (CPU graph compilation takes minutes);
 ``block_size`` is 32, the smallest vLLM's CPU attention takes, where vLLM would pick 128:
 the prefix cache reuses whole blocks only, so smaller blocks reuse more of each re-sent
-path.
+path; and on a machine of 2 cores the model gets both (``reserved_cpus``), where vLLM
+would keep one for its scheduler.
 
 ``stats`` counts what the engine did (prefix-cache queries and hits, tokens, batch sizes)
 and every engine step is reported as an :class:`~reason.events.EngineStep` event.
@@ -69,6 +70,10 @@ DEFAULT_CPU_MEMORY_UTILIZATION = 0.3
 engine; vLLM's default (0.9) fails on any machine that runs anything else."""
 CPU_BLOCK_SIZE = 32
 """The KV block on vLLM's CPU build (see ``engine_kwargs``)."""
+SMALL_CPU_CORES = 2
+"""Up to this many usable cores, vLLM's CPU build gets every core for the model
+(see ``engine_env``)."""
+RESERVED_CPUS_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 _DTYPES = {"auto": "auto", **DTYPES}
 
@@ -100,6 +105,13 @@ class VLLMBackend(StepRecorder, Backend):
             minimum=1,
             help="KV block tokens: prefix caching reuses whole blocks [vLLM's 16 on GPU; 32 on CPU, its smallest]",
         )
+        reserved_cpus = Option(
+            int,
+            None,
+            minimum=0,
+            help="CPU cores vLLM's CPU build keeps from the model for its scheduler "
+            f"[0 on machines of {SMALL_CPU_CORES} cores or fewer, else vLLM's own: 1]",
+        )
         tokenizer = Option(str, None, help="tokenizer (HF dir or id) [the model's]")
         dtype = Option(str, None, help="weights dtype: auto, float32, bfloat16, float16 [--dtype, else auto]")
 
@@ -117,6 +129,7 @@ class VLLMBackend(StepRecorder, Backend):
         self.max_model_len = self.options.max_model_len
         self.enforce_eager = self.options.enforce_eager
         self.block_size = self.options.block_size
+        self.reserved_cpus = self.options.reserved_cpus
         self.tokenizer_spec = self.options.tokenizer
         dtype = str(self.options.dtype or config.dtype or "auto")
         if dtype.lower() not in _DTYPES:
@@ -244,13 +257,31 @@ class VLLMBackend(StepRecorder, Backend):
             kwargs["tokenizer"] = str(self.tokenizer_spec)
         return kwargs
 
+    def engine_env(self) -> dict[str, str]:
+        """Environment variables vLLM's processes start with, beyond the caller's own.
+
+        On CPU, vLLM binds the model's threads to every core but one, which it keeps for
+        the scheduler process; that process mostly waits for the model (spinning, and
+        yielding the core). On 2 cores that halves the model's compute: measured on
+        self-consistency@8, GSM8K, 2 cores, 196 tokens/s with both cores against 113 with
+        one (benchmarks/results/step_cost/cores-2026-12-07/). So on small machines none
+        is kept, unless ``reserved_cpus`` or the caller's own environment says otherwise."""
+        if not _vllm_on_cpu():
+            return {}
+        reserved = self.reserved_cpus
+        if reserved is None:
+            if RESERVED_CPUS_ENV in os.environ or _usable_cores() > SMALL_CPU_CORES:
+                return {}
+            reserved = 0
+        return {RESERVED_CPUS_ENV: str(reserved)}
+
     def _create_engine(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
 
-        kwargs = self.engine_kwargs()
-        log.info("starting vllm engine", **kwargs)
+        kwargs, env = self.engine_kwargs(), self.engine_env()
+        log.info("starting vllm engine", **kwargs, env=env)
         self._error_log = error_log_path()
-        env_override = capture_errors(self._error_log, kwargs, AsyncEngineArgs)
+        env_override = {**capture_errors(self._error_log, kwargs, AsyncEngineArgs), **env}
         try:
             with environ(env_override):
                 args = AsyncEngineArgs(**kwargs)
@@ -468,6 +499,14 @@ def _async_llm_class() -> Any:
     except ImportError:  # older releases
         from vllm import AsyncLLMEngine as AsyncLLM
     return AsyncLLM
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its affinity; the machine's count where unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _vllm_on_cpu() -> bool:

@@ -1,0 +1,88 @@
+"""How ``solve_many`` decides when the next problem starts.
+
+A fixed number of problems in flight fits a search whose width is its demand at every
+moment (self-consistency's N samples). Many are not like that: DeepConf runs N/4 warm-up
+traces before its online ones, a step search holds no rows while its paths are scored, and
+a search's samples finish at different times. Sized for their widest moment, they leave
+the engine's rows idle for the rest.
+
+:class:`Filling` starts ``floor`` problems at once and keeps that many in flight; when a
+request comes back and the engine's idle rows, less those promised to problems that have
+just started, hold one more problem at its full width, it starts one more, up to
+``ceiling``. A caller who names a number gets exactly that many (``floor == ceiling``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+
+from attrs import define, field
+
+
+@define
+class Filling:
+    floor: int
+    """Problems kept in flight while any wait."""
+    ceiling: int
+    """Problems in flight at most, counting those started for idle rows."""
+    width: int
+    """Sequences one problem has in flight at most (the search's width)."""
+    spare: Callable[[], int] | None = None
+    """The engine's rows with no sequence to decode right now; None: the engine does not
+    say, so no more than ``floor`` start."""
+    running: int = 0
+    _promised: int = 0
+    """Rows of started problems not yet asked for: each start promises ``width`` rows,
+    and sequences reaching the engine (whoever asks) take from it. Without it, problems
+    just started would look like idle rows until their first requests arrive."""
+    _waiting: collections.deque[asyncio.Future[None]] = field(factory=collections.deque)
+
+    async def enter(self) -> None:
+        """Wait for this problem's turn (in order of arrival)."""
+        if not self._waiting and self._room():
+            self._start()
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # its turn came as it was cancelled
+                self.leave()
+            raise
+
+    def leave(self) -> None:
+        """A problem finished (or failed): the next may start."""
+        self.running -= 1
+        self.wake()
+
+    def engine_changed(self, sequences: int) -> None:
+        """The engine took (``sequences`` > 0) or gave back (< 0) that many sequences."""
+        if sequences > 0:
+            self._promised = max(0, self._promised - sequences)
+        else:
+            self.wake()
+
+    def wake(self) -> None:
+        """Start whoever may start now."""
+        while self._waiting:
+            if self._waiting[0].cancelled():
+                self._waiting.popleft()
+                continue
+            if not self._room():
+                return
+            self._start()
+            self._waiting.popleft().set_result(None)
+
+    def _start(self) -> None:
+        self.running += 1
+        self._promised += self.width
+
+    def _room(self) -> bool:
+        if self.running < self.floor:
+            return True
+        if self.running >= self.ceiling or self.spare is None:
+            return False
+        return self.spare() - self._promised >= self.width
