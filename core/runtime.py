@@ -283,7 +283,7 @@ class Runtime:
         if not rows:
             return Filling(DEFAULT_CONCURRENCY, DEFAULT_CONCURRENCY, width)
         floor = max(1, min(rows, -(-2 * rows // width)))
-        return Filling(floor, max(floor, rows), width, spare=lambda: rows - self._sequences())
+        return Filling(floor, rows, width, spare=lambda: rows - self._sequences())
 
     def _sequences(self) -> int:
         """Sequences the runtime's searches have asked of the backend and not got back."""
