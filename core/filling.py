@@ -23,6 +23,10 @@ from attrs import define, field
 
 @define
 class Filling:
+    """One ``solve_many`` call's admission of problems, used in the runtime's event loop:
+    each problem awaits :meth:`enter` before it starts and calls :meth:`leave` when done;
+    the runtime passes the engine's sequence counts to :meth:`engine_changed`."""
+
     floor: int
     """Problems kept in flight while any wait."""
     ceiling: int
