@@ -34,6 +34,7 @@ from vllm_server import cuda, require_vllm
 from reason import BackendError, Config, Continuation, GenerateRequest, Runtime, SamplingParams, UsageError, Watch, get_registry
 from reason.events import EngineStep
 from reason.plugins.backends import vllm as vllm_backend
+from reason.plugins.backends import vllm_cpu
 from reason.plugins.backends.vllm import VLLMBackend
 from reason.plugins.backends.vllm_errors import failure_reason
 from reason.plugins.backends.vllm_outputs import (
@@ -412,8 +413,8 @@ def test_bad_options_are_usage_errors(fake):
     ],
 )
 def test_on_a_small_cpu_machine_the_model_gets_every_core(fake, monkeypatch, cores, option, environ, expected):
-    monkeypatch.setattr(vllm_backend, "_vllm_on_cpu", lambda: True)
-    monkeypatch.setattr(vllm_backend, "_usable_cores", lambda: cores)
+    monkeypatch.setattr(vllm_cpu, "on_cpu", lambda: True)
+    monkeypatch.setattr(vllm_cpu, "usable_cores", lambda: cores)
     if environ is None:
         monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
     else:
@@ -421,7 +422,7 @@ def test_on_a_small_cpu_machine_the_model_gets_every_core(fake, monkeypatch, cor
     options = {} if option is None else {"reserved_cpus": option}
     backend, _ = fake(Config(backend="vllm", options=options))
     assert backend.engine_env() == expected
-    monkeypatch.setattr(vllm_backend, "_vllm_on_cpu", lambda: False)
+    monkeypatch.setattr(vllm_cpu, "on_cpu", lambda: False)
     assert backend.engine_env() == {}  # GPUs: nothing of the kind
 
 
@@ -466,9 +467,9 @@ def test_real_on_a_small_cpu_machine_the_model_runs_on_every_core(engine):
     half the compute, so there the backend gives the model every core."""
     import psutil
 
-    cores = vllm_backend._usable_cores()
-    if not vllm_backend._vllm_on_cpu() or cores > vllm_backend.SMALL_CPU_CORES:
-        pytest.skip(f"not vLLM's CPU build on {vllm_backend.SMALL_CPU_CORES} cores or fewer (here: {cores} cores)")
+    cores = vllm_cpu.usable_cores()
+    if not vllm_cpu.on_cpu() or cores > vllm_cpu.SMALL_CPU_CORES:
+        pytest.skip(f"not vLLM's CPU build on {vllm_cpu.SMALL_CPU_CORES} cores or fewer (here: {cores} cores)")
     pinned = set()  # the cores the engine's threads are bound to, one each (OpenMP's binding)
     for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error, OSError):

@@ -31,7 +31,8 @@ and every engine step is reported as an :class:`~reason.events.EngineStep` event
 
 This module holds the engine wrapper (:class:`VLLMBackend`, its loop thread); the mapping
 of requests and outputs is in :mod:`.vllm_outputs`, the counters and the per-step stat
-logger in :mod:`.vllm_stats`, and the one-line reasons of failures in :mod:`.vllm_errors`.
+logger in :mod:`.vllm_stats`, the one-line reasons of failures in :mod:`.vllm_errors`, and
+what differs on vLLM's CPU build in :mod:`.vllm_cpu`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from reason.log import get_logger
 from reason.options import Option
 from reason.types import Completion, GenerateRequest, Watch
 
+from . import vllm_cpu
 from .models import DTYPES, prompt_ids, request_ids
 from .vllm_errors import capture_errors, environ, error_log_path, failure_reason, is_engine_dead, one_line, read_error_log
 from .vllm_outputs import completion_from, completions_from_outputs, sample_kwargs
@@ -70,10 +72,6 @@ DEFAULT_CPU_MEMORY_UTILIZATION = 0.3
 engine; vLLM's default (0.9) fails on any machine that runs anything else."""
 CPU_BLOCK_SIZE = 32
 """The KV block on vLLM's CPU build (see ``engine_kwargs``)."""
-SMALL_CPU_CORES = 2
-"""Up to this many usable cores, vLLM's CPU build gets every core for the model
-(see ``engine_env``)."""
-RESERVED_CPUS_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 _DTYPES = {"auto": "auto", **DTYPES}
 
@@ -110,7 +108,7 @@ class VLLMBackend(StepRecorder, Backend):
             None,
             minimum=0,
             help="CPU cores vLLM's CPU build keeps from the model for its scheduler "
-            f"[0 on machines of {SMALL_CPU_CORES} cores or fewer, else vLLM's own: 1]",
+            f"[0 on machines of {vllm_cpu.SMALL_CPU_CORES} cores or fewer, else vLLM's own: 1]",
         )
         tokenizer = Option(str, None, help="tokenizer (HF dir or id) [the model's]")
         dtype = Option(str, None, help="weights dtype: auto, float32, bfloat16, float16 [--dtype, else auto]")
@@ -219,7 +217,7 @@ class VLLMBackend(StepRecorder, Backend):
 
     def engine_kwargs(self) -> dict[str, Any]:
         """The ``AsyncEngineArgs`` this backend starts vLLM with."""
-        cpu = _vllm_on_cpu()
+        cpu = vllm_cpu.on_cpu()
         kwargs: dict[str, Any] = dict(
             model=self._model_path(),
             enable_prefix_caching=True,
@@ -258,22 +256,9 @@ class VLLMBackend(StepRecorder, Backend):
         return kwargs
 
     def engine_env(self) -> dict[str, str]:
-        """Environment variables vLLM's processes start with, beyond the caller's own.
-
-        On CPU, vLLM binds the model's threads to every core but one, which it keeps for
-        the scheduler process; that process mostly waits for the model (spinning, and
-        yielding the core). On 2 cores that halves the model's compute: measured on
-        self-consistency@8, GSM8K, 2 cores, 196 tokens/s with both cores against 113 with
-        one (benchmarks/results/step_cost/cores-2026-12-07/). So on small machines none
-        is kept, unless ``reserved_cpus`` or the caller's own environment says otherwise."""
-        if not _vllm_on_cpu():
-            return {}
-        reserved = self.reserved_cpus
-        if reserved is None:
-            if RESERVED_CPUS_ENV in os.environ or _usable_cores() > SMALL_CPU_CORES:
-                return {}
-            reserved = 0
-        return {RESERVED_CPUS_ENV: str(reserved)}
+        """Environment variables vLLM's processes start with, beyond the caller's own: on
+        CPU, the cores kept from the model (:func:`.vllm_cpu.reserved_cpus_env`)."""
+        return vllm_cpu.reserved_cpus_env(self.reserved_cpus) if vllm_cpu.on_cpu() else {}
 
     def _create_engine(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -499,23 +484,3 @@ def _async_llm_class() -> Any:
     except ImportError:  # older releases
         from vllm import AsyncLLMEngine as AsyncLLM
     return AsyncLLM
-
-
-def _usable_cores() -> int:
-    """Cores this process may run on (its affinity; the machine's count where unknown)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _vllm_on_cpu() -> bool:
-    """Whether vLLM runs on its CPU platform here (``vllm-cpu``, or no GPU)."""
-    try:
-        from vllm.platforms import current_platform
-
-        return bool(current_platform.is_cpu())
-    except Exception:
-        import torch
-
-        return not torch.cuda.is_available()
