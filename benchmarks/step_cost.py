@@ -10,9 +10,11 @@ loaded engine, ``solve_many`` with every problem queued. Per strategy:
 - generated tokens per problem, and tokens/s;
 - prompt tokens requested (once per request, as the quality table counts them) and
   encoded (over every sample: what the prefix cache did not serve), and their ratio;
-- the mean of the engine's busy rows over its decode steps, against its rows; and the
-  same mean over the steps while problems still waited for a place in flight (until the
-  last one started; only when there are more problems than start at once);
+- the mean of the engine's busy rows over its decode steps, against its rows; the same
+  mean over the steps while problems still waited for a place in flight (until the last
+  one started; only when there are more problems than start at once); and over the steps
+  while any work was pending: a problem not started yet, or requests waiting in the
+  engine's queue (what issue 27's "rows busy while work is pending" asks);
 - when the first problem finished; the problems in flight: started at once, and the most
   at once (more start while the engine's rows are idle).
 
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from reason import Config, Runtime, get_registry
-from reason.events import SearchFailed, SearchFinished, SearchStarted
+from reason.events import EngineStep, SearchFailed, SearchFinished, SearchStarted
 
 SEARCHES: dict[str, dict[str, Any]] = {
     "self-consistency": {"verifier": "none"},
@@ -60,9 +62,14 @@ def run_search(runtime: Runtime, tasks: list[Any], search: str, n: int, arm: dic
     # The engine's counters when the last problem starts: from then on no problem waits.
     started: list[dict[str, Any]] = []
     running = [0, 0]  # searches running now, most at once
+    pending = [0, 0]  # decode steps while work was pending, busy rows summed over them
 
     def on_event(event: Any) -> None:
-        if isinstance(event, SearchStarted):
+        if isinstance(event, EngineStep):
+            if event.running and (event.waiting or len(started) < len(tasks)):
+                pending[0] += 1
+                pending[1] += event.running
+        elif isinstance(event, SearchStarted):
             started.append(backend.stats.to_dict())
             running[0] += 1
             running[1] = max(running)
@@ -103,6 +110,8 @@ def run_search(runtime: Runtime, tasks: list[Any], search: str, n: int, arm: dic
         "encoded_share": round(encoded / prompt, 3) if prompt else None,
         "mean_busy_rows": round(rows / steps, 1) if steps else None,
         "mean_busy_rows_queued": round(queued_rows / queued_steps, 1) if queued_steps else None,
+        "mean_busy_rows_pending": round(pending[1] / pending[0], 1) if pending[0] else None,
+        "pending_steps_share": round(pending[0] / steps, 3) if steps else None,
         "rows": backend.rows,
         "first_problem_s": round(finished[0] - start, 1) if finished else None,
         "seconds": round(seconds, 1),
@@ -116,6 +125,14 @@ def busy(before: dict[str, Any], after: dict[str, Any]) -> tuple[int, int]:
     return after["decode_steps"] - before["decode_steps"], after["decode_rows"] - before["decode_rows"]
 
 
+def pending_rows(row: dict[str, Any]) -> str:
+    """Busy rows while work was pending, and on what share of the decode steps (results
+    before that was measured say "-")."""
+    if row.get("mean_busy_rows_pending") is None:
+        return "-"
+    return f"{row['mean_busy_rows_pending']} ({row['pending_steps_share']})"
+
+
 def in_flight(row: dict[str, Any]) -> str:
     """Problems in flight: the number started at once, and the most at once where idle rows
     started more (results before that was measured say only the first)."""
@@ -126,8 +143,8 @@ def in_flight(row: dict[str, Any]) -> str:
 def table(out: Path) -> str:
     lines = [
         "| arm | search | s/problem | vs SC | tokens/problem | tok/s | prompt tokens requested / encoded per problem (share) "
-        "| busy rows (while problems wait) | in flight | first done (s) | accuracy |",
-        "|" + "---|" * 11,
+        "| busy rows (while problems wait) | busy rows while work is pending (share of steps) | in flight | first done (s) | accuracy |",
+        "|" + "---|" * 12,
     ]
     for path in sorted(out.glob("*.json")):
         data = json.loads(path.read_text())
@@ -137,7 +154,7 @@ def table(out: Path) -> str:
             lines.append(
                 f"| {path.stem} | {r['search']}@{r['n']} | {r['seconds_per_problem']} | {ratio} | "
                 f"{r['tokens_per_problem']} | {r['tok_per_s']} | {r['prompt_tokens_per_problem']} / {r['encoded_tokens_per_problem']} "
-                f"({r['encoded_share']}) | {r['mean_busy_rows']} ({r.get('mean_busy_rows_queued') or '-'}) of {r['rows']} | {in_flight(r)} | {r['first_problem_s']} | "
+                f"({r['encoded_share']}) | {r['mean_busy_rows']} ({r.get('mean_busy_rows_queued') or '-'}) of {r['rows']} | {pending_rows(r)} | {in_flight(r)} | {r['first_problem_s']} | "
                 f"{r['accuracy']} |"
             )
     return "\n".join(lines) + "\n"

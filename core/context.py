@@ -95,6 +95,9 @@ class RunningSearch:
         self._policies = policies
         self._parent = parent
         self._start: float = parent._start if parent is not None else time.perf_counter()
+        self._root: RunningSearch = parent._root if parent is not None else self
+        self._asked = False
+        """Whether this task's search has made a request (kept on the root context)."""
 
     # -- bookkeeping ----------------------------------------------------------------
 
@@ -228,7 +231,9 @@ class RunningSearch:
             def on_text(sample: int, text: str) -> None:
                 self.emit(TextGenerated(task_id=self.task.id, parent_id=node.id, sample=sample, text=text))
 
-        completions = await self._engines.generate(self, request, on_text)
+        opening = not self._root._asked
+        self._root._asked = True
+        completions = await self._engines.generate(self, request, on_text, opening=opening)
         children = []
         for index, completion in enumerate(completions):
             child = self.tree.add(node, Step.from_completion(completion), key=f"{node.key}/{draw}.{index}")

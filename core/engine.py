@@ -180,7 +180,7 @@ class Engines:
         self._waits: set[tuple[str, int]] = set()
         self.sequences = 0
         """Sequences asked of the policy backend and not yet returned."""
-        self._watchers: list[Callable[[int], None]] = []
+        self._watchers: list[Callable[[int, bool], None]] = []
 
     # -- generation -----------------------------------------------------------------
 
@@ -190,11 +190,16 @@ class Engines:
         return bool(self._backend_factory().watches)
 
     async def generate(
-        self, owner: Any, request: GenerateRequest, on_text: Callable[[int, str], None] | None = None
+        self,
+        owner: Any,
+        request: GenerateRequest,
+        on_text: Callable[[int, str], None] | None = None,
+        opening: bool = False,
     ) -> list[Completion]:
         """``request.n`` completions of ``request``, counted against ``owner`` (a search
         context with ``add_usage``, or None). ``on_text(sample, text_so_far)`` is called
-        in this event loop as tokens come, where the backend streams text."""
+        in this event loop as tokens come, where the backend streams text. ``opening``:
+        the request is the first of its problem's search (told to :meth:`watch_sequences`)."""
         backend = self._backend_factory()
         first = self._new_wait("generate", owner)
         relay = None
@@ -204,7 +209,7 @@ class Engines:
             def relay(sample: int, text: str) -> None:  # the engine calls it from its own thread
                 loop.call_soon_threadsafe(on_text, sample, text)
 
-        self._sequences_changed(request.n)
+        self._sequences_changed(request.n, opening)
         try:
             completions = await self._engine(backend).generate_async(request, on_text=relay)
         finally:
@@ -223,17 +228,18 @@ class Engines:
             )
         return completions
 
-    def watch_sequences(self, listener: Callable[[int], None]) -> Callable[[], None]:
-        """Call ``listener(change)`` (in this event loop) as :attr:`sequences` changes: a
-        request's ``n`` when it goes to the backend, ``-n`` when it comes back, answered or
-        not. Returns a function that stops it."""
+    def watch_sequences(self, listener: Callable[[int, bool], None]) -> Callable[[], None]:
+        """Call ``listener(change, opening)`` (in this event loop) as :attr:`sequences`
+        changes: a request's ``n`` when it goes to the backend (``opening``: the first of
+        its problem's search), ``-n`` when it comes back, answered or not. Returns a
+        function that stops it."""
         self._watchers.append(listener)
         return lambda: self._watchers.remove(listener)
 
-    def _sequences_changed(self, change: int) -> None:
+    def _sequences_changed(self, change: int, opening: bool = False) -> None:
         self.sequences += change
         for listener in list(self._watchers):
-            listener(change)
+            listener(change, opening)
 
     def _engine(self, backend: Backend) -> Backend | BatchedBackend:
         """What takes requests one at a time: a continuous backend itself; a batch-only

@@ -6,10 +6,13 @@ traces before its online ones, a step search holds no rows while its paths are s
 a search's samples finish at different times. Sized for their widest moment, they leave
 the engine's rows idle for the rest.
 
-:class:`Filling` starts ``floor`` problems at once and keeps that many in flight; when a
-request comes back and the engine's idle rows, less those promised to problems that have
-just started, hold one more problem at its full width, it starts one more, up to
-``ceiling``. A caller who names a number gets exactly that many (``floor == ceiling``).
+:class:`Filling` starts ``floor`` problems at once and keeps that many in flight; when
+the engine's idle rows, less those promised to problems that have started but not yet
+asked for any, hold one more problem at its full width, it starts one more, up to
+``ceiling``. It looks again whenever rows may have come free: a request came back, a
+problem finished, or a problem's first request asked for fewer rows than its width
+(DeepConf's warm-up asks N/4). A caller who names a number gets exactly that many
+(``floor == ceiling``).
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ class Filling:
     """The engine's rows with no sequence to decode right now; None: the engine does not
     say, so no more than ``floor`` start."""
     running: int = 0
-    _promised: int = 0
-    """Rows of started problems not yet asked for: each start promises ``width`` rows,
-    and sequences reaching the engine (whoever asks) take from it. Without it, problems
-    just started would look like idle rows until their first requests arrive."""
+    _unasked: int = 0
+    """Started problems whose first request has not reached the engine: each counts as
+    ``width`` rows about to be asked for, or a problem just started would look like idle
+    rows. From its first request on, a problem holds the rows it asks for: DeepConf's
+    warm-up asks N/4 of them, and the rest are idle until its online traces start."""
     _waiting: collections.deque[asyncio.Future[None]] = field(factory=collections.deque)
 
     async def enter(self) -> None:
@@ -54,19 +58,23 @@ class Filling:
             await turn
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():  # its turn came as it was cancelled
-                self.leave()
+                self.leave(asked=False)
             raise
 
-    def leave(self) -> None:
-        """A problem finished (or failed): the next may start."""
+    def leave(self, asked: bool = True) -> None:
+        """A problem finished (or failed): the next may start. ``asked``: whether it made
+        any request (one that made none still holds its promise)."""
         self.running -= 1
+        if not asked:
+            self._unasked = max(0, self._unasked - 1)
         self.wake()
 
-    def engine_changed(self, sequences: int) -> None:
-        """The engine took (``sequences`` > 0) or gave back (< 0) that many sequences."""
-        if sequences > 0:
-            self._promised = max(0, self._promised - sequences)
-        else:
+    def engine_changed(self, sequences: int, opening: bool = False) -> None:
+        """The engine took (``sequences`` > 0) or gave back (< 0) that many sequences;
+        ``opening``: the request is its problem's first."""
+        if opening:
+            self._unasked = max(0, self._unasked - 1)
+        if opening or sequences < 0:
             self.wake()
 
     def wake(self) -> None:
@@ -82,11 +90,11 @@ class Filling:
 
     def _start(self) -> None:
         self.running += 1
-        self._promised += self.width
+        self._unasked += 1
 
     def _room(self) -> bool:
         if self.running < self.floor:
             return True
         if self.running >= self.ceiling or self.spare is None:
             return False
-        return self.spare() - self._promised >= self.width
+        return self.spare() - self._unasked * self.width >= self.width

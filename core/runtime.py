@@ -271,8 +271,8 @@ class Runtime:
 
     def filling_for(self, config: Config | None = None, concurrency: int | None = None) -> Filling:
         """When :meth:`solve_many` starts the next problem: :meth:`concurrency_for`'s
-        number at once, then one more each time a request comes back and the engine has
-        idle rows for a whole problem, up to the engine's rows in flight; exactly
+        number at once, then one more whenever the engine has idle rows for a whole
+        problem (see :class:`~reason.filling.Filling`), up to the engine's rows; exactly
         ``concurrency`` at a time where given. Loads the backend."""
         width = self.plan(config or self.config).width
         if concurrency is not None:
@@ -392,10 +392,12 @@ class Runtime:
 
         async def one(index: int, task: Task) -> None:
             await filling.enter()
+            asked = False
             try:
                 solutions[index] = solution = await self._run_one(task, plan)
+                asked = solution.usage.sequences > 0
             finally:
-                filling.leave()
+                filling.leave(asked)
             deliver(index, solution)
 
         assert self._engines is not None

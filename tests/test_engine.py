@@ -12,6 +12,7 @@ from scripted import ContinuousScriptedBackend, ScriptedBackend, steps_script
 from reason import Config, GenerateRequest, Runtime, SamplingParams, SearchOutcome, SearchPolicy, Task, UsageError
 from reason.engine import BatchQueue
 from reason.events import SearchFailed, SearchFinished, SearchStarted
+from reason.filling import Filling
 from reason.registry import get_registry
 
 
@@ -332,9 +333,24 @@ def test_idle_rows_start_more_problems_unless_the_caller_named_a_number(concurre
         solutions = rt.solve_many([f"q{i}" for i in range(30)], concurrency=concurrency)
     assert len(solutions) == 30 and all(s.candidates for s in solutions)
     if concurrency is None:
-        assert 8 < most[0] <= 24
+        assert 8 < most[0] <= 24, most
     else:
         assert most[0] == 8
+
+
+def test_filling_hears_each_problems_first_request_once(monkeypatch):
+    """What lets a narrow first request (DeepConf's warm-up) free the rest of its
+    problem's rows for another problem."""
+    heard = []
+    real = Filling.engine_changed
+    monkeypatch.setattr(
+        Filling, "engine_changed", lambda self, n, opening=False: heard.append((n, opening)) or real(self, n, opening)
+    )
+    with Runtime(Config(search="deepconf", n=8, verifier=None), backend=RowsBackend(24)) as rt:
+        rt.solve_many([f"q{i}" for i in range(5)])
+    openings = [n for n, opening in heard if opening]
+    assert openings == [2] * 5  # each problem's first request: its 2 warm-up traces
+    assert sum(n for n, _ in heard) == 0  # and every sequence came back
 
 
 def test_usage_counts_the_prompt_tokens_each_sample_encoded():

@@ -15,9 +15,10 @@ class Engine:
     def spare(self) -> int:
         return self.rows - self.sequences
 
-    def ask(self, n: int) -> None:
+    def ask(self, n: int, opening: bool = False) -> None:
+        """A request of ``n`` sequences; ``opening``: its problem's first."""
         self.sequences += n
-        self.filling.engine_changed(n)
+        self.filling.engine_changed(n, opening)
 
     def give_back(self, n: int) -> None:
         self.sequences -= n
@@ -79,10 +80,52 @@ def test_problems_just_started_do_not_look_like_idle_rows():
         await settle()
         # 16 rows idle, but the two started problems promised 8 of them: 8 hold 2 more
         assert order == [0, 1, 2, 3]
-        engine.ask(4)  # their first requests arrive: nothing new is idle
-        engine.ask(4)
+        for _ in range(4):  # their first requests arrive, each at full width: nothing new is idle
+            engine.ask(4, opening=True)
         await settle()
         assert order == [0, 1, 2, 3]
+        await finish(tasks)
+
+    asyncio.run(main())
+
+
+def test_a_first_request_narrower_than_the_width_leaves_rows_for_another_problem():
+    """DeepConf@8: 6 wide online, but its warm-up asks for 2."""
+
+    async def main():
+        engine = Engine(rows=16)
+        filling = filling_on(engine, floor=2, ceiling=10, width=6)
+        tasks, order = started(filling, 6)
+        await settle()
+        assert order == [0, 1]  # 16 rows - 2 x 6 promised: 4 idle, less than a problem
+        engine.ask(2, opening=True)  # 14 - 6 promised: 8 idle, one more (promising 6)
+        await settle()
+        assert order == [0, 1, 2]
+        engine.ask(2, opening=True)  # 12 - 6: one more
+        await settle()
+        assert order == [0, 1, 2, 3]
+        engine.ask(2, opening=True)  # 10 - 6: 4 idle
+        await settle()
+        assert order == [0, 1, 2, 3]
+        engine.ask(2, opening=True)  # 8 - 0: one more
+        engine.ask(6)  # a problem's online traces, not a first request: nothing moves
+        await settle()
+        assert order == [0, 1, 2, 3, 4]
+        await finish(tasks)
+
+    asyncio.run(main())
+
+
+def test_a_problem_that_never_asked_gives_back_its_promise_when_it_leaves():
+    async def main():
+        engine = Engine(rows=8)
+        filling = filling_on(engine, floor=1, ceiling=4, width=4)
+        tasks, order = started(filling, 3)
+        await settle()
+        assert order == [0, 1]  # 8 rows: the first's promise leaves room for one more
+        filling.leave(asked=False)  # the first ended without a request
+        await settle()
+        assert order == [0, 1, 2]
         await finish(tasks)
 
     asyncio.run(main())
@@ -96,14 +139,15 @@ def test_idle_rows_for_a_whole_problem_start_one_more():
         tasks, order = started(filling, 6)
         await settle()
         assert order == [0, 1]  # the floor, however busy the engine
-        engine.ask(8)  # they ask for their rows (they wait in the engine's queue)
+        engine.ask(4, opening=True)  # they ask for their rows (they wait in the engine's queue)
+        engine.ask(4, opening=True)
         engine.give_back(3)  # 3 come back: 24 - 3 asked of 16 rows, none idle
         await settle()
         assert order == [0, 1]
         engine.give_back(12)  # 7 idle rows hold one problem of 4, not two
         await settle()
         assert order == [0, 1, 2]
-        engine.ask(4)
+        engine.ask(4, opening=True)
         engine.give_back(9)  # now 16 - 0 asked: 12 idle, 4 promised to nobody, 3 problems' worth
         await settle()
         assert order == [0, 1, 2, 3, 4, 5]
