@@ -369,6 +369,7 @@ class VLLMBackend(StepRecorder, Backend):
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+            task.add_done_callback(_read_error)
         try:
             outputs = await asyncio.gather(
                 *(
@@ -467,6 +468,15 @@ async def _final_output(
     if final is None:
         raise BackendError(f"backend vllm: vLLM returned no output for {request_id}")
     return final
+
+
+def _read_error(task: asyncio.Task[Any]) -> None:
+    """Marks a finished request's error as read. A caller still waiting gets it all the
+    same; one that gave up (a cancelled run whose request then failed as the backend
+    closed) would otherwise leave asyncio to print "Task exception was never retrieved"
+    and a traceback per request in flight."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _shutdown(engine: Any, running: set[asyncio.Task[Any]]) -> None:
