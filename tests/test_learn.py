@@ -2,6 +2,8 @@
 labelled right, one that does not, wrong; Monte-Carlo labels from a shared tree; steps;
 the SFT export; the refusal of test splits; the verifier-quality metrics."""
 
+import gzip
+import hashlib
 import json
 import re
 
@@ -13,6 +15,7 @@ from reason import Config, Runtime, get_registry
 from reason.errors import UsageError
 from reason.eval.metrics import auroc, average_precision, score_quality
 from reason.eval.run import EvalRun
+from reason.plugins.learn.extract import file_name
 from reason.plugins.learn.labels import record_trajectories, sft_records, split_paragraphs
 
 
@@ -30,10 +33,10 @@ def problems(tmp_path):
     return path
 
 
-def rollouts(path, out, script=adder, **config):
+def rollouts(path, out, script=adder, offset=0, limit=None, **config):
     config = Config().replace(**{"n": 2, "verifier": "none", "search": "self-consistency", "max_tokens": 64, **config})
     dataset = get_registry().create("dataset", f"jsonl:{path}", config)
-    run = EvalRun(dataset_spec=f"jsonl:{path}", dataset=dataset, config=config, out=out, save_tree=True)
+    run = EvalRun(dataset_spec=f"jsonl:{path}", dataset=dataset, config=config, out=out, offset=offset, limit=limit, save_tree=True)
     with Runtime(config, backend=ScriptedBackend(script)) as runtime:
         return run.run(runtime, run.prepare())
 
@@ -157,8 +160,63 @@ def test_a_problem_whose_candidate_appears_twice_is_refused_before_any_work(prob
     task = json.loads(lines[0])["task_id"]
     result = invoke("learn", command, str(out), *(["--out", str(tmp_path / "head")] if command == "train" else []))
     assert isinstance(result.exception, UsageError), result.output
-    assert f"candidate 0 of problem {task} twice" in str(result.exception) and "Keep one run's" in str(result.exception)
+    assert f"candidate 0 of problem {task} twice" in str(result.exception) and "reason learn join" in str(result.exception)
     assert not (out / "features").exists() and not (tmp_path / "head").exists()
+
+
+def test_join_keeps_each_problem_from_the_first_run_and_links_its_features(problems, tmp_path):
+    """Two runs that share a problem (the second started at a later offset before the first
+    finished): joined, the shared problem comes from the first run, with its features."""
+    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "all"
+    rollouts(problems, first, offset=0, limit=2)
+    rollouts(problems, second, offset=1, seed=5)
+    for run in (first, second):
+        assert invoke("learn", "labels", str(run)).exit_code == 0
+
+    def tasks(run):
+        return sorted({json.loads(line)["task_id"] for line in (run / "trajectories.jsonl").read_text().splitlines()})
+
+    first_tasks, second_tasks = tasks(first), tasks(second)
+    shared, new = second_tasks[0], second_tasks[1]
+    assert shared in first_tasks and new not in first_tasks
+    for run, held in ((first, first_tasks), (second, second_tasks)):  # a feature file per problem, told apart
+        (run / "features" / "L12").mkdir(parents=True)
+        for task in held:
+            (run / "features" / "L12" / file_name(task)).write_text(f"{run.name} {task}")
+    packed = second / "trajectories.jsonl"  # as committed sets ship: gzipped
+    (second / "trajectories.jsonl.gz").write_bytes(gzip.compress(packed.read_bytes()))
+    packed.unlink()
+
+    result = invoke("learn", "join", str(first), str(second), "--out", str(out))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert f"1 problems an earlier run holds, left out ({shared})" in result.output
+    joined = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
+    from_first = [json.loads(line) for line in (first / "trajectories.jsonl").read_text().splitlines()]
+    assert [t for t in joined if t["task_id"] == shared] == [t for t in from_first if t["task_id"] == shared]
+    assert len({t["task_id"] for t in joined}) == 3 and len(joined) == 6
+    stats = json.loads((out / "trajectories.json").read_text())
+    assert stats["problems"] == 3 and stats["sha256"] == hashlib.sha256((out / "trajectories.jsonl").read_bytes()).hexdigest()
+    features = out / "features" / "L12"
+    assert (features / file_name(shared)).read_text() == f"first {shared}"
+    assert (features / file_name(new)).read_text() == f"second {new}"
+    run = json.loads((out / "run.json").read_text())
+    assert [j["offset"] for j in run["joined"]] == [0, 1]
+    assert run["identity"] == json.loads((first / "run.json").read_text())["identity"]
+
+
+def test_join_refuses_runs_of_different_policies_and_a_directory_that_holds_rollouts(problems, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for run in (first, second):
+        rollouts(problems, run, limit=1)
+        assert invoke("learn", "labels", str(run)).exit_code == 0
+    meta = json.loads((second / "run.json").read_text())
+    meta["identity"]["config"]["model"] = "smollm2"
+    (second / "run.json").write_text(json.dumps(meta))
+    result = invoke("learn", "join", str(first), str(second), "--out", str(tmp_path / "all"))
+    assert isinstance(result.exception, UsageError) and "different policies" in str(result.exception)
+    assert "smollm2" in str(result.exception) and not (tmp_path / "all").exists()
+    result = invoke("learn", "join", str(first), "--out", str(second))
+    assert isinstance(result.exception, UsageError) and "already holds rollouts" in str(result.exception)
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,10 @@ The pipeline (each step resumes where it stopped):
   reason learn train runs/learn --layers 12 --out my-head
   reason solve --verifier probe:my-head.json "..."
   reason learn export-sft runs/learn --out sft.jsonl      # the right trajectories, chat form
+
+\b
+Rollouts made in pieces (each a later --offset), as one training set:
+  reason learn join runs/learn runs/learn-400 --out runs/all
 """
 
 
@@ -149,6 +153,26 @@ def _rollouts_callback(ctx: click.Context, **params: Any) -> None:
 def labels_command(run_dir: str) -> None:
     """(Re)write RUN_DIR/trajectories.jsonl from the rollouts finished so far."""
     stats = _write_trajectories(_run_dir(run_dir))
+    click.echo(json.dumps(stats, indent=2))
+
+
+@learn_group.command("join")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="The new directory to write.")
+def join_command(runs: tuple[str, ...], out: str) -> None:
+    """Join rollout runs of one policy into one training set.
+
+    Each problem comes from the first run given that holds it (runs stopped with problems
+    in flight and continued at a later --offset share some); features already extracted
+    for a kept problem are linked, so `reason learn features OUT` reads only the rest.
+    Reads trajectories.jsonl or, as committed sets ship it, trajectories.jsonl.gz.
+    """
+    from .join import join
+
+    stats = join([Path(run) for run in runs], Path(out))
+    for run, tasks in stats.pop("dropped").items():
+        _say(f"{run}: {len(tasks)} problems an earlier run holds, left out ({', '.join(tasks)})")
+    _say(f"{stats.pop('linked')} feature files linked")
     click.echo(json.dumps(stats, indent=2))
 
 

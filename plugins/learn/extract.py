@@ -61,7 +61,8 @@ def group_by_task(trajectories: Iterable[dict[str, Any]]) -> list[tuple[str, lis
         if key in seen:
             raise UsageError(
                 f"{TRAJECTORIES} holds candidate {key[1]} of problem {key[0]} twice: were the trajectories of two "
-                "rollout runs that share problems joined? Keep one run's trajectories of each problem"
+                "rollout runs that share problems concatenated? `reason learn join` keeps one run's trajectories "
+                "of each problem"
             )
         seen.add(key)
         groups.setdefault(key[0], []).append(trajectory)

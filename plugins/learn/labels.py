@@ -103,14 +103,18 @@ def _path(nodes: dict[int, dict[str, Any]], leaf: int) -> list[int]:
 
 
 def write_trajectories(records: Iterable[dict[str, Any]], path: Path) -> dict[str, Any]:
-    """Write every record's trajectories to ``path`` (atomically: a temporary file renamed
+    """Write every record's trajectories to ``path``; see :func:`write_problems`."""
+    return write_problems((record_trajectories(record) for record in records), path)
+
+
+def write_problems(problems: Iterable[list[dict[str, Any]]], path: Path) -> dict[str, Any]:
+    """Write each problem's trajectories to ``path`` (atomically: a temporary file renamed
     into place) and return counts and the file's SHA-256."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    problems = trajectories = right = steps = mixed = 0
+    count = trajectories = right = steps = mixed = 0
     with open(tmp, "w", encoding="utf-8") as fh:
-        for record in records:
-            found = record_trajectories(record)
-            problems += 1
+        for found in problems:
+            count += 1
             outcomes = {t["correct"] for t in found}
             mixed += len(outcomes) == 2
             for trajectory in found:
@@ -120,7 +124,7 @@ def write_trajectories(records: Iterable[dict[str, Any]], path: Path) -> dict[st
                 steps += len(trajectory["steps"])
     tmp.replace(path)
     return {
-        "problems": problems,
+        "problems": count,
         "trajectories": trajectories,
         "right": right,
         "steps": steps,
