@@ -229,6 +229,19 @@ def test_train_names_an_unknown_head_kind_or_pooling_before_reading_anything(fla
     assert not list(tmp_path.iterdir())
 
 
+def test_train_names_a_bad_weight_decay_before_reading_anything(tmp_path):
+    result = invoke("learn", "train", "/nonexistent/run", "--weight-decay", "0.01,lots", "--out", tmp_path / "head")
+    assert isinstance(result.exception, UsageError) and "--weight-decay takes penalties" in str(result.exception)
+    assert "'0.01,lots'" in str(result.exception)
+
+
+def test_linear_heads_are_tried_on_each_layer_and_all_together_at_each_penalty():
+    from reason.plugins.learn.train import default_candidates
+
+    names = [c.name for c in default_candidates((8, 12), {"linear"}, ["mean"], False, [0.01, 0.1])]
+    assert names == [f"linear L{layers} mean wd={wd}" for layers in ("8", "12", "8+12") for wd in ("0.01", "0.1")]
+
+
 def test_auroc_pr_auc_and_within_problem_quality():
     assert auroc([0.9, 0.8], [0.1, 0.2]) == 1.0
     assert auroc([0.1], [0.9]) == 0.0

@@ -76,6 +76,16 @@ def _choices(flag: str, text: str, allowed: Sequence[str]) -> list[str]:
     return names
 
 
+def _penalties(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or any(value < 0 for value in values):
+        raise UsageError(f"--weight-decay takes penalties >= 0 separated by commas, e.g. 0.01 or 0.001,0.01 (got {text!r})")
+    return values
+
+
 @click.group("learn", epilog=EXAMPLES)
 def learn_group() -> None:
     """Train a verifier on the policy's own rollouts (a probe on its hidden states)."""
@@ -250,10 +260,20 @@ def features_command(run_dir: str, layers: str, limit: int | None, device: str |
     "only): it learns what tells one problem's candidates apart, not which problems are hard.",
 )
 @click.option(
+    "--weight-decay",
+    "penalties",
+    default="0.001,0.01",
+    show_default=True,
+    help="L2 penalties each linear head is tried at, comma-separated (on 266 GSM8K-train problems 0.01 beat 0.001 "
+    "on every layer; more data may want less).",
+)
+@click.option(
     "--label", type=click.Choice(["outcome", "mc"]), default="outcome", show_default=True, help="Which step labels to learn."
 )
 @click.option("--folds", "k", type=int, default=5, show_default=True, help="Cross-validation folds, by problem.")
-def train_command(run_dir: str, layers: str, out: str, kinds: str, poolings: str, centred: bool, label: str, k: int) -> None:
+def train_command(
+    run_dir: str, layers: str, out: str, kinds: str, poolings: str, centred: bool, penalties: str, label: str, k: int
+) -> None:
     """Cross-validate heads by problem, keep the best, calibrate it and save it with its card."""
     from . import train as tr
     from .features import POOLINGS
@@ -262,7 +282,11 @@ def train_command(run_dir: str, layers: str, out: str, kinds: str, poolings: str
 
     stored = _layers(layers)
     candidates = tr.default_candidates(
-        stored, set(_choices("--kinds", kinds, tr.KINDS)), _choices("--pooling", poolings, POOLINGS), centred
+        stored,
+        set(_choices("--kinds", kinds, tr.KINDS)),
+        _choices("--pooling", poolings, POOLINGS),
+        centred,
+        _penalties(penalties),
     )
     directory = _run_dir(run_dir, trajectories=True)
     problems = tr.load_problems(directory, stored, label)

@@ -354,19 +354,21 @@ KINDS = ("linear", "encoder")
 
 
 def default_candidates(
-    stored: Sequence[int], kinds: set[str], poolings: Sequence[str] = ("mean",), centred: bool = False
+    stored: Sequence[int],
+    kinds: set[str],
+    poolings: Sequence[str],
+    centred: bool,
+    penalties: Sequence[float],
 ) -> list[Candidate]:
-    """The heads ``reason learn train`` tries: for each pooling, a linear probe on each
-    stored layer at two penalties and one on all of them together (each also centred,
-    with ``centred``); and the encoder on the middle stored layer (it marks the step's
-    tokens itself, so it takes no pooling)."""
+    """The heads ``reason learn train`` tries: for each pooling and L2 penalty, a linear probe
+    on each stored layer and one on all of them together (each also centred, with
+    ``centred``); and the encoder on the middle stored layer (it marks the step's tokens
+    itself, so it takes no pooling)."""
     out: list[Candidate] = []
     if "linear" in kinds:
         for pooling in poolings:
-            for layer in stored:
-                out += [Candidate("linear", (layer,), pooling, weight_decay=wd) for wd in (1e-3, 1e-2)]
-            if len(stored) > 1:
-                out.append(Candidate("linear", tuple(stored), pooling, weight_decay=1e-2))
+            groups = [(layer,) for layer in stored] + ([tuple(stored)] if len(stored) > 1 else [])
+            out += [Candidate("linear", layers, pooling, weight_decay=wd) for layers in groups for wd in penalties]
         if centred:
             out += [attrs.evolve(c, centred=True) for c in out]
     if "encoder" in kinds:
