@@ -220,3 +220,19 @@ def test_a_path_given_as_text_that_ended_the_turn_is_read_with_its_end_of_turn_t
     cut = scores((Step(text=first), Step(text=last, finish_reason="length")))
     assert as_text == pytest.approx(as_ids, abs=1e-5)
     assert cut[0] == pytest.approx(as_text[0], abs=1e-5) and cut[1] != pytest.approx(as_text[1], abs=1e-4)
+
+
+def test_the_head_shipped_for_the_default_model_loads_for_its_weights_and_scores():
+    """The shipped card's checksum is the default model's (a head for other weights would be
+    refused at its first score), its training data is the committed set, and it scores."""
+    from pathlib import Path
+
+    from reason.types import ScoreRequest, Step, Task
+
+    verifier = get_registry().create("verifier", "probe", Config(model="qwen2.5-coder-0.5b"))
+    card = verifier.card
+    trained_on = Path(__file__).parent.parent / "benchmarks/results/learn/rollouts-seed1-all/trajectories.json"
+    assert card["training"]["data_sha256"] == json.loads(trained_on.read_text())["sha256"]
+    steps = [Step(text="2 plus 2 is 4.\n\n"), Step(text="The answer is \\boxed{4}.", finish_reason="eos")]
+    [score] = verifier.score([ScoreRequest(task=Task("What is 2 plus 2?"), prompt="What is 2 plus 2?", steps=steps)])
+    assert len(score.step_scores) == 2 and all(0.0 < s < 1.0 for s in score.step_scores)
