@@ -8,7 +8,6 @@ Features already extracted for a kept problem are linked, not read again.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -19,30 +18,23 @@ from typing import Any
 from reason.errors import UsageError
 
 from .extract import file_name, group_by_task
-from .labels import TRAJECTORIES, write_problems
+from .labels import TRAJECTORIES, read_trajectories, write_problems
 
 
 def open_trajectories(run_dir: Path) -> Iterator[dict[str, Any]]:
     """A run's trajectories, from ``trajectories.jsonl`` or, as committed sets are
     shipped, ``trajectories.jsonl.gz``."""
-    plain, packed = run_dir / TRAJECTORIES, run_dir / (TRAJECTORIES + ".gz")
-    if plain.is_file():
-        fh = open(plain, encoding="utf-8")
-    elif packed.is_file():
-        fh = gzip.open(packed, "rt", encoding="utf-8")
-    else:
-        raise UsageError(f"{run_dir} holds no {TRAJECTORIES}: run `reason learn labels {run_dir}` first")
-    with fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
+    for path in (run_dir / TRAJECTORIES, run_dir / (TRAJECTORIES + ".gz")):
+        if path.is_file():
+            return read_trajectories(path)
+    raise UsageError(f"{run_dir} holds no {TRAJECTORIES}: run `reason learn labels {run_dir}` first")
 
 
-def _policy(run_dir: Path) -> str | None:
+def _run_meta(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "run.json"
     if not path.is_file():
         raise UsageError(f"{run_dir} holds no run.json: is it a rollouts directory (`reason learn rollouts --out`)?")
-    return json.loads(path.read_text())["identity"]["config"].get("model")
+    return json.loads(path.read_text())
 
 
 def join(runs: Sequence[Path], out: Path) -> dict[str, Any]:
@@ -50,7 +42,8 @@ def join(runs: Sequence[Path], out: Path) -> dict[str, Any]:
     holds it), ``out/run.json`` and ``out/trajectories.json``, and link the kept problems'
     features. Returns the counts, with ``"dropped"``: each later run's problems that an
     earlier one held, and ``"linked"``: the feature files linked."""
-    models = {str(run): _policy(run) for run in runs}
+    metas = {run: _run_meta(run) for run in runs}
+    models = {str(run): meta["identity"]["config"].get("model") for run, meta in metas.items()}
     if len(set(models.values())) > 1:
         named = ", ".join(f"{run}: {model}" for run, model in models.items())
         raise UsageError(f"the runs were made by different policies ({named}); features belong to one: join one policy's runs")
@@ -70,9 +63,8 @@ def join(runs: Sequence[Path], out: Path) -> dict[str, Any]:
 
     out.mkdir(parents=True, exist_ok=True)
     stats = write_problems(problems(), out / TRAJECTORIES)
-    first = json.loads((runs[0] / "run.json").read_text())
-    joined = [{"run": str(run), "offset": json.loads((run / "run.json").read_text()).get("offset")} for run in runs]
-    (out / "run.json").write_text(json.dumps({"identity": first["identity"], "joined": joined}, indent=2) + "\n")
+    joined = [{"run": str(run), "offset": meta.get("offset")} for run, meta in metas.items()]
+    (out / "run.json").write_text(json.dumps({"identity": metas[runs[0]]["identity"], "joined": joined}, indent=2) + "\n")
     (out / "trajectories.json").write_text(json.dumps(stats, indent=2) + "\n")
     stats["dropped"] = dropped
     stats["linked"] = _link_features(origin, out)

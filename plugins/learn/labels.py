@@ -20,6 +20,7 @@ scripted tree.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import re
@@ -134,7 +135,9 @@ def write_problems(problems: Iterable[list[dict[str, Any]]], path: Path) -> dict
 
 
 def read_trajectories(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
+    """The trajectories in ``path`` (gzipped when its name ends in ``.gz``)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
                 yield json.loads(line)
