@@ -276,6 +276,19 @@ def platt(logits: Sequence[float], labels: Sequence[bool], steps: int = 200) -> 
     return {"a": a.item(), "b": b.item()}
 
 
+def held_out_calibration(problems: Sequence[Problem], logits: Sequence[Sequence[Sequence[float]]]) -> dict[str, float]:
+    """Platt scaling fitted on held-out logits (every step of every sample, labelled with
+    its sample's outcome), so the verifier's probabilities are calibrated on data the head
+    did not see."""
+    flat: list[float] = []
+    labels: list[bool] = []
+    for problem, per_sample in zip(problems, logits):
+        for sample, values in zip(problem.samples, per_sample):
+            flat += values
+            labels += [sample.correct] * len(values)
+    return platt(flat, labels)
+
+
 @define
 class Candidate:
     """One head configuration to cross-validate."""
@@ -405,12 +418,7 @@ def finish(
     """Calibrate on the held-out logits, refit on every problem, and make the card."""
     from reason.plugins.backends.models import resolve_model, weights_sha256
 
-    logits, labels = [], []
-    for problem, per_sample in zip(problems, result["logits"]):
-        for sample, values in zip(problem.samples, per_sample):
-            logits += values
-            labels += [sample.correct] * len(values)
-    calibration = platt(logits, labels)
+    calibration = held_out_calibration(problems, result["logits"])
     index = [stored.index(layer) for layer in candidate.layers]
     head = fit(candidate, problems, index)
     spec = FeatureSpec(layers=candidate.layers, pooling=candidate.pooling)

@@ -16,7 +16,15 @@ import sys
 from pathlib import Path
 
 from reason.plugins.learn.heads import calibrated, load_head
-from reason.plugins.learn.train import Candidate, cross_validate, fit, load_problems, platt, quality, score_problems
+from reason.plugins.learn.train import (
+    Candidate,
+    cross_validate,
+    fit,
+    held_out_calibration,
+    load_problems,
+    quality,
+    score_problems,
+)
 
 RUN = Path("benchmarks/results/learn/rollouts-seed1-all")
 STORED = (8, 12, 16)
@@ -62,12 +70,7 @@ def main(old_path, recipe):
     raw = score_problems(head, "linear", unseen, index, pooling)
     # calibration from (b)'s own held-out logits would need a second CV; use the pooled Platt fit of (c)
     result = cross_validate(candidate, problems, STORED)
-    flat, labels = [], []
-    for problem, per in zip(problems, result["logits"]):
-        for sample, values in zip(problem.samples, per):
-            flat += values
-            labels += [sample.correct] * len(values)
-    calibration = platt(flat, labels)
+    calibration = held_out_calibration(problems, result["logits"])
     report(f"(b) {candidate.name}, this set's {len(seen)} problems below 266", unseen, calibrate(raw, calibration))
     held = [logits for p, logits in zip(problems, result["logits"]) if number(p) >= 266]
     report(f"(c) {candidate.name}, 5-fold CV over 594", unseen, calibrate(held, calibration))
