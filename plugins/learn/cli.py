@@ -63,8 +63,9 @@ def _run_dir(path: str, trajectories: bool = False) -> Path:
 
 
 def _model_of(directory: Path) -> str | None:
-    run = json.loads((directory / "run.json").read_text())
-    return run["identity"]["config"].get("model")
+    from .labels import read_run
+
+    return read_run(directory)["identity"]["config"].get("model")
 
 
 def _choices(flag: str, text: str, allowed: Sequence[str]) -> list[str]:
@@ -278,7 +279,7 @@ def train_command(
     from . import train as tr
     from .features import POOLINGS
     from .heads import head_files
-    from .labels import file_sha256
+    from .labels import file_sha256, read_run
 
     stored = _layers(layers)
     candidates = tr.default_candidates(
@@ -324,7 +325,7 @@ def train_command(
         "trajectories": sum(len(p.samples) for p in problems),
         "label": label,
         "command": "reason learn train " + " ".join(shlex.quote(a) for a in sys.argv[3:]),
-        "rollouts": json.loads((directory / "run.json").read_text())["identity"],
+        "rollouts": read_run(directory)["identity"],
     }
     card["cross_validation"] = [dict(r, logits=None, name=c.name) for c, r in results]
     path = tr.save(head, card, Path(out))

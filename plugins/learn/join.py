@@ -18,7 +18,7 @@ from typing import Any
 from reason.errors import UsageError
 
 from .extract import file_name, group_by_task
-from .labels import TRAJECTORIES, read_trajectories, write_problems
+from .labels import TRAJECTORIES, read_run, read_trajectories, write_problems
 
 
 def open_trajectories(run_dir: Path) -> Iterator[dict[str, Any]]:
@@ -30,19 +30,12 @@ def open_trajectories(run_dir: Path) -> Iterator[dict[str, Any]]:
     raise UsageError(f"{run_dir} holds no {TRAJECTORIES}: run `reason learn labels {run_dir}` first")
 
 
-def _run_meta(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise UsageError(f"{run_dir} holds no run.json: is it a rollouts directory (`reason learn rollouts --out`)?")
-    return json.loads(path.read_text())
-
-
 def join(runs: Sequence[Path], out: Path) -> dict[str, Any]:
     """Write ``out/trajectories.jsonl`` from ``runs`` (each problem from the first run that
     holds it), ``out/run.json`` and ``out/trajectories.json``, and link the kept problems'
     features. Returns the counts, with ``"dropped"``: each later run's problems that an
     earlier one held, and ``"linked"``: the feature files linked."""
-    metas = {run: _run_meta(run) for run in runs}
+    metas = {run: read_run(run) for run in runs}
     models = {str(run): meta["identity"]["config"].get("model") for run, meta in metas.items()}
     if len(set(models.values())) > 1:
         named = ", ".join(f"{run}: {model}" for run, model in models.items())
