@@ -180,6 +180,8 @@ class Engines:
         self._waits: set[tuple[str, int]] = set()
         self.sequences = 0
         """Sequences asked of the policy backend and not yet returned."""
+        self.verifying = 0
+        """Paths sent to a verifier and not yet scored."""
         self._watchers: list[Callable[[int, bool], None]] = []
 
     # -- generation -----------------------------------------------------------------
@@ -231,7 +233,8 @@ class Engines:
     def watch_sequences(self, listener: Callable[[int, bool], None]) -> Callable[[], None]:
         """Call ``listener(change, opening)`` (in this event loop) as :attr:`sequences`
         changes: a request's ``n`` when it goes to the backend (``opening``: the first of
-        its problem's search), ``-n`` when it comes back, answered or not. Returns a
+        its problem's search), ``-n`` when it comes back, answered or not; and 0 when the
+        last path waiting for a verifier (:attr:`verifying`) is scored. Returns a
         function that stops it."""
         self._watchers.append(listener)
         return lambda: self._watchers.remove(listener)
@@ -270,7 +273,13 @@ class Engines:
             return []
         queue = self._score_queue(verifier)
         first = self._new_wait("score", owner)
-        scores = await queue.submit(tuple(requests))
+        self.verifying += len(requests)
+        try:
+            scores = await queue.submit(tuple(requests))
+        finally:
+            self.verifying -= len(requests)
+            if not self.verifying:
+                self._sequences_changed(0)  # the verifiers are idle: rows idle now are free
         if owner is not None:
             owner.add_usage(Usage(verifier_calls=int(first)))
         return list(scores)

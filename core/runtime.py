@@ -272,7 +272,8 @@ class Runtime:
     def filling_for(self, config: Config | None = None, concurrency: int | None = None) -> Filling:
         """When :meth:`solve_many` starts the next problem: :meth:`concurrency_for`'s
         number at once, then one more whenever the engine has idle rows for a whole
-        problem (see :class:`~reason.filling.Filling`), up to the engine's rows; exactly
+        problem and no path waits for a verifier (see :class:`~reason.filling.Filling`),
+        up to the engine's rows; exactly
         ``concurrency`` at a time where given. Loads the backend."""
         width = self.plan(config or self.config).width
         if concurrency is not None:
@@ -283,11 +284,15 @@ class Runtime:
         if not rows:
             return Filling(DEFAULT_CONCURRENCY, DEFAULT_CONCURRENCY, width)
         floor = max(1, min(rows, -(-2 * rows // width)))
-        return Filling(floor, rows, width, spare=lambda: rows - self._sequences())
+        return Filling(floor, rows, width, spare=lambda: rows - self._sequences(), verifying=self._verifying)
 
     def _sequences(self) -> int:
         """Sequences the runtime's searches have asked of the backend and not got back."""
         return self._engines.sequences if self._engines is not None else 0
+
+    def _verifying(self) -> int:
+        """Paths the runtime's searches have sent to verifiers and not got scored."""
+        return self._engines.verifying if self._engines is not None else 0
 
     def solve_many(
         self,

@@ -9,7 +9,18 @@ import time
 import pytest
 from scripted import ContinuousScriptedBackend, ScriptedBackend, steps_script
 
-from reason import Config, GenerateRequest, Runtime, SamplingParams, SearchOutcome, SearchPolicy, Task, UsageError
+from reason import (
+    Config,
+    GenerateRequest,
+    Runtime,
+    SamplingParams,
+    Score,
+    SearchOutcome,
+    SearchPolicy,
+    Task,
+    UsageError,
+    Verifier,
+)
 from reason.engine import BatchQueue
 from reason.events import SearchFailed, SearchFinished, SearchStarted
 from reason.filling import Filling
@@ -336,6 +347,28 @@ def test_idle_rows_start_more_problems_unless_the_caller_named_a_number(concurre
         assert 8 < most[0] <= 24, most
     else:
         assert most[0] == 8
+
+
+def test_a_slow_verifier_holds_problems_in_flight_to_the_floor():
+    """Best-of-4 on 24 rows: 12 problems in flight (2 x 24 / 4). Their samples come back
+    at once and then wait for the verifier, leaving every row idle: more problems would
+    only queue behind it, so none beyond the 12 start."""
+
+    class Slow(Verifier):
+        def score(self, requests):
+            time.sleep(0.05)
+            return [Score(step_scores=[0.5] * len(r.steps)) for r in requests]
+
+    registry = get_registry()
+    registry.add("verifier", "test-slow", Slow, plugin="tests")
+    try:
+        with Runtime(Config(search="best-of-n", n=4, verifier="test-slow"), backend=RowsBackend(24)) as rt:
+            assert rt.filling_for().floor == 12
+            most = searches_at_once(rt)
+            solutions = rt.solve_many([f"q{i}" for i in range(40)])
+    finally:
+        registry.remove("verifier", "test-slow")
+    assert len(solutions) == 40 and most[0] == 12
 
 
 def test_filling_hears_each_problems_first_request_once(monkeypatch):

@@ -213,3 +213,25 @@ def test_a_problem_cancelled_as_its_turn_comes_frees_the_place():
         assert order == [0, 2] and filling.running == 1
 
     asyncio.run(main())
+
+
+def test_no_more_problems_start_for_idle_rows_while_paths_wait_for_a_verifier():
+    async def main():
+        engine = Engine(rows=16)
+        verifying = [8]  # a step search's paths being scored: its rows are idle meanwhile
+        filling = filling_on(engine, floor=2, ceiling=10, width=4, verifying=lambda: verifying[0])
+        tasks, order = started(filling, 4)
+        await settle()
+        assert order == [0, 1]  # the floor, verifier or not
+        engine.ask(4, opening=True)
+        engine.ask(4, opening=True)
+        engine.give_back(8)  # every row idle, but for the verifier
+        await settle()
+        assert order == [0, 1]
+        verifying[0] = 0
+        filling.engine_changed(0)  # the verifier scored its last waiting path
+        await settle()
+        assert order == [0, 1, 2, 3]  # now the idle rows are free: 16 hold two more problems of 4
+        await finish(tasks)
+
+    asyncio.run(main())
