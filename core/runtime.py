@@ -273,8 +273,8 @@ class Runtime:
         """When :meth:`solve_many` starts the next problem: :meth:`concurrency_for`'s
         number at once, then one more whenever the engine has idle rows for a whole
         problem and no path waits for a verifier (see :class:`~reason.filling.Filling`),
-        up to the engine's rows; exactly
-        ``concurrency`` at a time where given. Loads the backend."""
+        up to the engine's rows; exactly ``concurrency`` at a time where given. Loads the
+        backend."""
         width = self.plan(config or self.config).width
         if concurrency is not None:
             return Filling(concurrency, concurrency, width)
