@@ -21,7 +21,7 @@ from pathlib import Path
 
 from reason import Config, get_registry
 from reason.eval.metrics import compute_metrics
-from reason.eval.results import records_in
+from reason.eval.results import RUN, read_json, records_in
 from reason.plugins.backends.models import load_tokenizer, resolve_model
 from reason.plugins.learn.labels import split_paragraphs
 from reason.prompts import messages_for
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--head", help="the head's card (.json) [the one shipped for the run's model]")
     args = parser.parse_args()
 
-    run = json.loads((args.run / "run.json").read_text())["identity"]["config"]
+    run = read_json(args.run / RUN)["identity"]["config"]
     config = Config(model=run["model"], system_prompt=run.get("system_prompt"))
     verifier = get_registry().create("verifier", f"probe:{args.head}" if args.head else "probe", config)
     tokenizer = load_tokenizer(resolve_model(config.model))

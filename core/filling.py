@@ -32,6 +32,8 @@ from collections.abc import Callable
 
 from attrs import define, field
 
+from .log import get_logger
+
 
 @define
 class Filling:
@@ -104,8 +106,6 @@ class Filling:
         self.running += 1
         self._unasked += 1
         if self.running > self.floor:
-            from .log import get_logger
-
             get_logger().debug("one more problem for idle rows", running=self.running, floor=self.floor)
 
     def _room(self) -> bool:

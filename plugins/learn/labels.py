@@ -137,10 +137,12 @@ def write_problems(problems: Iterable[list[dict[str, Any]]], path: Path) -> dict
 def read_run(run_dir: Path) -> dict[str, Any]:
     """A rollouts directory's ``run.json``: its ``identity`` (the policy and the search's
     settings) and, for a joined set, the runs it came from."""
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise UsageError(f"{run_dir} holds no run.json: is it a rollouts directory (`reason learn rollouts --out`)?")
-    return json.loads(path.read_text())
+    from reason.eval.results import RUN, read_json
+
+    run = read_json(run_dir / RUN)
+    if run is None:
+        raise UsageError(f"{run_dir} holds no {RUN}: is it a rollouts directory (`reason learn rollouts --out`)?")
+    return run
 
 
 def read_trajectories(path: Path) -> Iterator[dict[str, Any]]:
