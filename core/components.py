@@ -14,9 +14,10 @@ component takes those from each request, never from ``self.config``).
 
 Splitters, verifiers and reflection triggers are plain synchronous objects; a verifier
 is called with whole batches in a worker thread (the requests that arrived while its last
-batch ran). A backend is either synchronous too, or a *continuous* engine that takes each
-request as it comes (:meth:`Backend.generate_async`). Search policies are async, because
-they are written as sequential code that awaits the runtime's engines.
+batch ran, up to its ``max_batch``). A backend is either synchronous too, or a
+*continuous* engine that takes each request as it comes (:meth:`Backend.generate_async`).
+Search policies are async, because they are written as sequential code that awaits the
+runtime's engines.
 """
 
 from __future__ import annotations
@@ -194,14 +195,22 @@ class Splitter(Component, ABC):
 
 
 class Verifier(Component, ABC):
-    """Scores paths, step by step. Called in a worker thread with every path whose score
-    was asked for while the previous call ran (one call at a time per verifier)."""
+    """Scores paths, step by step. Called in a worker thread with the paths whose scores
+    were asked for while the previous call ran, up to :attr:`max_batch` (one call at a
+    time per verifier)."""
 
     hidden_layers: tuple[int, ...] = ()
     """Layers of the policy whose states this verifier reads (transformers' numbering:
     ``k`` is block ``k``'s output). A run asks its backend to capture them while it samples;
     where the backend can (transformers), each step arrives with them (``Step.hidden``) and
     the verifier need not run the policy over the path again."""
+
+    max_batch: int | None = 64
+    """The most paths one :meth:`score` call gets (``None``: every path waiting). Paths
+    asked for together by one search are never split; beyond this, the rest wait for the
+    next call. A call runs to its end, so a small one lets the searches it scored go on
+    sooner and a stop wait less; a large one lets a verifier that batches its forward
+    passes pad less."""
 
     @abstractmethod
     def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:

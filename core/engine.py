@@ -9,7 +9,7 @@ while other searches' requests keep the component busy:
   as they finish, newcomers join between decode steps).
 - Everything else (a batch backend, every verifier) sits behind a :class:`BatchQueue`:
   one call at a time in a worker thread, and the next call is whatever arrived while the
-  previous one ran.
+  previous one ran (a verifier's, up to its ``max_batch`` paths).
 
 :class:`Engines` routes requests to those, counts each search's usage and emits the
 events. One instance lives as long as its :class:`~reason.runtime.Runtime` and serves
@@ -76,8 +76,13 @@ class BatchQueue(Generic[P, R]):
     One call runs at a time, in this queue's own worker thread. Requests that arrive
     while it runs wait and form the next call; a request whose caller gave up (cancelled)
     before its call started is dropped. Requests made in the same event-loop iteration
-    (the children of one ``gather``) always share a call: dispatch is deferred by one
-    iteration with ``call_soon``, no timers.
+    (the children of one ``gather``) share a call: dispatch is deferred by one iteration
+    with ``call_soon``, no timers.
+
+    ``limit``: the most a call takes, counting each request as ``size(request)``, in the
+    order they came (a request larger than that goes alone; the rest wait for the next
+    call). A call runs to its end once started, so this bounds how long a stop waits for
+    it and how long the first caller in a long queue waits for its result.
 
     Lives on one event loop (the runtime's).
     """
@@ -87,10 +92,15 @@ class BatchQueue(Generic[P, R]):
         fn: Callable[[list[P]], Sequence[R]],
         name: str,
         on_call: Callable[[list[P], Sequence[R], float], None] | None = None,
+        *,
+        limit: int | None = None,
+        size: Callable[[P], int] = lambda _: 1,
     ) -> None:
         self.fn = fn
         self.name = name
         self.on_call = on_call
+        self.limit = limit
+        self.size = size
         self.calls = 0
         self._pending: list[tuple[P, asyncio.Future[R]]] = []
         self._busy = False
@@ -106,8 +116,14 @@ class BatchQueue(Generic[P, R]):
         return await future
 
     def _dispatch(self) -> None:
-        batch = [(payload, future) for payload, future in self._pending if not future.done()]
-        self._pending = []
+        waiting = [(payload, future) for payload, future in self._pending if not future.done()]
+        taken = total = 0
+        for payload, _ in waiting:
+            total += self.size(payload)
+            if taken and self.limit is not None and total > self.limit:
+                break
+            taken += 1
+        batch, self._pending = waiting[:taken], waiting[taken:]
         if not batch:
             self._busy = False
             return
@@ -133,12 +149,12 @@ class BatchQueue(Generic[P, R]):
                 if not future.done():
                     future.set_result(result)
         # The callers just resumed are scheduled before this: their next requests join
-        # the next call instead of trailing it.
+        # the next call (behind any left over from this one) instead of trailing it.
         loop.call_soon(self._dispatch)
 
     def close(self) -> None:
-        """Drop queued calls and wait for a running one, so that the component is not
-        closed under it."""
+        """Drop queued calls and wait for a running one (at most ``limit`` long), so that
+        the component is not closed under it."""
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def let_go(self) -> None:
@@ -268,7 +284,8 @@ class Engines:
     # -- verification ---------------------------------------------------------------
 
     async def score(self, owner: Any, verifier: Verifier, requests: Sequence[ScoreRequest]) -> list[Score]:
-        """Score each path with ``verifier``; the paths of one call stay in one batch."""
+        """Score each path with ``verifier``; the paths of one call stay in one batch
+        (of up to :attr:`Verifier.max_batch` paths, unless they are more on their own)."""
         if not requests:
             return []
         queue = self._score_queue(verifier)
@@ -307,7 +324,7 @@ class Engines:
             def called(groups: list[Any], results: Any, seconds: float) -> None:
                 self.emit(VerifierCalled(verifier=name, paths=sum(len(g) for g in groups), tasks=len(groups), seconds=seconds))
 
-            queue = BatchQueue(score_groups, name=f"verifier-{name}", on_call=called)
+            queue = BatchQueue(score_groups, name=f"verifier-{name}", on_call=called, limit=verifier.max_batch, size=len)
             self._score_queues[id(verifier)] = queue
             weakref.finalize(verifier, self._let_go, id(verifier))
         return queue

@@ -3,6 +3,7 @@ backend's next call is whatever arrived while it was busy; a continuous backend 
 each request as it comes; every caller of a Runtime shares them."""
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 
@@ -134,6 +135,34 @@ def test_batch_queue_next_call_is_what_arrived_while_busy():
 
     assert asyncio.run(main()) == [10, 20, 30, 40]
     assert calls == [[1], [2, 3, 4]]
+
+
+def test_batch_queue_limit_takes_requests_in_order_and_a_large_one_alone():
+    release = threading.Event()
+    calls = []
+
+    def fn(payloads):
+        calls.append(list(payloads))
+        if len(calls) == 1:
+            release.wait(5)
+        return [len(p) for p in payloads]
+
+    async def main():
+        queue = BatchQueue(fn, name="test", limit=4, size=len)
+        first = asyncio.create_task(queue.submit("a"))
+        await asyncio.sleep(0.05)  # the first call is running now
+        later = []
+        for payload in ("bb", "cc", "d", "eeeeee", "f"):  # sizes 2, 2, 1, 6, 1
+            later.append(asyncio.create_task(queue.submit(payload)))
+            await asyncio.sleep(0)  # in this order
+        await asyncio.sleep(0.05)
+        release.set()
+        results = await asyncio.gather(first, *later)
+        queue.close()
+        return results
+
+    assert asyncio.run(main()) == [1, 2, 2, 1, 6, 1]
+    assert calls == [["a"], ["bb", "cc"], ["d"], ["eeeeee"], ["f"]]
 
 
 class SlowAndFast(SearchPolicy):
@@ -369,6 +398,44 @@ def test_a_slow_verifier_holds_problems_in_flight_to_the_floor():
     finally:
         registry.remove("verifier", "test-slow")
     assert len(solutions) == 40 and most[0] == 12
+
+
+def test_a_stop_waits_for_one_verifier_call_of_at_most_its_max_batch():
+    """Twelve best-of-4 problems' paths wait for a verifier that takes 4 at a time: the
+    call running when the runtime closes scored one problem's 4, and no other starts."""
+    started, release = threading.Event(), threading.Event()
+    calls = []
+
+    class Blocking(Verifier):
+        max_batch = 4
+
+        def score(self, requests):
+            calls.append(len(requests))
+            started.set()
+            release.wait(10)
+            return [Score(step_scores=[0.5] * len(r.steps)) for r in requests]
+
+    registry = get_registry()
+    registry.add("verifier", "test-blocking", Blocking, plugin="tests")
+    rt = Runtime(Config(search="best-of-n", n=4, verifier="test-blocking"), backend=RowsBackend(24))
+
+    def solve():
+        with pytest.raises(concurrent.futures.CancelledError):  # the close cancels them
+            rt.solve_many([f"q{i}" for i in range(12)])
+
+    try:
+        worker = threading.Thread(target=solve, daemon=True)
+        worker.start()
+        assert started.wait(10)
+        time.sleep(0.2)  # every problem's paths have come back and wait for the verifier
+        assert rt._engines.verifying == 48
+        threading.Timer(0.2, release.set).start()
+        rt.close()
+        worker.join(10)
+    finally:
+        release.set()
+        registry.remove("verifier", "test-blocking")
+    assert calls == [4]
 
 
 def test_filling_hears_each_problems_first_request_once(monkeypatch):

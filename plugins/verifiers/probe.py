@@ -73,6 +73,11 @@ class ProbeVerifier(Verifier):
 
     options: Options
 
+    # Paths are scored one at a time (a forward pass each where the states were not
+    # captured, seconds on a CPU), so a bigger call saves nothing and only keeps every
+    # search in it, and a stop, waiting for the slowest path.
+    max_batch = 8
+
     def __init__(self, config: Any, arg: str | None = None, **kwargs: Any) -> None:
         super().__init__(config, arg, **kwargs)
         head = arg or self.options.head
