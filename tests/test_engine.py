@@ -110,15 +110,23 @@ def test_stream_yields_events_in_order():
     runtime.close()
 
 
-def test_batch_queue_next_call_is_what_arrived_while_busy():
-    release = threading.Event()
-    calls = []
+class FirstCallWaits:
+    """A batch function that records its calls and holds the first until ``release``."""
 
-    def fn(payloads):
-        calls.append(list(payloads))
-        if len(calls) == 1:
-            release.wait(5)
-        return [p * 10 for p in payloads]
+    def __init__(self, result):
+        self.result = result
+        self.release = threading.Event()
+        self.calls = []
+
+    def __call__(self, payloads):
+        self.calls.append(list(payloads))
+        if len(self.calls) == 1:
+            self.release.wait(5)
+        return [self.result(p) for p in payloads]
+
+
+def test_batch_queue_next_call_is_what_arrived_while_busy():
+    fn = FirstCallWaits(lambda p: p * 10)
 
     async def main():
         queue = BatchQueue(fn, name="test")
@@ -128,24 +136,17 @@ def test_batch_queue_next_call_is_what_arrived_while_busy():
         cancelled = asyncio.create_task(queue.submit(5))
         await asyncio.sleep(0.05)
         cancelled.cancel()  # its caller gave up before its call started: dropped
-        release.set()
+        fn.release.set()
         results = await asyncio.gather(first, *later)
         queue.close()
         return results
 
     assert asyncio.run(main()) == [10, 20, 30, 40]
-    assert calls == [[1], [2, 3, 4]]
+    assert fn.calls == [[1], [2, 3, 4]]
 
 
 def test_batch_queue_limit_takes_requests_in_order_and_a_large_one_alone():
-    release = threading.Event()
-    calls = []
-
-    def fn(payloads):
-        calls.append(list(payloads))
-        if len(calls) == 1:
-            release.wait(5)
-        return [len(p) for p in payloads]
+    fn = FirstCallWaits(len)
 
     async def main():
         queue = BatchQueue(fn, name="test", limit=4, size=len)
@@ -156,13 +157,13 @@ def test_batch_queue_limit_takes_requests_in_order_and_a_large_one_alone():
             later.append(asyncio.create_task(queue.submit(payload)))
             await asyncio.sleep(0)  # in this order
         await asyncio.sleep(0.05)
-        release.set()
+        fn.release.set()
         results = await asyncio.gather(first, *later)
         queue.close()
         return results
 
     assert asyncio.run(main()) == [1, 2, 2, 1, 6, 1]
-    assert calls == [["a"], ["bb", "cc"], ["d"], ["eeeeee"], ["f"]]
+    assert fn.calls == [["a"], ["bb", "cc"], ["d"], ["eeeeee"], ["f"]]
 
 
 class SlowAndFast(SearchPolicy):
