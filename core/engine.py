@@ -76,8 +76,8 @@ class BatchQueue(Generic[P, R]):
     One call runs at a time, in this queue's own worker thread. Requests that arrive
     while it runs wait and form the next call; a request whose caller gave up (cancelled)
     before its call started is dropped. Requests made in the same event-loop iteration
-    (the children of one ``gather``) share a call: dispatch is deferred by one iteration
-    with ``call_soon``, no timers.
+    (the children of one ``gather``) share a call, within ``limit``: dispatch is deferred
+    by one iteration with ``call_soon``, no timers.
 
     ``limit``: the most a call takes, counting each request as ``size(request)``, in the
     order they came (a request larger than that goes alone; the rest wait for the next
@@ -153,7 +153,7 @@ class BatchQueue(Generic[P, R]):
         loop.call_soon(self._dispatch)
 
     def close(self) -> None:
-        """Drop queued calls and wait for a running one (at most ``limit`` long), so that
+        """Drop queued calls and wait for a running one (of at most ``limit``), so that
         the component is not closed under it."""
         self._executor.shutdown(wait=True, cancel_futures=True)
 
