@@ -500,6 +500,16 @@ def test_real_on_a_small_cpu_machine_the_model_runs_on_every_core(engine):
 
 
 @pytest.mark.vllm
+def test_real_prompts_reach_vllm_rendered_not_raw(engine):
+    """vLLM 0.3x warns that raw prompts are deprecated ("Passing raw prompts to
+    InputProcessor") and takes a rendered one, marked with its ``type``, as is."""
+    if not hasattr(engine._engine, "renderer"):
+        pytest.skip("this vLLM has no renderer: the raw prompt is what it takes")
+    prompt = vllm_backend.engine_prompt(engine._engine, [1, 2, 3])
+    assert prompt["type"] == "token" and list(prompt["prompt_token_ids"]) == [1, 2, 3]
+
+
+@pytest.mark.vllm
 def test_real_stop_strings_logprobs_length_and_eos(engine):
     prompt = chat(engine, "Count from 1 to 20, one number per line.")
     params = SamplingParams(temperature=0.0, max_tokens=40, stop=("\n",), logprobs=3)

@@ -430,6 +430,18 @@ class VLLMBackend(StepRecorder, Backend):
 # -- the engine's loop -------------------------------------------------------------------
 
 
+def engine_prompt(engine: Any, ids: Sequence[int]) -> Any:
+    """Token ids as ``engine.generate`` takes them: rendered by the engine's own renderer
+    where it has one (vLLM 0.3x deprecates raw prompts and will stop taking them), the
+    plain ``{"prompt_token_ids": ...}`` dict for older vLLM, which has no renderer."""
+    prompt = {"prompt_token_ids": list(ids)}
+    render = getattr(getattr(engine, "renderer", None), "render_cmpl", None)
+    if render is None:
+        return prompt
+    (rendered,) = render([prompt])
+    return rendered
+
+
 async def _final_output(
     engine: Any,
     request_id: str,
@@ -446,7 +458,7 @@ async def _final_output(
     (the path could go on)."""
     final = None
     check_at = watch.every if watch is not None else 0
-    async for output in engine.generate({"prompt_token_ids": list(ids)}, params, request_id=request_id):
+    async for output in engine.generate(engine_prompt(engine, ids), params, request_id=request_id):
         final = output
         if on_text is not None and output.outputs:
             on_text(index, output.outputs[0].text)
