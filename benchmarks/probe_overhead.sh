@@ -7,7 +7,7 @@
 # the settings of the quality table): self-consistency@8 without a verifier (the same 8
 # samples per problem, from the same seeds, as best-of-8), best-of-8 weighted by the probe
 # on the states the backend kept while sampling (the default), and the same with
-# -o probe_capture=false (the verifier runs the policy over each path again, as it must on
+# -o probe.capture=false (the verifier runs the policy over each path again, as it must on
 # vLLM). Each arm runs its first 4 problems, then every arm its last 4 in reverse order,
 # so drift on a noisy machine falls on all of them. Prints the wall-time ratios and writes
 # benchmarks/results/probe_overhead/summary.json.
@@ -20,7 +20,7 @@ COMMON=(--dataset multiarith --backend transformers -o threads=2 --model qwen2.5
 declare -A ARM=(
     [none]="--search self-consistency --verifier none"
     [probe]="--search best-of-n --weighted --verifier probe"
-    [probe-reread]="--search best-of-n --weighted --verifier probe -o probe_capture=false"
+    [probe-reread]="--search best-of-n --weighted --verifier probe -o probe.capture=false"
 )
 for limit in 4 8; do
     order=(none probe probe-reread)
