@@ -40,6 +40,7 @@ from reason.plugins.backends.vllm import VLLMBackend
 from reason.plugins.backends.vllm_errors import failure_reason
 from reason.plugins.backends.vllm_outputs import (
     completions_from_output,
+    engine_prompt,
     finish_reason,
     logprobs_from_positions,
     sample_kwargs,
@@ -94,6 +95,19 @@ def test_each_sample_is_one_request_with_the_transformers_backends_seed():
     assert not set(seeds) & {sample_seed(4, i) for i in range(4)}
     assert all(sample_kwargs(params, i)["n"] == 1 for i in range(4))
     assert "seed" not in sample_kwargs(SamplingParams(), 0)
+
+
+def test_prompt_ids_are_rendered_by_the_engines_renderer_where_it_has_one():
+    rendered = []
+
+    def render_cmpl(prompts):
+        rendered.extend(prompts)
+        return [{"type": "token", **p} for p in prompts]
+
+    with_renderer = SimpleNamespace(renderer=SimpleNamespace(render_cmpl=render_cmpl))
+    assert engine_prompt(with_renderer, (5, 6)) == {"type": "token", "prompt_token_ids": [5, 6]}
+    assert rendered == [{"prompt_token_ids": [5, 6]}]
+    assert engine_prompt(SimpleNamespace(), (5, 6)) == {"prompt_token_ids": [5, 6]}  # older vLLM
 
 
 @pytest.mark.parametrize(
@@ -505,7 +519,7 @@ def test_real_prompts_reach_vllm_rendered_not_raw(engine):
     InputProcessor") and takes a rendered one, marked with its ``type``, as is."""
     if not hasattr(engine._engine, "renderer"):
         pytest.skip("this vLLM has no renderer: the raw prompt is what it takes")
-    prompt = vllm_backend.engine_prompt(engine._engine, [1, 2, 3])
+    prompt = engine_prompt(engine._engine, [1, 2, 3])
     assert prompt["type"] == "token" and list(prompt["prompt_token_ids"]) == [1, 2, 3]
 
 

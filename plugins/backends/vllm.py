@@ -60,7 +60,7 @@ from reason.types import Completion, GenerateRequest, Watch
 from . import vllm_cpu
 from .models import DTYPES, prompt_ids, request_ids
 from .vllm_errors import capture_errors, environ, error_log_path, failure_reason, is_engine_dead, one_line, read_error_log
-from .vllm_outputs import completion_from, completions_from_outputs, sample_kwargs
+from .vllm_outputs import completion_from, completions_from_outputs, engine_prompt, sample_kwargs
 from .vllm_stats import StepRecorder, VLLMStats
 
 log = get_logger()
@@ -428,18 +428,6 @@ class VLLMBackend(StepRecorder, Backend):
 
 
 # -- the engine's loop -------------------------------------------------------------------
-
-
-def engine_prompt(engine: Any, ids: Sequence[int]) -> Any:
-    """Token ids as ``engine.generate`` takes them: rendered by the engine's own renderer
-    where it has one (vLLM 0.3x deprecates raw prompts and will stop taking them), the
-    plain ``{"prompt_token_ids": ...}`` dict for older vLLM, which has no renderer."""
-    prompt = {"prompt_token_ids": list(ids)}
-    render = getattr(getattr(engine, "renderer", None), "render_cmpl", None)
-    if render is None:
-        return prompt
-    (rendered,) = render([prompt])
-    return rendered
 
 
 async def _final_output(

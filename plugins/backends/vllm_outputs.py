@@ -1,5 +1,6 @@
 """The ``vllm`` backend's mapping between our types and vLLM's (pure functions,
-unit-tested without vllm): sampling params in, ``RequestOutput``s back as completions."""
+unit-tested without vllm): prompts and sampling params in, ``RequestOutput``s back as
+completions."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ from typing import Any
 
 from reason.errors import BackendError
 from reason.types import Completion, FinishReason, GenerateRequest, SamplingParams, sample_seed
+
+
+def engine_prompt(engine: Any, ids: Sequence[int]) -> Any:
+    """Token ids as ``engine.generate`` takes them: rendered by the engine's own renderer
+    where it has one (vLLM 0.3x deprecates raw prompts and will stop taking them), the
+    plain ``{"prompt_token_ids": ...}`` dict for older vLLM, which has no renderer."""
+    prompt = {"prompt_token_ids": list(ids)}
+    render = getattr(getattr(engine, "renderer", None), "render_cmpl", None)
+    if render is None:
+        return prompt
+    (rendered,) = render([prompt])
+    return rendered
 
 
 def sampling_kwargs(params: SamplingParams, n: int) -> dict[str, Any]:
